@@ -1,0 +1,624 @@
+//! The stream thread: the exactly-once loop of dev-materiels, in one place.
+//!
+//! ```text
+//! loop {
+//!     poll one record from `orders`            (rebalance callbacks run inside this poll)
+//!     restore newly assigned tasks             (before any of their records is processed)
+//!     begin a transaction if none is open
+//!     decode -> task -> state machine          (state changes go to the task's write-back cache)
+//!     produce the update to `order-updates`, the new state to the changelog, or the record to
+//!     the dead-letter topic                    (all inside the transaction)
+//!     every commit interval:
+//!         fire due timers (punctuation)        (same transaction)
+//!         send the consumed offsets with the group metadata, commit the transaction
+//!         then, and only then, write each task's cache to RocksDB with its changelog position
+//! }
+//! ```
+//!
+//! This is Kafka Streams' `exactly_once_v2`: one transactional producer per thread, zombies
+//! fenced by the consumer group generation carried with the offsets. What differs is the state
+//! store: it is written after the commit, never before, so it never holds state that Kafka might
+//! still abort, and a crash costs a replay of the changelog from the store's position only.
+//!
+//! On an abortable error the transaction is aborted, the caches dropped and the consumer sent
+//! back to the first offset the transaction read. On a fatal one (the producer was fenced by a
+//! newer incarnation, say) the thread stops with an error: a supervisor restarts the process,
+//! which restores and carries on.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use state::decode_command;
+
+use super::dlq::{dead_letter_headers, Source};
+use super::restore::restore;
+use super::task::{Output, Task};
+use super::{KafkaContext, RuntimeError, StreamConfig};
+use crate::kafka_config::{KAFKA_CALL_TIMEOUT, MAX_MESSAGE_BYTES};
+use crate::topics::{ensure_topics, partition_count, TopicSpec};
+
+/// How long one `poll` waits for a record.
+const POLL: Duration = Duration::from_millis(20);
+/// How often retriable transactional calls are tried before giving up.
+const TXN_ATTEMPTS: u32 = 10;
+/// A dead letter whose value does not fit is cut to this many bytes.
+const DLQ_TRUNCATE: usize = 64 << 10;
+
+/// Live counters of one stream thread, readable from any thread (the demo's progress, health
+/// checks).
+#[derive(Debug, Default)]
+pub struct StreamMetrics {
+    /// Records read from `orders`.
+    pub records: AtomicU64,
+    /// Updates emitted to `order-updates` (commands and timers).
+    pub updates: AtomicU64,
+    /// Commands that changed nothing (already seen).
+    pub unchanged: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub commits: AtomicU64,
+    pub aborts: AtomicU64,
+    /// Changelog records replayed by restores.
+    pub restored_records: AtomicU64,
+    /// Tasks restored and processing.
+    pub active_tasks: AtomicU64,
+}
+
+impl StreamMetrics {
+    pub fn snapshot(&self) -> StreamStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StreamStats {
+            records: get(&self.records),
+            updates: get(&self.updates),
+            unchanged: get(&self.unchanged),
+            dead_letters: get(&self.dead_letters),
+            commits: get(&self.commits),
+            aborts: get(&self.aborts),
+            restored_records: get(&self.restored_records),
+            active_tasks: get(&self.active_tasks),
+        }
+    }
+}
+
+/// A copy of [`StreamMetrics`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub records: u64,
+    pub updates: u64,
+    pub unchanged: u64,
+    pub dead_letters: u64,
+    pub commits: u64,
+    pub aborts: u64,
+    pub restored_records: u64,
+    pub active_tasks: u64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts the producer's acknowledged changelog offsets, per partition, for the open
+/// transaction. Runs on the stream thread (the producer is polled there).
+struct DeliveryTracker {
+    changelog: String,
+    last_offsets: Mutex<HashMap<i32, i64>>,
+    failures: AtomicU64,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(message) if message.topic() == self.changelog => {
+                if let Ok(mut offsets) = self.last_offsets.lock() {
+                    let last = offsets.entry(message.partition()).or_insert(message.offset());
+                    *last = (*last).max(message.offset());
+                }
+            }
+            Ok(_) => {}
+            Err((err, message)) => {
+                // The transaction will fail to commit; this only says why.
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic = message.topic(), partition = message.partition(), error = %err, "a record of the transaction was not delivered");
+            }
+        }
+    }
+}
+
+impl DeliveryTracker {
+    fn take(&self) -> HashMap<i32, i64> {
+        self.last_offsets.lock().map(|mut o| std::mem::take(&mut *o)).unwrap_or_default()
+    }
+}
+
+/// The restore consumer's context: reaching the end of a partition is what a restore waits for,
+/// not an error worth a log line.
+pub struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "restore consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
+/// The open transaction.
+#[derive(Default)]
+struct Txn {
+    /// The first `orders` offset this transaction read, per partition: where to go back to if
+    /// it aborts.
+    first_offsets: BTreeMap<i32, i64>,
+}
+
+/// Everything the loop and the rebalance callbacks share.
+struct Engine {
+    config: StreamConfig,
+    changelog: String,
+    producer: BaseProducer<DeliveryTracker>,
+    restore_consumer: BaseConsumer<RestoreContext>,
+    tasks: BTreeMap<i32, Task>,
+    /// Partitions assigned but not restored yet.
+    to_restore: BTreeSet<i32>,
+    txn: Option<Txn>,
+    last_commit: Instant,
+    /// An error raised inside a rebalance callback, reported by the loop.
+    fatal: Option<RuntimeError>,
+    metrics: Arc<StreamMetrics>,
+}
+
+/// The consumer's context: routes rebalance callbacks to the engine.
+struct StreamContext {
+    engine: Arc<Mutex<Engine>>,
+}
+
+fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    // A panic while holding the lock is a bug; the state it left is still the best there is.
+    engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ClientContext for StreamContext {}
+
+impl ConsumerContext for StreamContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            lock(&self.engine).on_revoke(consumer, &partitions_of(tpl));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = partitions_of(tpl);
+                tracing::info!(?partitions, "partitions assigned");
+                lock(&self.engine).to_restore.extend(partitions);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(err) => tracing::warn!(error = %err, "rebalance error"),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Runs dev-materiels' stream thread until `shutdown` is set, then commits what is open and
+/// returns its counters.
+pub fn run(config: StreamConfig, shutdown: Arc<AtomicBool>, metrics: Arc<StreamMetrics>) -> Result<StreamStats, RuntimeError> {
+    let changelog = config.changelog_topic();
+    prepare_topics(&config, &changelog)?;
+
+    let engine = Arc::new(Mutex::new(Engine::new(config.clone(), changelog, Arc::clone(&metrics))?));
+    let consumer: BaseConsumer<StreamContext> = consumer_config(&config)
+        .create_with_context(StreamContext { engine: Arc::clone(&engine) })
+        .context("creating the orders consumer")?;
+    consumer.subscribe(&[&config.topics.orders_topic]).context("subscribing to orders")?;
+    tracing::info!(
+        group = %config.application_id,
+        transactional_id = %config.transactional_id(),
+        commit_interval_ms = config.commit_interval.as_millis() as u64,
+        "dev-materiels stream thread started"
+    );
+
+    let mut last_report = Instant::now();
+    let mut last_consumer_error: Option<Instant> = None;
+    while !shutdown.load(Ordering::Relaxed) {
+        let message = consumer.poll(POLL);
+        let mut engine = lock(&engine);
+        if let Some(err) = engine.fatal.take() {
+            return Err(err);
+        }
+        engine.restore_assigned(&consumer)?;
+        match message {
+            None => {}
+            Some(Ok(message)) => engine.process(&message)?,
+            Some(Err(err)) => {
+                // Transient consumer errors (a broker down, a partition moving): librdkafka
+                // retries by itself. Say so at most once a second.
+                if last_consumer_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    tracing::warn!(error = %err, "consumer error");
+                    last_consumer_error = Some(Instant::now());
+                }
+            }
+        }
+        engine.producer.poll(Duration::ZERO);
+        engine.maybe_commit(&consumer)?;
+        if last_report.elapsed() > Duration::from_secs(10) {
+            let s = engine.metrics.snapshot();
+            tracing::info!(records = s.records, updates = s.updates, dead_letters = s.dead_letters, commits = s.commits, aborts = s.aborts, "progress");
+            last_report = Instant::now();
+        }
+    }
+
+    tracing::info!("shutting down: committing the open transaction");
+    lock(&engine).commit(&consumer)?;
+    // Closing the consumer runs the revoke callback, which finds nothing left to commit.
+    drop(consumer);
+    Ok(metrics.snapshot())
+}
+
+/// Creates the topics if missing, and checks that the changelog has one partition per `orders`
+/// partition.
+fn prepare_topics(config: &StreamConfig, changelog: &str) -> Result<(), RuntimeError> {
+    let t = &config.topics;
+    let rf = t.replication_factor;
+    if !config.create_topics {
+        let orders = partition_count(&config.kafka, &t.orders_topic, KAFKA_CALL_TIMEOUT)?;
+        let changelog_partitions = partition_count(&config.kafka, changelog, KAFKA_CALL_TIMEOUT)?;
+        return check_changelog(changelog, changelog_partitions, orders, &t.orders_topic);
+    }
+    ensure_topics(
+        &config.kafka,
+        &[
+            TopicSpec::new(&t.orders_topic, t.partitions, rf),
+            TopicSpec::new(&t.updates_topic, t.partitions, rf),
+            TopicSpec::new(&t.dlq_topic, 1, rf),
+        ],
+    )?;
+    let orders = partition_count(&config.kafka, &t.orders_topic, KAFKA_CALL_TIMEOUT)?;
+    ensure_topics(&config.kafka, &[TopicSpec::new(changelog, orders, rf).compacted()])?;
+    let changelog_partitions = partition_count(&config.kafka, changelog, KAFKA_CALL_TIMEOUT)?;
+    check_changelog(changelog, changelog_partitions, orders, &t.orders_topic)
+}
+
+fn check_changelog(changelog: &str, actual: i32, expected: i32, orders: &str) -> Result<(), RuntimeError> {
+    if actual != expected {
+        return Err(crate::topics::TopicError::PartitionMismatch {
+            topic: changelog.to_string(),
+            actual,
+            expected,
+            hint: format!(" (one per partition of {orders})"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn consumer_config(config: &StreamConfig) -> ClientConfig {
+    let mut c = config.kafka.base();
+    c.set("group.id", &config.application_id)
+        .set("group.instance.id", &config.instance_id)
+        .set("client.id", format!("{}-consumer", config.transactional_id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "50");
+    config.kafka.finish(c)
+}
+
+impl Engine {
+    fn new(config: StreamConfig, changelog: String, metrics: Arc<StreamMetrics>) -> Result<Engine, RuntimeError> {
+        let mut p = config.kafka.base();
+        p.set("transactional.id", config.transactional_id())
+            .set("client.id", format!("{}-producer", config.transactional_id()))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string())
+            .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
+            // Java's partitioner: the same key lands on the same partition whoever produces it.
+            .set("partitioner", "murmur2_random");
+        let tracker = DeliveryTracker { changelog: changelog.clone(), last_offsets: Mutex::default(), failures: AtomicU64::new(0) };
+        let producer: BaseProducer<DeliveryTracker> =
+            config.kafka.finish(p).create_with_context(tracker).context("creating the transactional producer")?;
+        // Fences any previous incarnation with the same transactional id and aborts what it left
+        // open.
+        producer.init_transactions(KAFKA_CALL_TIMEOUT).context("initialising transactions")?;
+
+        let mut r = config.kafka.base();
+        r.set("client.id", format!("{}-restore-consumer", config.transactional_id()))
+            .set("group.id", format!("{}-restore", config.application_id))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest");
+        r.set("fetch.wait.max.ms", "20");
+        let restore_consumer: BaseConsumer<RestoreContext> =
+            config.kafka.finish(r).create_with_context(RestoreContext).context("creating the restore consumer")?;
+
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| RuntimeError::Config(format!("cannot create state directory {}: {e}", config.state_dir.display())))?;
+        Ok(Engine {
+            config,
+            changelog,
+            producer,
+            restore_consumer,
+            tasks: BTreeMap::new(),
+            to_restore: BTreeSet::new(),
+            txn: None,
+            last_commit: Instant::now(),
+            fatal: None,
+            metrics,
+        })
+    }
+
+    /// Restores the tasks of newly assigned partitions, before any of their records is processed.
+    fn restore_assigned(&mut self, consumer: &BaseConsumer<StreamContext>) -> Result<(), RuntimeError> {
+        if self.to_restore.is_empty() {
+            return Ok(());
+        }
+        let partitions: Vec<i32> = std::mem::take(&mut self.to_restore).into_iter().collect();
+        // The committed offsets, asked for with read_committed: the broker answers only once no
+        // transaction that carries offsets for these partitions is pending (KIP-447), so a zombie
+        // cannot commit changelog records after the restore below has read to the end.
+        let mut wanted = TopicPartitionList::new();
+        for p in &partitions {
+            wanted.add_partition(&self.config.topics.orders_topic, *p);
+        }
+        let committed = consumer.committed_offsets(wanted, KAFKA_CALL_TIMEOUT).context("reading committed offsets")?;
+        for partition in partitions {
+            let dir = self.config.state_dir.join(format!("partition-{partition}"));
+            let mut task = Task::open(partition, &dir, &self.config.store)?;
+            let stats = restore(&self.restore_consumer, &self.changelog, &mut task)?;
+            tracing::info!(
+                partition,
+                from = stats.from.unwrap_or(-1),
+                to = stats.to,
+                records = stats.records,
+                elapsed_ms = stats.elapsed.as_millis() as u64,
+                pending_timers = task.pending_timers(),
+                "restore complete"
+            );
+            task.next_input_offset = committed
+                .find_partition(&self.config.topics.orders_topic, partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            self.metrics.restored_records.fetch_add(stats.records, Ordering::Relaxed);
+            self.tasks.insert(partition, task);
+            self.metrics.active_tasks.store(self.tasks.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self) -> Result<(), RuntimeError> {
+        if self.txn.is_none() {
+            self.producer.begin_transaction().context("beginning a transaction")?;
+            self.txn = Some(Txn::default());
+        }
+        Ok(())
+    }
+
+    /// Processes one record of `orders` inside the open transaction.
+    fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
+        let partition = message.partition();
+        let offset = message.offset();
+        if !self.tasks.contains_key(&partition) {
+            // A record fetched just before its partition was revoked.
+            tracing::debug!(partition, offset, "record for a partition this thread does not own; skipped");
+            return Ok(());
+        }
+        self.begin()?;
+        if let Some(txn) = &mut self.txn {
+            txn.first_offsets.entry(partition).or_insert(offset);
+        }
+        bump(&self.metrics.records);
+        match decode_command(message.key(), message.payload()) {
+            Ok(envelope) => {
+                let rules = &self.config.rules;
+                let Some(task) = self.tasks.get_mut(&partition) else { return Ok(()) };
+                match task.process(&envelope, rules, now_ms())? {
+                    Some(output) => self.emit(partition, &output)?,
+                    None => bump(&self.metrics.unchanged),
+                }
+            }
+            Err(invalid) => {
+                tracing::warn!(partition, offset, error = %invalid, "invalid command sent to the dead-letter topic");
+                self.dead_letter(message, &invalid)?;
+            }
+        }
+        if let Some(task) = self.tasks.get_mut(&partition) {
+            task.next_input_offset = Some(offset + 1);
+        }
+        Ok(())
+    }
+
+    /// Produces an update and its changelog record.
+    fn emit(&mut self, partition: i32, output: &Output) -> Result<(), RuntimeError> {
+        let update = serde_json::to_vec(&output.update).unwrap_or_default();
+        let key = output.update.order_id.as_str();
+        send(&self.producer, BaseRecord::to(&self.config.topics.updates_topic).key(key).payload(&update))?;
+        send(&self.producer, BaseRecord::to(&self.changelog).partition(partition).key(key).payload(&output.state))?;
+        bump(&self.metrics.updates);
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, message: &BorrowedMessage<'_>, invalid: &state::InvalidCommand) -> Result<(), RuntimeError> {
+        let source = Source { topic: message.topic(), partition: message.partition(), offset: message.offset() };
+        let value = message.payload().unwrap_or_default();
+        let key = message.key().unwrap_or_default();
+        let topic = &self.config.topics.dlq_topic;
+        let record = BaseRecord::to(topic).key(key).payload(value).headers(dead_letter_headers(invalid, &source, None));
+        match send(&self.producer, record) {
+            Err(RuntimeError::Kafka { source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), .. }) => {
+                let cut = &value[..value.len().min(DLQ_TRUNCATE)];
+                let headers = dead_letter_headers(invalid, &source, Some(value.len()));
+                send(&self.producer, BaseRecord::to(topic).key(key).payload(cut).headers(headers))?;
+            }
+            other => other?,
+        }
+        bump(&self.metrics.dead_letters);
+        Ok(())
+    }
+
+    /// Every commit interval: fires due timers, then commits.
+    fn maybe_commit(&mut self, consumer: &BaseConsumer<StreamContext>) -> Result<(), RuntimeError> {
+        if self.last_commit.elapsed() < self.config.commit_interval {
+            return Ok(());
+        }
+        self.punctuate()?;
+        self.commit(consumer)?;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    fn punctuate(&mut self) -> Result<(), RuntimeError> {
+        let now = now_ms();
+        let mut fired = Vec::new();
+        for (partition, task) in &mut self.tasks {
+            for output in task.punctuate(&self.config.rules, now)? {
+                fired.push((*partition, output));
+            }
+        }
+        if fired.is_empty() {
+            return Ok(());
+        }
+        self.begin()?;
+        for (partition, output) in &fired {
+            self.emit(*partition, output)?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction (offsets included), then writes the tasks' caches to
+    /// RocksDB. On an abortable error, aborts and rewinds instead.
+    fn commit(&mut self, consumer: &BaseConsumer<StreamContext>) -> Result<(), RuntimeError> {
+        let Some(txn) = self.txn.take() else { return Ok(()) };
+        // Offsets for every task, not only those that read records: a transaction made of timers
+        // alone still carries the group generation, so a zombie's cannot commit.
+        let mut offsets = TopicPartitionList::new();
+        for (partition, task) in &self.tasks {
+            if let Some(next) = task.next_input_offset {
+                offsets.add_partition_offset(&self.config.topics.orders_topic, *partition, Offset::Offset(next))?;
+            }
+        }
+        let group = match offsets.count() {
+            0 => None,
+            _ => Some(consumer.group_metadata().ok_or_else(|| RuntimeError::Config("the consumer has no group metadata".into()))?),
+        };
+        let started = Instant::now();
+        let result = self.send_offsets_and_commit(group.as_ref(), &offsets);
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "transaction commit");
+        match result {
+            Ok(()) => {
+                let acknowledged = self.producer.context().take();
+                for (partition, task) in &mut self.tasks {
+                    if !task.is_dirty() {
+                        continue;
+                    }
+                    let last = acknowledged.get(partition).ok_or(RuntimeError::MissingChangelogOffset { partition: *partition })?;
+                    task.flush(last + 1)?;
+                }
+                bump(&self.metrics.commits);
+                Ok(())
+            }
+            Err(KafkaError::Transaction(err)) if err.txn_requires_abort() => {
+                tracing::warn!(error = %err, "transaction failed; aborting and reprocessing from the last commit");
+                self.abort(consumer, txn)
+            }
+            Err(err) => Err(RuntimeError::Kafka { context: "committing the transaction".into(), source: err }),
+        }
+    }
+
+    fn send_offsets_and_commit(&self, group: Option<&rdkafka::consumer::ConsumerGroupMetadata>, offsets: &TopicPartitionList) -> Result<(), KafkaError> {
+        if let Some(group) = group {
+            retry(|| self.producer.send_offsets_to_transaction(offsets, group, KAFKA_CALL_TIMEOUT))?;
+        }
+        retry(|| self.producer.commit_transaction(KAFKA_CALL_TIMEOUT))
+    }
+
+    fn abort(&mut self, consumer: &BaseConsumer<StreamContext>, txn: Txn) -> Result<(), RuntimeError> {
+        retry(|| self.producer.abort_transaction(KAFKA_CALL_TIMEOUT)).context("aborting the transaction")?;
+        self.producer.context().take();
+        bump(&self.metrics.aborts);
+        for task in self.tasks.values_mut() {
+            task.discard()?;
+        }
+        for (partition, first) in txn.first_offsets {
+            if let Some(task) = self.tasks.get_mut(&partition) {
+                task.next_input_offset = Some(first);
+                consumer
+                    .seek(&self.config.topics.orders_topic, partition, Offset::Offset(first), KAFKA_CALL_TIMEOUT)
+                    .context(format!("rewinding partition {partition} to offset {first}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Before partitions go to another member: commit what is open, then close their tasks.
+    fn on_revoke(&mut self, consumer: &BaseConsumer<StreamContext>, partitions: &[i32]) {
+        tracing::info!(?partitions, "partitions revoked: committing the open transaction");
+        if let Err(err) = self.commit(consumer) {
+            tracing::error!(error = %err, "could not commit before the partitions were revoked");
+            self.fatal.get_or_insert(err);
+        }
+        for partition in partitions {
+            self.to_restore.remove(partition);
+            self.tasks.remove(partition);
+        }
+        self.metrics.active_tasks.store(self.tasks.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Sends a record, waiting while the producer's queue is full.
+fn send(producer: &BaseProducer<DeliveryTracker>, record: BaseRecord<'_, impl rdkafka::message::ToBytes + ?Sized, impl rdkafka::message::ToBytes + ?Sized>) -> Result<(), RuntimeError> {
+    let mut record = record;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((err, returned)) => {
+                return Err(RuntimeError::Kafka { context: format!("producing to {}", returned.topic), source: err });
+            }
+        }
+    }
+}
+
+/// Retries a transactional call while librdkafka says the error is retriable.
+fn retry(mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+    let mut attempt = 0;
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(err)) if err.is_retriable() && attempt + 1 < TXN_ATTEMPTS => {
+                attempt += 1;
+                tracing::warn!(error = %err, attempt, "retriable transactional error; retrying");
+                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Bad messages on `orders` land in `orders.dlq` with their reason and origin; the good messages
+//! around them are processed, and the processor keeps running.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pipeline::runtime::dlq::headers;
+use pipeline::workload::{Mix, Workload};
+use rand::RngCore;
+use support::{converge, now_ms, send_all, settled, TestEnv};
+
+#[test]
+fn poison_messages_go_to_the_dead_letter_topic_with_their_reason() {
+    let env = TestEnv::start("dlq", 2);
+    let view = env.start_view("main");
+    let producer = env.producer();
+    let mut dev = env.spawn_dev_materiels(0);
+
+    let mut workload = Workload::new(3, "DLQ", now_ms());
+    let ids: Vec<String> = (0..400).map(|i| workload.order_id(i)).collect();
+    let good = workload.place_phase(400, Mix::CLEAN);
+    let (before, after) = good.split_at(good.len() / 2);
+
+    let mut garbage = vec![0u8; 1 << 20];
+    rand::rng().fill_bytes(&mut garbage);
+    let valid = serde_json::to_string(&before[0]).expect("json");
+    let bad: Vec<(&str, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![
+        ("malformed", Some(b"BAD-1".to_vec()), Some(b"this is not json {".to_vec())),
+        ("unsupported-schema-version", Some(b"BAD-2".to_vec()), Some(valid.replace("\"schema_version\":1", "\"schema_version\":99").replace(&before[0].order_id, "BAD-2").into_bytes())),
+        ("malformed", Some(b"BAD-3".to_vec()), Some(br#"{"schema_version":1,"command_id":"x","order_id":"BAD-3"}"#.to_vec())),
+        ("malformed", Some(b"BAD-4".to_vec()), Some(br#"{"schema_version":1,"command_id":"x","issued_at_ms":1,"order_id":"BAD-4","command":{"type":"Teleport"}}"#.to_vec())),
+        ("empty", Some(b"BAD-5".to_vec()), Some(Vec::new())),
+        ("empty", Some(b"BAD-6".to_vec()), None),
+        ("malformed", Some(b"BAD-7".to_vec()), Some(garbage.clone())),
+        ("key-mismatch", Some(b"SOMEONE-ELSE".to_vec()), Some(valid.clone().into_bytes())),
+    ];
+
+    send_all(&producer, before);
+    let mut expected: HashMap<(i32, i64), (&str, Option<Vec<u8>>)> = HashMap::new();
+    for (kind, key, value) in &bad {
+        let future = producer.send_raw(key.as_deref(), value.as_deref()).expect("queue a bad message");
+        let delivery = futures::executor::block_on(future).expect("future").expect("Kafka took the bad message");
+        expected.insert((delivery.partition, delivery.offset), (*kind, value.clone()));
+    }
+    send_all(&producer, after);
+
+    assert!(view.wait_until(&ids, Duration::from_secs(120), settled).is_empty(), "good orders around the bad ones were not processed");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let letters = loop {
+        let letters = env.read_all(&env.topics.dlq_topic);
+        if letters.len() >= bad.len() || Instant::now() > deadline {
+            break letters;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(letters.len(), bad.len(), "one dead letter per bad message");
+    for letter in &letters {
+        let partition: i32 = letter.headers[headers::SOURCE_PARTITION].parse().expect("partition header");
+        let offset: i64 = letter.headers[headers::SOURCE_OFFSET].parse().expect("offset header");
+        let (kind, value) = expected.get(&(partition, offset)).unwrap_or_else(|| panic!("dead letter for unknown origin {partition}/{offset}"));
+        assert_eq!(letter.headers[headers::ERROR_KIND], *kind, "kind of {partition}/{offset}: {}", letter.headers[headers::ERROR]);
+        assert!(!letter.headers[headers::ERROR].is_empty());
+        assert_eq!(letter.headers[headers::SOURCE_TOPIC], env.topics.orders_topic);
+        assert_eq!(letter.value.clone().unwrap_or_default(), value.clone().unwrap_or_default(), "the dead letter keeps the original bytes");
+        eprintln!("dead letter {partition}/{offset}: {} ({} bytes)", letter.headers[headers::ERROR], letter.value.as_ref().map_or(0, Vec::len));
+    }
+    let reasons: Vec<&str> = letters.iter().map(|l| l.headers[headers::ERROR].as_str()).collect();
+    assert!(reasons.iter().any(|r| r.contains("schema version 99")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("Teleport")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("missing field")), "{reasons:?}");
+
+    dev.assert_running();
+    let report = converge(&env, &view, &good);
+    dev.terminate();
+    assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
+    assert!(report.expected.keys().all(|id| id.starts_with("DLQ")), "a bad message became an order");
+}

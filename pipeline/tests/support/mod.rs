@@ -1,0 +1,416 @@
+//! What the integration tests share: a real broker, the services as real processes, readers of
+//! the topics, and the reference model that the results are checked against.
+
+#![allow(dead_code)]
+
+pub mod model;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kafka_harness::{Cluster, ClusterConfig};
+use pipeline::kafka_config::{KafkaArgs, TopicArgs};
+use pipeline::runtime::changelog_topic;
+use pipeline::wagon_lits::{ensure_service_topics, CommandProducer, Materialiser, ViewConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use state::{Catalogue, CommandEnvelope, OrderStatus, OrderUpdate, Rules, StoreOptions, ViewStore};
+
+pub const PREPARE_AFTER_MS: u64 = 300;
+pub const SHIP_AFTER_MS: u64 = 300;
+
+pub fn rules() -> Rules {
+    Rules {
+        catalogue: Catalogue::default(),
+        prepare_after: Duration::from_millis(PREPARE_AFTER_MS),
+        ship_after: Duration::from_millis(SHIP_AFTER_MS),
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// One test's world: a broker of its own, topic names, a scratch directory.
+pub struct TestEnv {
+    pub cluster: Cluster,
+    pub kafka: KafkaArgs,
+    pub topics: TopicArgs,
+    pub application_id: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn start(name: &str, partitions: i32) -> TestEnv {
+        let cluster = Cluster::start(ClusterConfig::default()).expect("starting a Kafka broker");
+        let mut kafka = KafkaArgs::new(cluster.bootstrap_servers());
+        // Lets the tests produce the 1 MiB poison message.
+        kafka.options.push(("message.max.bytes".into(), (8 << 20).to_string()));
+        let topics = TopicArgs { partitions, ..TopicArgs::default() };
+        let env = TestEnv {
+            cluster,
+            kafka,
+            topics,
+            application_id: format!("dev-materiels-{name}"),
+            dir: tempfile::Builder::new().prefix(&format!("rail-test-{name}-")).tempdir().expect("tempdir"),
+        };
+        ensure_service_topics(&env.kafka, &env.topics).expect("creating topics");
+        env
+    }
+
+    pub fn changelog(&self) -> String {
+        changelog_topic(&self.application_id)
+    }
+
+    pub fn producer(&self) -> CommandProducer {
+        CommandProducer::new(&self.kafka, &self.topics.orders_topic, Duration::from_secs(60)).expect("producer")
+    }
+
+    pub fn dev_state_dir(&self) -> PathBuf {
+        self.dir.path().join("dev-materiels")
+    }
+
+    /// Starts dev-materiels as a separate process.
+    pub fn spawn_dev_materiels(&self, incarnation: usize) -> DevMateriels {
+        let log = self.dir.path().join(format!("dev-materiels-{incarnation}.log"));
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dev-materiels"));
+        command
+            .arg("--brokers")
+            .arg(&self.kafka.brokers)
+            .arg("--partitions")
+            .arg(self.topics.partitions.to_string())
+            .arg("--application-id")
+            .arg(&self.application_id)
+            .arg("--instance-id")
+            .arg("instance-0")
+            .arg("--state-dir")
+            .arg(self.dev_state_dir())
+            .arg("--prepare-after-ms")
+            .arg(PREPARE_AFTER_MS.to_string())
+            .arg("--ship-after-ms")
+            .arg(SHIP_AFTER_MS.to_string())
+            .arg("--session-timeout-ms")
+            .arg("6000")
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc_prctl_pdeathsig();
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("starting dev-materiels");
+        DevMateriels { child: Some(child), log }
+    }
+
+    /// Runs the wagon-lits view in this process, in a thread of its own.
+    pub fn start_view(&self, name: &str) -> ViewRunner {
+        let materialiser = Materialiser::new(
+            ViewConfig {
+                kafka: self.kafka.clone(),
+                updates_topic: self.topics.updates_topic.clone(),
+                state_dir: self.dir.path().join(format!("wagon-lits-{name}")),
+                max_batch: 5_000,
+            },
+            &StoreOptions::default(),
+        )
+        .expect("view");
+        let view = materialiser.view();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            materialiser.run(flag).expect("view materialiser");
+        });
+        ViewRunner { view, stop, thread: Some(thread) }
+    }
+
+    /// Every record of `topic`, read with read_committed from the beginning to the end.
+    pub fn read_all(&self, topic: &str) -> Vec<Record> {
+        read_topic(&self.kafka, topic)
+    }
+
+    /// Every update on `order-updates`.
+    pub fn updates(&self) -> Vec<OrderUpdate> {
+        self.read_all(&self.topics.updates_topic)
+            .into_iter()
+            .map(|r| serde_json::from_slice(&r.value.unwrap_or_default()).expect("an update on order-updates"))
+            .collect()
+    }
+}
+
+fn libc_prctl_pdeathsig() {
+    // Kill the child if the test thread that started it dies.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+pub fn read_topic(kafka: &KafkaArgs, topic: &str) -> Vec<Record> {
+    let mut config = kafka.base();
+    config
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = kafka.finish(config).create().expect("reader");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut at_end: HashSet<i32> = HashSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while at_end.len() < partitions as usize {
+        assert!(Instant::now() < deadline, "reading {topic} did not reach its end");
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let mut headers = HashMap::new();
+                if let Some(h) = m.headers() {
+                    for header in h.iter() {
+                        headers.insert(header.key.to_string(), String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned());
+                    }
+                }
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The sum of the end offsets of `topic`'s partitions (records plus transaction markers).
+pub fn end_offsets(kafka: &KafkaArgs, topic: &str) -> i64 {
+    let consumer: BaseConsumer = kafka.finish(kafka.base()).create().expect("client");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks").1)
+        .sum()
+}
+
+/// dev-materiels running as a child process.
+pub struct DevMateriels {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl DevMateriels {
+    /// SIGKILL: no chance to commit or flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(status.success(), "dev-materiels exited with {status} after SIGTERM; log:\n{}", self.log_text());
+                    return;
+                }
+                assert!(start.elapsed() < Duration::from_secs(60), "dev-materiels did not stop after SIGTERM");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Some(child) = &mut self.child {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("dev-materiels exited early with {status}; log:\n{}", self.log_text());
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The `restore complete` lines this process logged: (partition, records replayed).
+    pub fn restores(&self) -> Vec<(i32, u64)> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("restore complete"))
+            .filter_map(|l| Some((field(l, "partition")?.parse().ok()?, field(l, "records")?.parse().ok()?)))
+            .collect()
+    }
+
+    /// Waits until every partition in `0..partitions` has been restored by this process.
+    pub fn wait_restored(&mut self, partitions: i32, timeout: Duration) -> Vec<(i32, u64)> {
+        let start = Instant::now();
+        loop {
+            self.assert_running();
+            let restores = self.restores();
+            let seen: HashSet<i32> = restores.iter().map(|(p, _)| *p).collect();
+            if (0..partitions).all(|p| seen.contains(&p)) {
+                return restores;
+            }
+            assert!(start.elapsed() < timeout, "dev-materiels did not restore its tasks in {timeout:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for DevMateriels {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!("{name}=");
+    let start = line.find(&key)? + key.len();
+    let rest = &line[start..];
+    Some(rest.split(|c: char| c.is_whitespace()).next().unwrap_or(rest))
+}
+
+/// The wagon-lits view running in a thread.
+pub struct ViewRunner {
+    pub view: Arc<ViewStore>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ViewRunner {
+    /// Waits until `done` holds for every order in `ids`; returns the ids for which it does not
+    /// at the deadline.
+    pub fn wait_until(&self, ids: &[String], timeout: Duration, done: impl Fn(Option<&OrderUpdate>) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut waiting: Vec<String> = ids.to_vec();
+        loop {
+            waiting.retain(|id| !done(self.view.get(id).expect("view read").as_ref()));
+            if waiting.is_empty() || Instant::now() > deadline {
+                return waiting;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn stop(mut self) -> Arc<ViewStore> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("view thread");
+        }
+        Arc::clone(&self.view)
+    }
+}
+
+impl Drop for ViewRunner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A status after which the first phase has nothing more to do.
+pub fn settled(row: Option<&OrderUpdate>) -> bool {
+    matches!(row.and_then(|r| r.status), Some(OrderStatus::Shipped | OrderStatus::Rejected | OrderStatus::Cancelled))
+}
+
+/// Sends commands and waits for Kafka to have them all.
+pub fn send_all(producer: &CommandProducer, commands: &[CommandEnvelope]) {
+    let futures: Vec<_> = commands.iter().map(|c| producer.send(c).expect("queue a command")).collect();
+    for result in futures::executor::block_on(futures::future::join_all(futures)) {
+        result.expect("delivery future").expect("Kafka took the command");
+    }
+}
+
+/// Sends commands at about `per_second`, in small bursts, and waits for them all.
+pub fn send_paced(producer: &CommandProducer, commands: &[CommandEnvelope], per_second: usize) {
+    let burst = (per_second / 20).max(1);
+    let start = Instant::now();
+    let mut futures = Vec::with_capacity(commands.len());
+    for (i, chunk) in commands.chunks(burst).enumerate() {
+        for c in chunk {
+            futures.push(producer.send(c).expect("queue a command"));
+        }
+        let due = start + Duration::from_millis(50 * (i as u64 + 1));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    for result in futures::executor::block_on(futures::future::join_all(futures)) {
+        result.expect("delivery future").expect("Kafka took the command");
+    }
+}
+
+/// Orders whose final row the model and the view disagree on.
+pub fn compare_view(view: &ViewStore, expected: &BTreeMap<String, (u64, Option<OrderStatus>)>) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for (id, (version, status)) in expected {
+        match view.get(id).expect("view read") {
+            Some(row) if row.version == *version && row.status == *status => {}
+            Some(row) => diffs.push(format!("{id}: view has v{} {:?}, model says v{version} {status:?}", row.version, row.status)),
+            None => diffs.push(format!("{id}: missing from the view (model says v{version} {status:?})")),
+        }
+    }
+    let rows = view.all().expect("view scan");
+    for row in rows {
+        if !expected.contains_key(&row.order_id) {
+            diffs.push(format!("{}: in the view but unknown to the model", row.order_id));
+        }
+    }
+    diffs
+}
+
+pub fn print_path(label: &str, path: &Path) {
+    eprintln!("{label}: {}", path.display());
+}
+
+/// Reads `order-updates` until the model finds every command applied and the view agrees with
+/// it; returns the last report.
+pub fn converge(env: &TestEnv, view: &ViewRunner, sent: &[state::CommandEnvelope]) -> model::ModelReport {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let report = model::check(sent, &env.updates(), &rules());
+        let diffs = compare_view(&view.view, &report.expected);
+        let done = report.lost_commands == 0 && report.unsettled == 0 && diffs.is_empty();
+        if done || Instant::now() > deadline {
+            assert!(diffs.is_empty(), "view differs from the model in {} orders, e.g. {:#?}\n{}", diffs.len(), &diffs[..diffs.len().min(10)], report.summary());
+            return report;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets the machine up, builds, and runs the whole test suite: unit and property tests, then the
+# integration tests, each against a real Apache Kafka broker it starts itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rail-orders/target}"
+# One profile for everything: RocksDB and librdkafka are built once, optimised.
+cargo build --release --locked --workspace --all-targets
+# Integration tests each start a broker and services; one at a time fits a 2-core machine.
+cargo test --release --locked --workspace -- --test-threads=1

@@ -1,0 +1,22 @@
+//! The order domain of the two railway services and their state stores. No Kafka, no HTTP.
+//!
+//! - [`order`]: commands, updates, statuses and the pure state machine;
+//! - [`catalogue`]: the SKUs dev-materiels accepts;
+//! - [`store`]: dev-materiels' per-partition order store (RocksDB, committed state only);
+//! - [`timers`]: a task's queue of pending timers;
+//! - [`view`]: wagon-lits' materialised view (RocksDB, exactly once by stored offsets).
+
+pub mod catalogue;
+pub mod order;
+pub mod store;
+pub mod timers;
+pub mod view;
+
+pub use catalogue::Catalogue;
+pub use order::{
+    decide, decode_command, fire_timer, Command, CommandEnvelope, Decision, InvalidCommand, OrderLine, OrderState,
+    OrderStatus, OrderUpdate, Outcome, PlaceOrder, Rules, Timer, TimerKind, Trigger,
+};
+pub use store::{OrderStore, StoreBatch, StoreError, StoreOptions};
+pub use timers::TimerQueue;
+pub use view::{ApplyStats, ViewRecord, ViewStore};

@@ -1,0 +1,511 @@
+//! The order: commands, updates, statuses and the state machine that links them.
+//!
+//! Everything here is pure: no clock, no I/O. The caller passes the current time in, so the same
+//! state, command and time always give the same decision. dev-materiels runs [`decide`] for each
+//! command it reads from `orders` and [`fire_timer`] for each timer that falls due; the tests run
+//! the very same functions as their reference model.
+//!
+//! ```text
+//!                  PlaceOrder (valid)            timer               timer            ConfirmDelivery
+//!   (none) ───────────────────────────▶ Accepted ──────▶ InPreparation ──────▶ Shipped ───────────────▶ Delivered
+//!     │                                    │                   │
+//!     │ PlaceOrder (invalid)               │ CancelOrder       │ CancelOrder
+//!     ▼                                    ▼                   ▼
+//!   Rejected                           Cancelled           Cancelled
+//! ```
+//!
+//! Every decision that reaches the outside is an [`OrderUpdate`] with the next version of the
+//! order. A command that does not fit the current status gives a [`Outcome::Refused`] update that
+//! leaves the status as it was. A command whose id the order already saw gives nothing at all.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+use crate::catalogue::Catalogue;
+
+/// The only schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Most lines an order may carry.
+pub const MAX_LINES: usize = 50;
+/// Allowed quantity per line.
+pub const QUANTITY_RANGE: std::ops::RangeInclusive<u32> = 1..=999;
+/// How many command ids an order remembers for idempotence. Past that, the oldest are forgotten
+/// (an order sees a handful of commands in its life; this only bounds a flood of refused ones).
+pub const REMEMBERED_COMMANDS: usize = 256;
+/// Longest order id or command id accepted.
+pub const MAX_ID_LEN: usize = 128;
+
+/// The status of an order, as both services see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OrderStatus {
+    Accepted,
+    Rejected,
+    InPreparation,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 6] = [
+        OrderStatus::Accepted,
+        OrderStatus::Rejected,
+        OrderStatus::InPreparation,
+        OrderStatus::Shipped,
+        OrderStatus::Delivered,
+        OrderStatus::Cancelled,
+    ];
+
+    /// No transition leaves a final status.
+    pub fn is_final(self) -> bool {
+        matches!(self, OrderStatus::Rejected | OrderStatus::Delivered | OrderStatus::Cancelled)
+    }
+
+    /// A stable one-byte code, used as a key prefix by the stores.
+    pub fn code(self) -> u8 {
+        match self {
+            OrderStatus::Accepted => 1,
+            OrderStatus::Rejected => 2,
+            OrderStatus::InPreparation => 3,
+            OrderStatus::Shipped => 4,
+            OrderStatus::Delivered => 5,
+            OrderStatus::Cancelled => 6,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<OrderStatus> {
+        OrderStatus::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Accepted => "Accepted",
+            OrderStatus::Rejected => "Rejected",
+            OrderStatus::InPreparation => "InPreparation",
+            OrderStatus::Shipped => "Shipped",
+            OrderStatus::Delivered => "Delivered",
+            OrderStatus::Cancelled => "Cancelled",
+        }
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for OrderStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OrderStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown status {s:?}; expected one of Accepted, Rejected, InPreparation, Shipped, Delivered, Cancelled"))
+    }
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    pub sku: String,
+    pub quantity: u32,
+}
+
+/// The content of a `PlaceOrder` command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrder {
+    pub wagon_id: String,
+    pub requested_by: String,
+    pub lines: Vec<OrderLine>,
+}
+
+/// What wagon-lits asks of dev-materiels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum Command {
+    PlaceOrder(PlaceOrder),
+    CancelOrder { reason: String },
+    ConfirmDelivery {},
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::PlaceOrder(_) => "PlaceOrder",
+            Command::CancelOrder { .. } => "CancelOrder",
+            Command::ConfirmDelivery {} => "ConfirmDelivery",
+        }
+    }
+}
+
+/// A command as it travels on topic `orders` (key: the order id), in JSON:
+///
+/// ```json
+/// {"schema_version":1,"command_id":"7f7c…","issued_at_ms":1764190000000,"order_id":"ORD-1",
+///  "command":{"type":"PlaceOrder","wagon_id":"WL-42","requested_by":"agent-7",
+///             "lines":[{"sku":"BRAKE-PAD-UIC","quantity":4}]}}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandEnvelope {
+    pub schema_version: u32,
+    /// Unique per command: a command id seen twice by an order is applied once.
+    pub command_id: String,
+    /// When wagon-lits issued the command, in milliseconds since the Unix epoch.
+    pub issued_at_ms: u64,
+    pub order_id: String,
+    pub command: Command,
+}
+
+impl CommandEnvelope {
+    pub fn new(command_id: impl Into<String>, order_id: impl Into<String>, issued_at_ms: u64, command: Command) -> Self {
+        CommandEnvelope {
+            schema_version: SCHEMA_VERSION,
+            command_id: command_id.into(),
+            issued_at_ms,
+            order_id: order_id.into(),
+            command,
+        }
+    }
+}
+
+/// Why a command did not even reach the state machine. Such a command goes to the dead-letter
+/// topic with this reason; it never becomes an [`OrderUpdate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCommand {
+    #[error("empty message")]
+    Empty,
+    #[error("not a command: {0}")]
+    Malformed(String),
+    #[error("unsupported schema version {found} (this build reads version {SCHEMA_VERSION})")]
+    UnsupportedSchemaVersion { found: u64 },
+    #[error("{field} is empty")]
+    EmptyField { field: &'static str },
+    #[error("{field} is longer than {MAX_ID_LEN} bytes")]
+    FieldTooLong { field: &'static str },
+    #[error("message key {key:?} does not match order id {order_id:?}")]
+    KeyMismatch { key: String, order_id: String },
+}
+
+impl InvalidCommand {
+    /// A short, stable name for the kind of error (a dead-letter header, a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InvalidCommand::Empty => "empty",
+            InvalidCommand::Malformed(_) => "malformed",
+            InvalidCommand::UnsupportedSchemaVersion { .. } => "unsupported-schema-version",
+            InvalidCommand::EmptyField { .. } => "empty-field",
+            InvalidCommand::FieldTooLong { .. } => "field-too-long",
+            InvalidCommand::KeyMismatch { .. } => "key-mismatch",
+        }
+    }
+}
+
+/// Decodes and checks a command as read from `orders`. `key` is the record key, if any: when
+/// present it must equal the order id, so that every command of an order lands on one partition.
+pub fn decode_command(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<CommandEnvelope, InvalidCommand> {
+    let value = match value {
+        None => return Err(InvalidCommand::Empty),
+        Some(v) if v.iter().all(u8::is_ascii_whitespace) => return Err(InvalidCommand::Empty),
+        Some(v) => v,
+    };
+    let envelope: CommandEnvelope = match serde_json::from_slice(value) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            // Say "wrong version" rather than "missing field" when the version is the problem.
+            #[derive(Deserialize)]
+            struct VersionProbe {
+                schema_version: u64,
+            }
+            if let Ok(probe) = serde_json::from_slice::<VersionProbe>(value) {
+                if probe.schema_version != u64::from(SCHEMA_VERSION) {
+                    return Err(InvalidCommand::UnsupportedSchemaVersion { found: probe.schema_version });
+                }
+            }
+            return Err(InvalidCommand::Malformed(err.to_string()));
+        }
+    };
+    if envelope.schema_version != SCHEMA_VERSION {
+        return Err(InvalidCommand::UnsupportedSchemaVersion { found: u64::from(envelope.schema_version) });
+    }
+    for (field, text) in [("command_id", &envelope.command_id), ("order_id", &envelope.order_id)] {
+        if text.trim().is_empty() {
+            return Err(InvalidCommand::EmptyField { field });
+        }
+        if text.len() > MAX_ID_LEN {
+            return Err(InvalidCommand::FieldTooLong { field });
+        }
+    }
+    if let Some(key) = key {
+        if key != envelope.order_id.as_bytes() {
+            return Err(InvalidCommand::KeyMismatch {
+                key: String::from_utf8_lossy(key).into_owned(),
+                order_id: envelope.order_id,
+            });
+        }
+    }
+    Ok(envelope)
+}
+
+/// Whether an update moved the order or only reported a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The order moved from `previous_status` to `status`.
+    Applied,
+    /// The command did not fit the current status; `status` is unchanged and `reason` says why.
+    Refused,
+}
+
+/// What set an update off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Trigger {
+    /// A command; its id is in `command_id`.
+    Command,
+    /// The preparation timer (Accepted -> InPreparation).
+    PrepareTimer,
+    /// The shipping timer (InPreparation -> Shipped).
+    ShipTimer,
+}
+
+/// What dev-materiels decided, on topic `order-updates` (key: the order id), in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderUpdate {
+    pub schema_version: u32,
+    pub order_id: String,
+    /// 1 for the order's first update, then one more for each update.
+    pub version: u64,
+    /// The status after this update; `None` while the order was never placed.
+    pub status: Option<OrderStatus>,
+    pub previous_status: Option<OrderStatus>,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub trigger: Trigger,
+    /// The command that caused the update; `None` for timers.
+    pub command_id: Option<String>,
+    /// When dev-materiels decided, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+impl OrderUpdate {
+    /// The same update without its timestamp, for comparisons across runs.
+    pub fn without_timestamp(&self) -> OrderUpdate {
+        OrderUpdate { timestamp_ms: 0, ..self.clone() }
+    }
+}
+
+/// Which timer an order waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TimerKind {
+    Prepare,
+    Ship,
+}
+
+impl TimerKind {
+    fn trigger(self) -> Trigger {
+        match self {
+            TimerKind::Prepare => Trigger::PrepareTimer,
+            TimerKind::Ship => Trigger::ShipTimer,
+        }
+    }
+}
+
+/// A wall-clock timer kept with the order's state (a Kafka Streams punctuator, per order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Timer {
+    pub kind: TimerKind,
+    pub due_ms: u64,
+}
+
+/// Everything dev-materiels keeps about one order: the value of its state store and of its
+/// changelog records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderState {
+    pub order_id: String,
+    /// The version of the last update emitted for this order (0: none yet).
+    pub version: u64,
+    pub status: Option<OrderStatus>,
+    /// The content of the `PlaceOrder` that created the order.
+    pub placed: Option<PlaceOrder>,
+    /// Ids of the commands already applied, oldest first (at most [`REMEMBERED_COMMANDS`]).
+    pub seen_commands: Vec<String>,
+    pub timer: Option<Timer>,
+}
+
+impl OrderState {
+    pub fn new(order_id: impl Into<String>) -> Self {
+        OrderState { order_id: order_id.into(), version: 0, status: None, placed: None, seen_commands: Vec::new(), timer: None }
+    }
+
+    pub fn has_seen(&self, command_id: &str) -> bool {
+        self.seen_commands.iter().any(|c| c == command_id)
+    }
+}
+
+/// The rules dev-materiels is configured with.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub catalogue: Catalogue,
+    /// From Accepted to InPreparation.
+    pub prepare_after: Duration,
+    /// From InPreparation to Shipped.
+    pub ship_after: Duration,
+}
+
+/// The result of running a command or a timer through the state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to emit and nothing to store: a command id already seen, a `PlaceOrder` repeated
+    /// with the same content, or a timer that no longer applies.
+    Nothing,
+    /// Store `state` and emit `update` (whose version is `state.version`).
+    Update { state: OrderState, update: OrderUpdate },
+}
+
+/// Runs one command through the state machine. `state` is the order's current state, if it has
+/// one; `now_ms` is the processing time.
+pub fn decide(state: Option<&OrderState>, envelope: &CommandEnvelope, rules: &Rules, now_ms: u64) -> Decision {
+    let current = state.cloned().unwrap_or_else(|| OrderState::new(envelope.order_id.clone()));
+    if current.has_seen(&envelope.command_id) {
+        return Decision::Nothing;
+    }
+    let status = current.status;
+    let transition = match (&envelope.command, status) {
+        (Command::PlaceOrder(place), None) => match check_order(place, &rules.catalogue) {
+            Ok(()) => Step::to(OrderStatus::Accepted, None)
+                .timer(Timer { kind: TimerKind::Prepare, due_ms: now_ms.saturating_add(millis(rules.prepare_after)) })
+                .placed(place.clone()),
+            Err(reason) => Step::to(OrderStatus::Rejected, Some(reason)).placed(place.clone()),
+        },
+        (Command::PlaceOrder(place), Some(_)) => {
+            if current.placed.as_ref() == Some(place) {
+                // The same order placed again under a new command id: a client retry.
+                return Decision::Nothing;
+            }
+            Step::refuse("order already placed with different content".to_string())
+        }
+        (_, None) => Step::refuse("unknown order".to_string()),
+        (Command::CancelOrder { reason }, Some(OrderStatus::Accepted | OrderStatus::InPreparation)) => {
+            Step::to(OrderStatus::Cancelled, Some(reason.clone())).clear_timer()
+        }
+        (Command::CancelOrder { .. }, Some(s)) => Step::refuse(format!("cannot cancel an order that is {s}")),
+        (Command::ConfirmDelivery {}, Some(OrderStatus::Shipped)) => Step::to(OrderStatus::Delivered, None),
+        (Command::ConfirmDelivery {}, Some(s)) => Step::refuse(format!("cannot confirm delivery of an order that is {s}")),
+    };
+    transition.apply(current, Trigger::Command, Some(&envelope.command_id), now_ms)
+}
+
+/// Fires the order's timer, if it is due and still applies.
+pub fn fire_timer(state: &OrderState, rules: &Rules, now_ms: u64) -> Decision {
+    let Some(timer) = state.timer else { return Decision::Nothing };
+    if timer.due_ms > now_ms {
+        return Decision::Nothing;
+    }
+    let step = match (timer.kind, state.status) {
+        (TimerKind::Prepare, Some(OrderStatus::Accepted)) => Step::to(OrderStatus::InPreparation, None)
+            .timer(Timer { kind: TimerKind::Ship, due_ms: now_ms.saturating_add(millis(rules.ship_after)) }),
+        (TimerKind::Ship, Some(OrderStatus::InPreparation)) => Step::to(OrderStatus::Shipped, None).clear_timer(),
+        // A timer left behind by a status that moved on: never emitted, since every transition
+        // out of a timed status clears or replaces the timer. Kept total for safety.
+        _ => return Decision::Nothing,
+    };
+    step.apply(state.clone(), timer.kind.trigger(), None, now_ms)
+}
+
+/// Business checks of a new order. An order that fails them is `Rejected` (an update), not
+/// dead-lettered: it was a well-formed command.
+pub fn check_order(place: &PlaceOrder, catalogue: &Catalogue) -> Result<(), String> {
+    if place.lines.is_empty() {
+        return Err("order has no lines".to_string());
+    }
+    if place.lines.len() > MAX_LINES {
+        return Err(format!("order has {} lines, at most {MAX_LINES} are allowed", place.lines.len()));
+    }
+    for (index, line) in place.lines.iter().enumerate() {
+        if !QUANTITY_RANGE.contains(&line.quantity) {
+            return Err(format!(
+                "line {} ({}): quantity {} is outside {}..={}",
+                index + 1,
+                line.sku,
+                line.quantity,
+                QUANTITY_RANGE.start(),
+                QUANTITY_RANGE.end()
+            ));
+        }
+        if !catalogue.contains(&line.sku) {
+            return Err(format!("line {}: unknown SKU {:?}", index + 1, line.sku));
+        }
+    }
+    Ok(())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One step of the machine, before it is stamped with a version.
+struct Step {
+    outcome: Outcome,
+    status: Option<OrderStatus>,
+    reason: Option<String>,
+    timer: Option<Option<Timer>>,
+    placed: Option<PlaceOrder>,
+}
+
+impl Step {
+    fn to(status: OrderStatus, reason: Option<String>) -> Step {
+        Step { outcome: Outcome::Applied, status: Some(status), reason, timer: None, placed: None }
+    }
+    fn refuse(reason: String) -> Step {
+        Step { outcome: Outcome::Refused, status: None, reason: Some(reason), timer: None, placed: None }
+    }
+    fn timer(mut self, timer: Timer) -> Step {
+        self.timer = Some(Some(timer));
+        self
+    }
+    fn clear_timer(mut self) -> Step {
+        self.timer = Some(None);
+        self
+    }
+    fn placed(mut self, place: PlaceOrder) -> Step {
+        self.placed = Some(place);
+        self
+    }
+
+    fn apply(self, mut state: OrderState, trigger: Trigger, command_id: Option<&str>, now_ms: u64) -> Decision {
+        let previous_status = state.status;
+        if let Some(status) = self.status {
+            state.status = Some(status);
+        }
+        if let Some(timer) = self.timer {
+            state.timer = timer;
+        }
+        if let Some(place) = self.placed {
+            state.placed = Some(place);
+        }
+        if let Some(id) = command_id {
+            if state.seen_commands.len() >= REMEMBERED_COMMANDS {
+                state.seen_commands.remove(0);
+            }
+            state.seen_commands.push(id.to_string());
+        }
+        state.version += 1;
+        let update = OrderUpdate {
+            schema_version: SCHEMA_VERSION,
+            order_id: state.order_id.clone(),
+            version: state.version,
+            status: state.status,
+            previous_status,
+            outcome: self.outcome,
+            reason: self.reason,
+            trigger,
+            command_id: command_id.map(str::to_string),
+            timestamp_ms: now_ms,
+        };
+        Decision::Update { state, update }
+    }
+}

@@ -1,0 +1,364 @@
+//! dev-materiels' order store: one RocksDB per task (per `orders` partition).
+//!
+//! It holds only committed state. The processor buffers a transaction's writes in memory and hands
+//! them here after Kafka confirmed the commit, in one [`WriteBatch`] together with the changelog
+//! position they reach. The store and its changelog position therefore always agree, and a task
+//! that restarts replays the changelog from [`OrderStore::changelog_position`] only.
+//!
+//! Column families:
+//! - `orders`: order id -> [`OrderState`] (JSON, the same bytes as the changelog record value);
+//! - `timers`: due time (big-endian milliseconds) ++ order id -> empty, an index of the timers the
+//!   states carry, so a task finds what is due without scanning every order;
+//! - `meta`: `changelog-position` -> next changelog offset to read (big-endian i64).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+
+use crate::order::{OrderState, Timer};
+
+const CF_ORDERS: &str = "orders";
+const CF_TIMERS: &str = "timers";
+const CF_META: &str = "meta";
+const KEY_POSITION: &[u8] = b"changelog-position";
+
+/// A failure of a state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store at {path}: {source}")]
+    Rocks { path: PathBuf, source: rocksdb::Error },
+    #[error("state store at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("state store at {path}: column family {name} is missing")]
+    MissingColumnFamily { path: PathBuf, name: &'static str },
+    #[error("state store at {path}: corrupt value for key {key:?}: {reason}")]
+    Corrupt { path: PathBuf, key: String, reason: String },
+}
+
+/// Settings shared by the stores of one process.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// One block cache for every store of the process, so memory stays bounded however many
+    /// partitions the process owns.
+    pub block_cache: Cache,
+    pub write_buffer_bytes: usize,
+}
+
+impl StoreOptions {
+    pub fn with_cache_bytes(cache_bytes: usize) -> StoreOptions {
+        StoreOptions { block_cache: Cache::new_lru_cache(cache_bytes), write_buffer_bytes: 16 << 20 }
+    }
+
+    pub(crate) fn rocks_options(&self) -> Options {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_write_buffer_size(self.write_buffer_bytes);
+        options.set_max_write_buffer_number(3);
+        options.set_max_background_jobs(2);
+        // Keep the column families' flushes consistent with each other, so that state, index
+        // and position survive a crash together.
+        options.set_atomic_flush(true);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&self.block_cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        options.set_block_based_table_factory(&table);
+        options
+    }
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions::with_cache_bytes(64 << 20)
+    }
+}
+
+/// Opens a RocksDB with the given column families.
+pub(crate) fn open_db(path: &Path, options: &StoreOptions, families: &[&str]) -> Result<DB, StoreError> {
+    let db_options = options.rocks_options();
+    let descriptors = families
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, options.rocks_options()))
+        .collect::<Vec<_>>();
+    DB::open_cf_descriptors(&db_options, path, descriptors)
+        .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })
+}
+
+pub(crate) fn cf<'a>(db: &'a DB, path: &Path, name: &'static str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
+    db.cf_handle(name).ok_or_else(|| StoreError::MissingColumnFamily { path: path.to_path_buf(), name })
+}
+
+/// Encodes a state as stored in RocksDB and in the changelog.
+pub fn encode_state(state: &OrderState) -> Vec<u8> {
+    // Serialising a struct of strings, numbers and enums cannot fail.
+    serde_json::to_vec(state).unwrap_or_default()
+}
+
+pub fn decode_state(bytes: &[u8]) -> Result<OrderState, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+fn timer_key(timer: &Timer, order_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + order_id.len());
+    key.extend_from_slice(&timer.due_ms.to_be_bytes());
+    key.extend_from_slice(order_id.as_bytes());
+    key
+}
+
+/// The committed state of one task.
+pub struct OrderStore {
+    db: DB,
+    path: PathBuf,
+}
+
+/// Writes to apply to an [`OrderStore`] at once.
+#[derive(Default)]
+pub struct StoreBatch {
+    batch: WriteBatch,
+    position: Option<i64>,
+    puts: usize,
+}
+
+impl StoreBatch {
+    pub fn new() -> StoreBatch {
+        StoreBatch::default()
+    }
+
+    /// Number of states put or deleted so far.
+    pub fn len(&self) -> usize {
+        self.puts
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.puts == 0 && self.position.is_none()
+    }
+
+    /// The changelog offset from which a restore would continue after this batch.
+    pub fn set_position(&mut self, next_offset: i64) {
+        self.position = Some(next_offset);
+    }
+}
+
+impl OrderStore {
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<OrderStore, StoreError> {
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
+        let db = open_db(path, options, &[CF_ORDERS, CF_TIMERS, CF_META])?;
+        Ok(OrderStore { db, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks { path: self.path.clone(), source }
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        cf(&self.db, &self.path, name)
+    }
+
+    pub fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
+        let cf = self.cf(CF_ORDERS)?;
+        match self.db.get_pinned_cf(cf, order_id.as_bytes()).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(bytes) => decode_state(&bytes).map(Some).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                key: order_id.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// The next changelog offset to restore from; `None` for a store that never saw the
+    /// changelog (new, or its directory was lost).
+    pub fn changelog_position(&self) -> Result<Option<i64>, StoreError> {
+        let cf = self.cf(CF_META)?;
+        let value = self.db.get_cf(cf, KEY_POSITION).map_err(|e| self.err(e))?;
+        Ok(value.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(i64::from_be_bytes))
+    }
+
+    /// Every pending timer, earliest first.
+    pub fn timers(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        let cf = self.cf(CF_TIMERS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, _) = item.map_err(|e| self.err(e))?;
+            if key.len() < 8 {
+                continue;
+            }
+            let (due, id) = key.split_at(8);
+            let due = u64::from_be_bytes(due.try_into().unwrap_or([0; 8]));
+            out.push((due, String::from_utf8_lossy(id).into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Number of orders held (RocksDB's estimate, cheap).
+    pub fn estimated_len(&self) -> u64 {
+        self.cf(CF_ORDERS)
+            .ok()
+            .and_then(|cf| self.db.property_int_value_cf(cf, "rocksdb.estimate-num-keys").ok().flatten())
+            .unwrap_or(0)
+    }
+
+    /// Adds a new state to `batch`. `encoded` is [`encode_state`] of `state` (the changelog
+    /// record value, encoded once); `old_timer` is the timer of the state it replaces, so the
+    /// index drops it.
+    pub fn put(&self, batch: &mut StoreBatch, state: &OrderState, encoded: &[u8], old_timer: Option<Timer>) -> Result<(), StoreError> {
+        let timers = self.cf(CF_TIMERS)?;
+        if old_timer != state.timer {
+            if let Some(old) = old_timer {
+                batch.batch.delete_cf(timers, timer_key(&old, &state.order_id));
+            }
+            if let Some(new) = state.timer {
+                batch.batch.put_cf(timers, timer_key(&new, &state.order_id), []);
+            }
+        }
+        batch.batch.put_cf(self.cf(CF_ORDERS)?, state.order_id.as_bytes(), encoded);
+        batch.puts += 1;
+        Ok(())
+    }
+
+    /// Adds the deletion of an order (a changelog tombstone) to `batch`.
+    pub fn delete(&self, batch: &mut StoreBatch, order_id: &str, old_timer: Option<Timer>) -> Result<(), StoreError> {
+        if let Some(old) = old_timer {
+            batch.batch.delete_cf(self.cf(CF_TIMERS)?, timer_key(&old, order_id));
+        }
+        batch.batch.delete_cf(self.cf(CF_ORDERS)?, order_id.as_bytes());
+        batch.puts += 1;
+        Ok(())
+    }
+
+    /// Applies `batch` atomically: states, timer index and changelog position together.
+    pub fn write(&self, mut batch: StoreBatch) -> Result<(), StoreError> {
+        if let Some(position) = batch.position {
+            batch.batch.put_cf(self.cf(CF_META)?, KEY_POSITION, position.to_be_bytes());
+        }
+        self.db.write(batch.batch).map_err(|e| self.err(e))
+    }
+
+    /// Applies changelog records read during a restore: `records` are (key, value) in changelog
+    /// order, a `None` value being a tombstone; `next_position` is the offset after the last one.
+    /// Returns how many records were applied.
+    pub fn restore(&self, records: &[(Vec<u8>, Option<Vec<u8>>)], next_position: i64) -> Result<usize, StoreError> {
+        let mut batch = StoreBatch::new();
+        // Timers as this batch leaves them, for keys it touched twice.
+        let mut timers_in_batch: HashMap<&[u8], Option<Timer>> = HashMap::new();
+        for (key, value) in records {
+            let order_id = String::from_utf8_lossy(key);
+            let old_timer = match timers_in_batch.get(key.as_slice()) {
+                Some(timer) => *timer,
+                None => self.get(&order_id)?.and_then(|s| s.timer),
+            };
+            match value {
+                Some(bytes) => {
+                    let state = decode_state(bytes).map_err(|e| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        key: order_id.to_string(),
+                        reason: format!("changelog record: {e}"),
+                    })?;
+                    self.put(&mut batch, &state, bytes, old_timer)?;
+                    timers_in_batch.insert(key.as_slice(), state.timer);
+                }
+                None => {
+                    self.delete(&mut batch, &order_id, old_timer)?;
+                    timers_in_batch.insert(key.as_slice(), None);
+                }
+            }
+        }
+        batch.set_position(next_position);
+        let applied = batch.len();
+        self.write(batch)?;
+        Ok(applied)
+    }
+
+    /// Every stored state (for checks and tools; not on the hot path).
+    pub fn all(&self) -> Result<Vec<OrderState>, StoreError> {
+        let cf = self.cf(CF_ORDERS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| self.err(e))?;
+            out.push(decode_state(&value).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order::{OrderStatus, TimerKind};
+
+    fn state(id: &str, version: u64, timer: Option<Timer>) -> OrderState {
+        OrderState { version, status: Some(OrderStatus::Accepted), timer, ..OrderState::new(id) }
+    }
+
+    #[test]
+    fn batch_writes_state_timers_and_position_together() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
+        assert_eq!(store.changelog_position().expect("position"), None);
+
+        let t1 = Timer { kind: TimerKind::Prepare, due_ms: 10 };
+        let s = state("a", 1, Some(t1));
+        let mut batch = StoreBatch::new();
+        store.put(&mut batch, &s, &encode_state(&s), None).expect("put");
+        batch.set_position(7);
+        store.write(batch).expect("write");
+        assert_eq!(store.get("a").expect("get"), Some(s.clone()));
+        assert_eq!(store.timers().expect("timers"), vec![(10, "a".to_string())]);
+        assert_eq!(store.changelog_position().expect("position"), Some(7));
+
+        // Moving the timer replaces its index entry.
+        let t2 = Timer { kind: TimerKind::Ship, due_ms: 20 };
+        let s2 = state("a", 2, Some(t2));
+        let mut batch = StoreBatch::new();
+        store.put(&mut batch, &s2, &encode_state(&s2), Some(t1)).expect("put");
+        store.write(batch).expect("write");
+        assert_eq!(store.timers().expect("timers"), vec![(20, "a".to_string())]);
+        assert_eq!(store.changelog_position().expect("position"), Some(7));
+    }
+
+    #[test]
+    fn restore_applies_records_in_order_and_tombstones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
+        let a1 = state("a", 1, Some(Timer { kind: TimerKind::Prepare, due_ms: 5 }));
+        let a2 = state("a", 2, Some(Timer { kind: TimerKind::Ship, due_ms: 9 }));
+        let b1 = state("b", 1, Some(Timer { kind: TimerKind::Prepare, due_ms: 6 }));
+        let records = vec![
+            (b"a".to_vec(), Some(encode_state(&a1))),
+            (b"b".to_vec(), Some(encode_state(&b1))),
+            (b"a".to_vec(), Some(encode_state(&a2))),
+            (b"b".to_vec(), None),
+        ];
+        assert_eq!(store.restore(&records, 42).expect("restore"), 4);
+        assert_eq!(store.get("a").expect("get"), Some(a2));
+        assert_eq!(store.get("b").expect("get"), None);
+        assert_eq!(store.timers().expect("timers"), vec![(9, "a".to_string())]);
+        assert_eq!(store.changelog_position().expect("position"), Some(42));
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = state("x", 3, None);
+        {
+            let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
+            let mut batch = StoreBatch::new();
+            store.put(&mut batch, &s, &encode_state(&s), None).expect("put");
+            batch.set_position(100);
+            store.write(batch).expect("write");
+        }
+        let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("reopen");
+        assert_eq!(store.get("x").expect("get"), Some(s));
+        assert_eq!(store.changelog_position().expect("position"), Some(100));
+    }
+}

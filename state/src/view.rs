@@ -1,0 +1,269 @@
+//! wagon-lits' view of its orders, materialised from `order-updates` into RocksDB.
+//!
+//! The view stores, in the same [`WriteBatch`] as the rows, the next offset to read from each
+//! partition of `order-updates`. After a crash it resumes from exactly where its last batch ended,
+//! so every update is applied once, without Kafka transactions on this side.
+//!
+//! An update is applied only if its version is greater than the row's: the view never goes
+//! backwards and never applies the same update twice, whatever the path it came by.
+//!
+//! Column families:
+//! - `orders`: order id -> latest [`OrderUpdate`] (JSON);
+//! - `by_status`: status code ++ order id -> empty, for listing orders by status in pages;
+//! - `meta`: `offset/<partition>` -> next offset (big-endian i64), `count/<code>` -> number of
+//!   orders in that status (big-endian u64).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
+
+use crate::order::{OrderStatus, OrderUpdate};
+use crate::store::{cf, open_db, StoreError, StoreOptions};
+
+const CF_ORDERS: &str = "orders";
+const CF_BY_STATUS: &str = "by_status";
+const CF_META: &str = "meta";
+
+/// One record read from `order-updates`, ready to apply.
+pub struct ViewRecord {
+    pub partition: i32,
+    pub offset: i64,
+    /// `None` for a record that could not be decoded: its offset still advances.
+    pub update: Option<OrderUpdate>,
+}
+
+/// What one [`ViewStore::apply`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Updates that moved a row forward.
+    pub applied: u64,
+    /// Updates at or below the row's version (already applied, or overtaken).
+    pub stale: u64,
+    /// Updates that skipped versions (the view took a later one first).
+    pub gaps: u64,
+    /// Records that were not updates.
+    pub undecodable: u64,
+}
+
+impl std::ops::AddAssign for ApplyStats {
+    fn add_assign(&mut self, o: ApplyStats) {
+        self.applied += o.applied;
+        self.stale += o.stale;
+        self.gaps += o.gaps;
+        self.undecodable += o.undecodable;
+    }
+}
+
+/// The wagon-lits view. Reads may come from any thread; writes go through [`ViewStore::apply`],
+/// which serialises them.
+pub struct ViewStore {
+    db: DB,
+    path: PathBuf,
+    /// Orders per status, as committed. Held while a batch is written, so writers are serialised.
+    counts: Mutex<BTreeMap<OrderStatus, u64>>,
+}
+
+fn offset_key(partition: i32) -> Vec<u8> {
+    format!("offset/{partition}").into_bytes()
+}
+
+fn count_key(status: OrderStatus) -> Vec<u8> {
+    let mut key = b"count/".to_vec();
+    key.push(status.code());
+    key
+}
+
+fn status_key(status: OrderStatus, order_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + order_id.len());
+    key.push(status.code());
+    key.extend_from_slice(order_id.as_bytes());
+    key
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+impl ViewStore {
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<ViewStore, StoreError> {
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
+        let db = open_db(path, options, &[CF_ORDERS, CF_BY_STATUS, CF_META])?;
+        let counts = Self::load_counts(&db, path)?;
+        Ok(ViewStore { db, path: path.to_path_buf(), counts: Mutex::new(counts) })
+    }
+
+    /// Opens the view for reading only, alongside a process that writes it.
+    pub fn open_read_only(path: &Path, options: &StoreOptions) -> Result<ViewStore, StoreError> {
+        let db = rocksdb::DB::open_cf_for_read_only(&options.rocks_options(), path, [CF_ORDERS, CF_BY_STATUS, CF_META], false)
+            .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
+        let counts = Self::load_counts(&db, path)?;
+        Ok(ViewStore { db, path: path.to_path_buf(), counts: Mutex::new(counts) })
+    }
+
+    fn load_counts(db: &DB, path: &Path) -> Result<BTreeMap<OrderStatus, u64>, StoreError> {
+        let meta = cf(db, path, CF_META)?;
+        let mut counts = BTreeMap::new();
+        for status in OrderStatus::ALL {
+            let value = db.get_cf(meta, count_key(status)).map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
+            counts.insert(status, value.as_deref().and_then(be_u64).unwrap_or(0));
+        }
+        Ok(counts)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks { path: self.path.clone(), source }
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        cf(&self.db, &self.path, name)
+    }
+
+    fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<OrderUpdate, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The next offset to read from each partition of `order-updates` that the view has seen.
+    pub fn offsets(&self) -> Result<HashMap<i32, i64>, StoreError> {
+        let meta = self.cf(CF_META)?;
+        let mut out = HashMap::new();
+        for item in self.db.prefix_iterator_cf(meta, b"offset/") {
+            let (key, value) = item.map_err(|e| self.err(e))?;
+            let Some(partition) = key.strip_prefix(b"offset/") else { break };
+            let partition = std::str::from_utf8(partition).ok().and_then(|p| p.parse::<i32>().ok());
+            if let (Some(partition), Some(offset)) = (partition, be_u64(&value)) {
+                out.insert(partition, offset as i64);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The latest update of one order.
+    pub fn get(&self, order_id: &str) -> Result<Option<OrderUpdate>, StoreError> {
+        match self.db.get_pinned_cf(self.cf(CF_ORDERS)?, order_id.as_bytes()).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(bytes) => self.decode(order_id.as_bytes(), &bytes).map(Some),
+        }
+    }
+
+    /// Up to `limit` orders in `status`, by order id, starting after `after`.
+    pub fn list_by_status(&self, status: OrderStatus, after: Option<&str>, limit: usize) -> Result<Vec<OrderUpdate>, StoreError> {
+        let index = self.cf(CF_BY_STATUS)?;
+        let start = status_key(status, after.unwrap_or(""));
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(index, IteratorMode::From(&start, Direction::Forward)) {
+            let (key, _) = item.map_err(|e| self.err(e))?;
+            if key.first() != Some(&status.code()) || out.len() >= limit {
+                break;
+            }
+            let order_id = std::str::from_utf8(&key[1..]).unwrap_or_default();
+            if Some(order_id) == after {
+                continue;
+            }
+            if let Some(row) = self.get(order_id)? {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Orders per status.
+    pub fn counts(&self) -> BTreeMap<OrderStatus, u64> {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Every row (for checks and tools; not on the hot path).
+    pub fn all(&self) -> Result<Vec<OrderUpdate>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_ORDERS)?, IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| self.err(e))?;
+            out.push(self.decode(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// Applies `records` in one atomic batch, with the next offset of every partition they came
+    /// from. Records must be in offset order per partition.
+    pub fn apply(&self, records: &[ViewRecord]) -> Result<ApplyStats, StoreError> {
+        let mut stats = ApplyStats::default();
+        if records.is_empty() {
+            return Ok(stats);
+        }
+        let orders = self.cf(CF_ORDERS)?;
+        let index = self.cf(CF_BY_STATUS)?;
+        let meta = self.cf(CF_META)?;
+        // Held for the whole batch: one writer at a time.
+        let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut new_counts = counts.clone();
+        // Rows this batch touches: the status committed before it, and the row as it leaves it.
+        let mut rows: HashMap<&str, (Option<OrderStatus>, Option<OrderUpdate>, bool)> = HashMap::new();
+        let mut next_offsets: HashMap<i32, i64> = HashMap::new();
+        for record in records {
+            next_offsets.insert(record.partition, record.offset + 1);
+            let Some(update) = &record.update else {
+                stats.undecodable += 1;
+                continue;
+            };
+            let entry = match rows.entry(update.order_id.as_str()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let committed = self.get(&update.order_id)?;
+                    e.insert((committed.as_ref().and_then(|r| r.status), committed, false))
+                }
+            };
+            let current = &entry.1;
+            let current_version = current.as_ref().map_or(0, |r| r.version);
+            if update.version <= current_version {
+                stats.stale += 1;
+                continue;
+            }
+            if update.version > current_version + 1 {
+                stats.gaps += 1;
+            }
+            let old_status = current.as_ref().and_then(|r| r.status);
+            if old_status != update.status {
+                if let Some(n) = old_status.and_then(|old| new_counts.get_mut(&old)) {
+                    *n = n.saturating_sub(1);
+                }
+                if let Some(new) = update.status {
+                    *new_counts.entry(new).or_insert(0) += 1;
+                }
+            }
+            stats.applied += 1;
+            entry.1 = Some(update.clone());
+            entry.2 = true;
+        }
+        let mut batch = WriteBatch::default();
+        for (order_id, (committed_status, row, changed)) in &rows {
+            let (Some(row), true) = (row, changed) else { continue };
+            if let Some(old) = committed_status.filter(|old| Some(*old) != row.status) {
+                batch.delete_cf(index, status_key(old, order_id));
+            }
+            if let Some(new) = row.status {
+                batch.put_cf(index, status_key(new, order_id), []);
+            }
+            let encoded = serde_json::to_vec(row).unwrap_or_default();
+            batch.put_cf(orders, order_id.as_bytes(), encoded);
+        }
+        for (partition, offset) in &next_offsets {
+            batch.put_cf(meta, offset_key(*partition), (*offset as u64).to_be_bytes());
+        }
+        for (status, n) in &new_counts {
+            if counts.get(status) != Some(n) {
+                batch.put_cf(meta, count_key(*status), n.to_be_bytes());
+            }
+        }
+        self.db.write(batch).map_err(|e| self.err(e))?;
+        *counts = new_counts;
+        Ok(stats)
+    }
+}
