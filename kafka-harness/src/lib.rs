@@ -89,7 +89,10 @@ pub fn ensure_jars() -> Result<PathBuf, HarnessError> {
     if has_broker_jar(&dir) {
         Ok(dir)
     } else {
-        Err(HarnessError::Maven { status: "no kafka_2.13 jar after the copy".into(), output: dir.display().to_string() })
+        Err(HarnessError::Maven {
+            status: "no kafka_2.13 jar after the copy".into(),
+            output: dir.display().to_string(),
+        })
     }
 }
 
@@ -177,7 +180,8 @@ impl Cluster {
                 (None, dir.clone())
             }
             None => {
-                let temp = tempfile::Builder::new().prefix("kafka-harness-").tempdir().map_err(io("create a temp dir"))?;
+                let temp =
+                    tempfile::Builder::new().prefix("kafka-harness-").tempdir().map_err(io("create a temp dir"))?;
                 let root = temp.path().to_path_buf();
                 (Some(temp), root)
             }
@@ -253,7 +257,8 @@ impl Cluster {
             )?;
             nodes.push(Node { id, port: *client, dir, child: None });
         }
-        let mut cluster = Cluster { nodes, jars, heap: config.heap, _temp: temp, root, ready_timeout: config.ready_timeout };
+        let mut cluster =
+            Cluster { nodes, jars, heap: config.heap, _temp: temp, root, ready_timeout: config.ready_timeout };
         for id in 1..=n {
             cluster.spawn(id)?;
         }
@@ -286,11 +291,8 @@ impl Cluster {
         let heap = self.heap.clone();
         let log4j = self.root.join("log4j2.properties");
         let node = self.node(id)?;
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.log_path())
-            .map_err(io("open broker.log"))?;
+        let log =
+            fs::OpenOptions::new().create(true).append(true).open(node.log_path()).map_err(io("open broker.log"))?;
         let log_err = log.try_clone().map_err(io("clone broker.log handle"))?;
         let mut command = Command::new("java");
         command

@@ -146,20 +146,32 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         crate::wagon_lits::ensure_service_topics(&kafka, &topics).context("creating topics")?;
     }
     let materialiser = Materialiser::new(
-        ViewConfig { kafka: kafka.clone(), updates_topic: topics.updates_topic.clone(), state_dir: state_root.join("wagon-lits"), max_batch: 5_000 },
+        ViewConfig {
+            kafka: kafka.clone(),
+            updates_topic: topics.updates_topic.clone(),
+            state_dir: state_root.join("wagon-lits"),
+            max_batch: 5_000,
+        },
         &StoreOptions::default(),
     )
     .context("starting the wagon-lits view")?;
     let view = materialiser.view();
     let view_thread = {
         let shutdown = Arc::clone(&shutdown);
-        std::thread::Builder::new().name("wagon-lits-view".into()).spawn(move || materialiser.run(shutdown)).context("starting the view")?
+        std::thread::Builder::new()
+            .name("wagon-lits-view".into())
+            .spawn(move || materialiser.run(shutdown))
+            .context("starting the view")?
     };
-    let producer = CommandProducer::new(&kafka, &topics.orders_topic, Duration::from_secs(30)).context("creating the producer")?;
+    let producer =
+        CommandProducer::new(&kafka, &topics.orders_topic, Duration::from_secs(30)).context("creating the producer")?;
 
     // Start the clock once dev-materiels owns its partitions and has restored them.
     let ready_by = Instant::now() + Duration::from_secs(120);
-    while metrics.active_tasks.load(Ordering::Relaxed) < args.partitions as u64 && Instant::now() < ready_by && !processor.is_finished() {
+    while metrics.active_tasks.load(Ordering::Relaxed) < args.partitions as u64
+        && Instant::now() < ready_by
+        && !processor.is_finished()
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     let outcome = drive(args, &run_id, &producer, &view);
@@ -204,7 +216,13 @@ fn send_all(producer: &CommandProducer, commands: &[CommandEnvelope], bar: &Prog
 
 /// Waits until every order in `ids` satisfies `done`, with a progress bar. Returns the ids
 /// still not done at the deadline.
-fn wait_for(view: &ViewStore, ids: &[String], bar: &ProgressBar, deadline: Instant, done: impl Fn(Option<OrderStatus>) -> bool) -> anyhow::Result<Vec<String>> {
+fn wait_for(
+    view: &ViewStore,
+    ids: &[String],
+    bar: &ProgressBar,
+    deadline: Instant,
+    done: impl Fn(Option<OrderStatus>) -> bool,
+) -> anyhow::Result<Vec<String>> {
     let mut waiting: Vec<String> = ids.to_vec();
     while !waiting.is_empty() && Instant::now() < deadline {
         let mut still = Vec::new();
@@ -235,8 +253,11 @@ fn drive(args: &DemoArgs, run_id: &str, producer: &CommandProducer, view: &ViewS
     send_all(producer, &commands, &progress(args.quiet, commands.len() as u64, "placing orders"))?;
     let placed_in = started.elapsed();
 
-    let settled = |s: Option<OrderStatus>| matches!(s, Some(OrderStatus::Shipped | OrderStatus::Rejected | OrderStatus::Cancelled));
-    let missing = wait_for(view, &ids, &progress(args.quiet, ids.len() as u64, "processing and shipping"), deadline, settled)?;
+    let settled = |s: Option<OrderStatus>| {
+        matches!(s, Some(OrderStatus::Shipped | OrderStatus::Rejected | OrderStatus::Cancelled))
+    };
+    let missing =
+        wait_for(view, &ids, &progress(args.quiet, ids.len() as u64, "processing and shipping"), deadline, settled)?;
     let settled_in = started.elapsed();
 
     let mut shipped = Vec::new();
@@ -248,9 +269,13 @@ fn drive(args: &DemoArgs, run_id: &str, producer: &CommandProducer, view: &ViewS
     let confirmations = workload.delivery_phase(&shipped, 1.0, 0.0, 0.0);
     let confirm_started = Instant::now();
     send_all(producer, &confirmations, &progress(args.quiet, confirmations.len() as u64, "confirming deliveries"))?;
-    let undelivered = wait_for(view, &shipped, &progress(args.quiet, shipped.len() as u64, "waiting for deliveries"), deadline, |s| {
-        s == Some(OrderStatus::Delivered)
-    })?;
+    let undelivered = wait_for(
+        view,
+        &shipped,
+        &progress(args.quiet, shipped.len() as u64, "waiting for deliveries"),
+        deadline,
+        |s| s == Some(OrderStatus::Delivered),
+    )?;
     let delivered_in = confirm_started.elapsed();
 
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -283,7 +308,12 @@ fn drive(args: &DemoArgs, run_id: &str, producer: &CommandProducer, view: &ViewS
         args.orders as f64 / secs(settled_in),
         args.prepare_after_ms + args.ship_after_ms
     );
-    println!("Confirmed {} deliveries in {:.2} s ({:.0}/s).", shipped.len(), secs(delivered_in), shipped.len() as f64 / secs(delivered_in));
+    println!(
+        "Confirmed {} deliveries in {:.2} s ({:.0}/s).",
+        shipped.len(),
+        secs(delivered_in),
+        shipped.len() as f64 / secs(delivered_in)
+    );
     if !undelivered.is_empty() {
         println!("{} shipped orders did not show as delivered in time.", undelivered.len());
     }

@@ -85,7 +85,11 @@ impl DevMaterielsArgs {
 }
 
 /// Runs dev-materiels until `shutdown` is set.
-pub fn run(args: &DevMaterielsArgs, shutdown: Arc<AtomicBool>, metrics: Arc<StreamMetrics>) -> Result<StreamStats, RuntimeError> {
+pub fn run(
+    args: &DevMaterielsArgs,
+    shutdown: Arc<AtomicBool>,
+    metrics: Arc<StreamMetrics>,
+) -> Result<StreamStats, RuntimeError> {
     let config = args.stream_config()?;
     tracing::info!(
         brokers = %config.kafka.brokers,

@@ -91,7 +91,9 @@ impl CommandProducer {
                     record = returned;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((err, _)) => return Err(WagonLitsError::Kafka { context: format!("producing to {}", self.topic), source: err }),
+                Err((err, _)) => {
+                    return Err(WagonLitsError::Kafka { context: format!("producing to {}", self.topic), source: err })
+                }
             }
         }
     }
@@ -102,7 +104,9 @@ impl CommandProducer {
         match futures::executor::block_on(future) {
             Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
             Ok(Err((err, _))) => Err(WagonLitsError::Kafka { context: "delivering a command".into(), source: err }),
-            Err(_) => Err(WagonLitsError::Kafka { context: "delivering a command".into(), source: KafkaError::Canceled }),
+            Err(_) => {
+                Err(WagonLitsError::Kafka { context: "delivering a command".into(), source: KafkaError::Canceled })
+            }
         }
     }
 
@@ -145,7 +149,8 @@ impl Materialiser {
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "50");
-        let consumer: BaseConsumer = config.kafka.finish(c).create().map_err(kafka_err("creating the view consumer"))?;
+        let consumer: BaseConsumer =
+            config.kafka.finish(c).create().map_err(kafka_err("creating the view consumer"))?;
         let partitions = partition_count(&config.kafka, &config.updates_topic, KAFKA_CALL_TIMEOUT)?;
         let stored = view.offsets()?;
         let mut assignment = TopicPartitionList::new();
@@ -181,7 +186,11 @@ impl Materialiser {
                 Some(Ok(message)) => {
                     let update = message.payload().and_then(|p| serde_json::from_slice::<OrderUpdate>(p).ok());
                     if update.is_none() {
-                        tracing::warn!(partition = message.partition(), offset = message.offset(), "record on order-updates is not an update; skipped");
+                        tracing::warn!(
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            "record on order-updates is not an update; skipped"
+                        );
                     }
                     records.push(ViewRecord { partition: message.partition(), offset: message.offset(), update });
                     // After the first record, take only what is already fetched.

@@ -114,7 +114,13 @@ impl Workload {
 
     /// Phase two, for orders that shipped: confirms delivery of a `confirm` share of them and
     /// tries to cancel a `late_cancel` share (refused: too late).
-    pub fn delivery_phase(&mut self, shipped: &[String], confirm: f64, late_cancel: f64, duplicate: f64) -> Vec<CommandEnvelope> {
+    pub fn delivery_phase(
+        &mut self,
+        shipped: &[String],
+        confirm: f64,
+        late_cancel: f64,
+        duplicate: f64,
+    ) -> Vec<CommandEnvelope> {
         let mut out = Vec::with_capacity(shipped.len());
         for id in shipped {
             if self.rng.random_bool(confirm) {

@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use pipeline::runtime::stream_thread::CRASH_AFTER_COMMITS_ENV;
 use pipeline::workload::{Mix, Workload};
 use rand::{Rng, SeedableRng};
 use state::OrderStatus;
@@ -50,7 +51,12 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
         kills
     });
     let unsettled = view.wait_until(&ids, Duration::from_secs(300), settled);
-    assert!(unsettled.is_empty(), "{} orders never settled, e.g. {:?}", unsettled.len(), &unsettled[..unsettled.len().min(5)]);
+    assert!(
+        unsettled.is_empty(),
+        "{} orders never settled, e.g. {:?}",
+        unsettled.len(),
+        &unsettled[..unsettled.len().min(5)]
+    );
 
     // Phase two: deliveries, with more kills.
     let shipped: Vec<String> = ids
@@ -92,6 +98,44 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
         let replayed: u64 = restores.iter().map(|(_, n)| n).sum();
         eprintln!("restart {i}: replayed {replayed} changelog records over {} partitions (changelog holds {changelog_records})", restores.len());
         assert!(!restores.is_empty(), "restart {i} restored nothing; log:\n{}", process.log_text());
-        assert!(replayed * 10 < changelog_records, "restart {i} replayed {replayed} of {changelog_records} changelog records");
+        assert!(
+            replayed * 10 < changelog_records,
+            "restart {i} replayed {replayed} of {changelog_records} changelog records"
+        );
     }
+}
+
+#[test]
+fn a_crash_between_the_kafka_commit_and_the_store_write_replays_only_what_was_missed() {
+    const ORDERS: usize = 3_000;
+    let env = TestEnv::start("crash-window", 2);
+    let view = env.start_view("main");
+    let producer = env.producer();
+    let mut workload = Workload::new(17, "WINDOW", now_ms());
+    let ids: Vec<String> = (0..ORDERS).map(|i| workload.order_id(i)).collect();
+    let sent = workload.place_phase(ORDERS, Mix::REALISTIC);
+
+    // The first incarnation aborts right after its 10th commit, before writing RocksDB, while
+    // orders arrive at a steady rate (so that each transaction holds a slice of them).
+    let mut first = env.spawn_dev_materiels_with(0, &[(CRASH_AFTER_COMMITS_ENV, "10")]);
+    first.wait_restored(env.topics.partitions, Duration::from_secs(60));
+    std::thread::scope(|scope| {
+        scope.spawn(|| send_paced(&producer, &sent, 1_000));
+        assert!(first.wait_exit(Duration::from_secs(120)), "the fault was not injected; log:\n{}", first.log_text());
+    });
+    assert!(first.log_text().contains("fault injection"), "{}", first.log_text());
+
+    let mut second = env.spawn_dev_materiels(1);
+    let restores = second.wait_restored(env.topics.partitions, Duration::from_secs(60));
+    let replayed: u64 = restores.iter().map(|(_, n)| n).sum();
+    let changelog_now = env.read_all(&env.changelog()).len() as u64;
+    eprintln!("after a crash in the commit window: replayed {replayed} changelog records of {changelog_now}");
+    assert!(replayed > 0, "the records of the last committed transaction were not replayed");
+
+    assert!(view.wait_until(&ids, Duration::from_secs(120), settled).is_empty(), "orders did not settle");
+    let report = converge(&env, &view, &sent);
+    second.terminate();
+    assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
+    let changelog_end = env.read_all(&env.changelog()).len() as u64;
+    assert!(replayed * 10 < changelog_end, "replayed {replayed} of {changelog_end}");
 }

@@ -26,7 +26,9 @@ fn poison_messages_go_to_the_dead_letter_topic_with_their_reason() {
     let mut garbage = vec![0u8; 1 << 20];
     rand::rng().fill_bytes(&mut garbage);
     let valid = serde_json::to_string(&before[0]).expect("json");
-    let bad: Vec<(&str, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![
+    // (expected error kind, key, value)
+    type Bad = (&'static str, Option<Vec<u8>>, Option<Vec<u8>>);
+    let bad: Vec<Bad> = vec![
         ("malformed", Some(b"BAD-1".to_vec()), Some(b"this is not json {".to_vec())),
         ("unsupported-schema-version", Some(b"BAD-2".to_vec()), Some(valid.replace("\"schema_version\":1", "\"schema_version\":99").replace(&before[0].order_id, "BAD-2").into_bytes())),
         ("malformed", Some(b"BAD-3".to_vec()), Some(br#"{"schema_version":1,"command_id":"x","order_id":"BAD-3"}"#.to_vec())),
@@ -38,7 +40,9 @@ fn poison_messages_go_to_the_dead_letter_topic_with_their_reason() {
     ];
 
     send_all(&producer, before);
-    let mut expected: HashMap<(i32, i64), (&str, Option<Vec<u8>>)> = HashMap::new();
+    // (partition, offset) on orders -> (expected error kind, value)
+    type Origin = (i32, i64);
+    let mut expected: HashMap<Origin, (&str, Option<Vec<u8>>)> = HashMap::new();
     for (kind, key, value) in &bad {
         let future = producer.send_raw(key.as_deref(), value.as_deref()).expect("queue a bad message");
         let delivery = futures::executor::block_on(future).expect("future").expect("Kafka took the bad message");
@@ -46,7 +50,10 @@ fn poison_messages_go_to_the_dead_letter_topic_with_their_reason() {
     }
     send_all(&producer, after);
 
-    assert!(view.wait_until(&ids, Duration::from_secs(120), settled).is_empty(), "good orders around the bad ones were not processed");
+    assert!(
+        view.wait_until(&ids, Duration::from_secs(120), settled).is_empty(),
+        "good orders around the bad ones were not processed"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let letters = loop {
         let letters = env.read_all(&env.topics.dlq_topic);
@@ -59,12 +66,27 @@ fn poison_messages_go_to_the_dead_letter_topic_with_their_reason() {
     for letter in &letters {
         let partition: i32 = letter.headers[headers::SOURCE_PARTITION].parse().expect("partition header");
         let offset: i64 = letter.headers[headers::SOURCE_OFFSET].parse().expect("offset header");
-        let (kind, value) = expected.get(&(partition, offset)).unwrap_or_else(|| panic!("dead letter for unknown origin {partition}/{offset}"));
-        assert_eq!(letter.headers[headers::ERROR_KIND], *kind, "kind of {partition}/{offset}: {}", letter.headers[headers::ERROR]);
+        let (kind, value) = expected
+            .get(&(partition, offset))
+            .unwrap_or_else(|| panic!("dead letter for unknown origin {partition}/{offset}"));
+        assert_eq!(
+            letter.headers[headers::ERROR_KIND],
+            *kind,
+            "kind of {partition}/{offset}: {}",
+            letter.headers[headers::ERROR]
+        );
         assert!(!letter.headers[headers::ERROR].is_empty());
         assert_eq!(letter.headers[headers::SOURCE_TOPIC], env.topics.orders_topic);
-        assert_eq!(letter.value.clone().unwrap_or_default(), value.clone().unwrap_or_default(), "the dead letter keeps the original bytes");
-        eprintln!("dead letter {partition}/{offset}: {} ({} bytes)", letter.headers[headers::ERROR], letter.value.as_ref().map_or(0, Vec::len));
+        assert_eq!(
+            letter.value.clone().unwrap_or_default(),
+            value.clone().unwrap_or_default(),
+            "the dead letter keeps the original bytes"
+        );
+        eprintln!(
+            "dead letter {partition}/{offset}: {} ({} bytes)",
+            letter.headers[headers::ERROR],
+            letter.value.as_ref().map_or(0, Vec::len)
+        );
     }
     let reasons: Vec<&str> = letters.iter().map(|l| l.headers[headers::ERROR].as_str()).collect();
     assert!(reasons.iter().any(|r| r.contains("schema version 99")), "{reasons:?}");

@@ -6,7 +6,8 @@ mod support;
 use std::process::Command;
 
 fn run_demo(extra: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_demo")).args(["--quiet"]).args(extra).output().expect("running the demo");
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_demo")).args(["--quiet"]).args(extra).output().expect("running the demo");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "demo failed ({}):\n{stdout}\n{stderr}", output.status);

@@ -22,7 +22,13 @@ fn ten_thousand_orders_match_the_reference_model_exactly_once() {
     let mut sent = workload.place_phase(ORDERS, Mix::REALISTIC);
     send_all(&producer, &sent);
     let unsettled = view.wait_until(&ids, Duration::from_secs(240), settled);
-    assert!(unsettled.is_empty(), "{} orders never settled, e.g. {:?}; log:\n{}", unsettled.len(), &unsettled[..unsettled.len().min(5)], dev.log_text());
+    assert!(
+        unsettled.is_empty(),
+        "{} orders never settled, e.g. {:?}; log:\n{}",
+        unsettled.len(),
+        &unsettled[..unsettled.len().min(5)],
+        dev.log_text()
+    );
 
     let shipped: Vec<String> = ids
         .iter()
@@ -43,12 +49,25 @@ fn ten_thousand_orders_match_the_reference_model_exactly_once() {
     // The run exercised every branch of the machine.
     let updates = env.updates();
     let count = |f: &dyn Fn(&state::OrderUpdate) -> bool| updates.iter().filter(|u| f(u)).count();
-    for status in [OrderStatus::Accepted, OrderStatus::Rejected, OrderStatus::InPreparation, OrderStatus::Shipped, OrderStatus::Delivered, OrderStatus::Cancelled] {
+    for status in [
+        OrderStatus::Accepted,
+        OrderStatus::Rejected,
+        OrderStatus::InPreparation,
+        OrderStatus::Shipped,
+        OrderStatus::Delivered,
+        OrderStatus::Cancelled,
+    ] {
         assert!(count(&|u| u.status == Some(status) && u.outcome == Outcome::Applied) > 0, "no update to {status}");
     }
     assert!(count(&|u| u.outcome == Outcome::Refused && u.status.is_none()) > 0, "no refusal for an unknown order");
-    assert!(count(&|u| u.outcome == Outcome::Refused && u.status == Some(OrderStatus::Shipped)) > 0, "no late cancellation");
-    assert!(count(&|u| u.outcome == Outcome::Refused && u.status == Some(OrderStatus::Accepted)) > 0, "no early confirmation");
+    assert!(
+        count(&|u| u.outcome == Outcome::Refused && u.status == Some(OrderStatus::Shipped)) > 0,
+        "no late cancellation"
+    );
+    assert!(
+        count(&|u| u.outcome == Outcome::Refused && u.status == Some(OrderStatus::Accepted)) > 0,
+        "no early confirmation"
+    );
     let resends = sent.len() - sent.iter().map(|c| &c.command_id).collect::<std::collections::HashSet<_>>().len();
     assert!(resends > 0, "the workload sent no command twice");
 }

@@ -13,7 +13,8 @@ use support::{converge, now_ms, send_all, settled, TestEnv};
 fn snapshot(env: &TestEnv) -> BTreeMap<String, OrderState> {
     let mut all = BTreeMap::new();
     for p in 0..env.topics.partitions {
-        let store = OrderStore::open(&env.dev_state_dir().join(format!("partition-{p}")), &StoreOptions::default()).expect("open store");
+        let store = OrderStore::open(&env.dev_state_dir().join(format!("partition-{p}")), &StoreOptions::default())
+            .expect("open store");
         for state in store.all().expect("scan store") {
             all.insert(state.order_id.clone(), state);
         }

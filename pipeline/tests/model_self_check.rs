@@ -73,7 +73,8 @@ fn a_command_applied_twice_and_a_duplicated_version_are_caught() {
     // A command processed again under the next version.
     let mut updates = honest_updates(&commands);
     let first = updates.iter().find(|u| u.version == 1).expect("an update").clone();
-    let last_version = updates.iter().filter(|u| u.order_id == first.order_id).map(|u| u.version).max().expect("versions");
+    let last_version =
+        updates.iter().filter(|u| u.order_id == first.order_id).map(|u| u.version).max().expect("versions");
     updates.push(OrderUpdate { version: last_version + 1, ..first });
     let report = model::check(&commands, &updates, &rules());
     assert!(report.unexpected_updates >= 1, "{}", report.summary());

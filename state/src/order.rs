@@ -162,7 +162,12 @@ pub struct CommandEnvelope {
 }
 
 impl CommandEnvelope {
-    pub fn new(command_id: impl Into<String>, order_id: impl Into<String>, issued_at_ms: u64, command: Command) -> Self {
+    pub fn new(
+        command_id: impl Into<String>,
+        order_id: impl Into<String>,
+        issued_at_ms: u64,
+        command: Command,
+    ) -> Self {
         CommandEnvelope {
             schema_version: SCHEMA_VERSION,
             command_id: command_id.into(),
@@ -338,7 +343,14 @@ pub struct OrderState {
 
 impl OrderState {
     pub fn new(order_id: impl Into<String>) -> Self {
-        OrderState { order_id: order_id.into(), version: 0, status: None, placed: None, seen_commands: Vec::new(), timer: None }
+        OrderState {
+            order_id: order_id.into(),
+            version: 0,
+            status: None,
+            placed: None,
+            seen_commands: Vec::new(),
+            timer: None,
+        }
     }
 
     pub fn has_seen(&self, command_id: &str) -> bool {
@@ -358,6 +370,7 @@ pub struct Rules {
 
 /// The result of running a command or a timer through the state machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // returned and consumed at once, never stored
 pub enum Decision {
     /// Nothing to emit and nothing to store: a command id already seen, a `PlaceOrder` repeated
     /// with the same content, or a timer that no longer applies.
@@ -394,7 +407,9 @@ pub fn decide(state: Option<&OrderState>, envelope: &CommandEnvelope, rules: &Ru
         }
         (Command::CancelOrder { .. }, Some(s)) => Step::refuse(format!("cannot cancel an order that is {s}")),
         (Command::ConfirmDelivery {}, Some(OrderStatus::Shipped)) => Step::to(OrderStatus::Delivered, None),
-        (Command::ConfirmDelivery {}, Some(s)) => Step::refuse(format!("cannot confirm delivery of an order that is {s}")),
+        (Command::ConfirmDelivery {}, Some(s)) => {
+            Step::refuse(format!("cannot confirm delivery of an order that is {s}"))
+        }
     };
     transition.apply(current, Trigger::Command, Some(&envelope.command_id), now_ms)
 }

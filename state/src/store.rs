@@ -78,10 +78,8 @@ impl Default for StoreOptions {
 /// Opens a RocksDB with the given column families.
 pub(crate) fn open_db(path: &Path, options: &StoreOptions, families: &[&str]) -> Result<DB, StoreError> {
     let db_options = options.rocks_options();
-    let descriptors = families
-        .iter()
-        .map(|name| ColumnFamilyDescriptor::new(*name, options.rocks_options()))
-        .collect::<Vec<_>>();
+    let descriptors =
+        families.iter().map(|name| ColumnFamilyDescriptor::new(*name, options.rocks_options())).collect::<Vec<_>>();
     DB::open_cf_descriptors(&db_options, path, descriptors)
         .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })
 }
@@ -207,7 +205,13 @@ impl OrderStore {
     /// Adds a new state to `batch`. `encoded` is [`encode_state`] of `state` (the changelog
     /// record value, encoded once); `old_timer` is the timer of the state it replaces, so the
     /// index drops it.
-    pub fn put(&self, batch: &mut StoreBatch, state: &OrderState, encoded: &[u8], old_timer: Option<Timer>) -> Result<(), StoreError> {
+    pub fn put(
+        &self,
+        batch: &mut StoreBatch,
+        state: &OrderState,
+        encoded: &[u8],
+        old_timer: Option<Timer>,
+    ) -> Result<(), StoreError> {
         let timers = self.cf(CF_TIMERS)?;
         if old_timer != state.timer {
             if let Some(old) = old_timer {

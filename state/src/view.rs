@@ -96,8 +96,13 @@ impl ViewStore {
 
     /// Opens the view for reading only, alongside a process that writes it.
     pub fn open_read_only(path: &Path, options: &StoreOptions) -> Result<ViewStore, StoreError> {
-        let db = rocksdb::DB::open_cf_for_read_only(&options.rocks_options(), path, [CF_ORDERS, CF_BY_STATUS, CF_META], false)
-            .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
+        let db = rocksdb::DB::open_cf_for_read_only(
+            &options.rocks_options(),
+            path,
+            [CF_ORDERS, CF_BY_STATUS, CF_META],
+            false,
+        )
+        .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
         let counts = Self::load_counts(&db, path)?;
         Ok(ViewStore { db, path: path.to_path_buf(), counts: Mutex::new(counts) })
     }
@@ -106,7 +111,9 @@ impl ViewStore {
         let meta = cf(db, path, CF_META)?;
         let mut counts = BTreeMap::new();
         for status in OrderStatus::ALL {
-            let value = db.get_cf(meta, count_key(status)).map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
+            let value = db
+                .get_cf(meta, count_key(status))
+                .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
             counts.insert(status, value.as_deref().and_then(be_u64).unwrap_or(0));
         }
         Ok(counts)
@@ -156,7 +163,12 @@ impl ViewStore {
     }
 
     /// Up to `limit` orders in `status`, by order id, starting after `after`.
-    pub fn list_by_status(&self, status: OrderStatus, after: Option<&str>, limit: usize) -> Result<Vec<OrderUpdate>, StoreError> {
+    pub fn list_by_status(
+        &self,
+        status: OrderStatus,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OrderUpdate>, StoreError> {
         let index = self.cf(CF_BY_STATUS)?;
         let start = status_key(status, after.unwrap_or(""));
         let mut out = Vec::new();

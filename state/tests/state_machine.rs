@@ -10,7 +10,11 @@ use state::{
 };
 
 fn rules() -> Rules {
-    Rules { catalogue: Catalogue::default(), prepare_after: Duration::from_millis(100), ship_after: Duration::from_millis(200) }
+    Rules {
+        catalogue: Catalogue::default(),
+        prepare_after: Duration::from_millis(100),
+        ship_after: Duration::from_millis(200),
+    }
 }
 
 fn place(lines: Vec<(&str, u32)>) -> Command {
@@ -43,7 +47,10 @@ fn fire(state: &OrderState, now: u64) -> Option<(OrderState, OrderUpdate)> {
 #[test]
 fn a_valid_order_goes_accepted_in_preparation_shipped_delivered() {
     let (s, u) = step(None, &cmd("c1", place(vec![("BRAKE-PAD-UIC", 4)])), 1000).expect("accepted");
-    assert_eq!((u.version, u.status, u.previous_status, u.outcome), (1, Some(OrderStatus::Accepted), None, Outcome::Applied));
+    assert_eq!(
+        (u.version, u.status, u.previous_status, u.outcome),
+        (1, Some(OrderStatus::Accepted), None, Outcome::Applied)
+    );
     assert_eq!(s.timer.map(|t| t.due_ms), Some(1100));
     assert!(fire(&s, 1099).is_none(), "timer not due yet");
     let (s, u) = fire(&s, 1100).expect("in preparation");
@@ -76,7 +83,11 @@ fn invalid_orders_are_rejected_with_a_reason() {
         assert_eq!(s.timer, None, "a rejected order waits for nothing");
     }
     assert!(check_order(
-        &PlaceOrder { wagon_id: "w".into(), requested_by: "r".into(), lines: vec![OrderLine { sku: "BRAKE-PAD-UIC".into(), quantity: 999 }; MAX_LINES] },
+        &PlaceOrder {
+            wagon_id: "w".into(),
+            requested_by: "r".into(),
+            lines: vec![OrderLine { sku: "BRAKE-PAD-UIC".into(), quantity: 999 }; MAX_LINES]
+        },
         &Catalogue::default()
     )
     .is_ok());
@@ -97,7 +108,10 @@ fn cancel_from_accepted_or_in_preparation_only() {
 
     let (shipped, _) = fire(&prep, 300).expect("shipped");
     let (s, u) = step(Some(&shipped), &cancel, 400).expect("refused");
-    assert_eq!((u.outcome, u.status, u.previous_status), (Outcome::Refused, Some(OrderStatus::Shipped), Some(OrderStatus::Shipped)));
+    assert_eq!(
+        (u.outcome, u.status, u.previous_status),
+        (Outcome::Refused, Some(OrderStatus::Shipped), Some(OrderStatus::Shipped))
+    );
     assert_eq!(u.reason.as_deref(), Some("cannot cancel an order that is Shipped"));
     assert_eq!(s.version, shipped.version + 1, "a refusal is an update too");
 }
@@ -110,7 +124,10 @@ fn confirm_before_shipping_and_commands_for_unknown_orders_are_refused() {
     assert_eq!(u.reason.as_deref(), Some("cannot confirm delivery of an order that is Accepted"));
 
     let (s, u) = step(None, &cmd("c3", Command::CancelOrder { reason: "x".into() }), 1).expect("refused");
-    assert_eq!((u.outcome, u.status, u.version, u.reason.as_deref()), (Outcome::Refused, None, 1, Some("unknown order")));
+    assert_eq!(
+        (u.outcome, u.status, u.version, u.reason.as_deref()),
+        (Outcome::Refused, None, 1, Some("unknown order"))
+    );
     // Placing it afterwards works, at the next version.
     let (_, u) = step(Some(&s), &cmd("c4", place(vec![("BUFFER-105MM", 2)])), 2).expect("accepted");
     assert_eq!((u.status, u.version), (Some(OrderStatus::Accepted), 2));
@@ -145,7 +162,8 @@ fn decoding_says_what_is_wrong() {
     assert!(matches!(decode_command(Some(b"ORD-2"), Some(&good)), Err(InvalidCommand::KeyMismatch { .. })));
     let v2 = String::from_utf8(good.clone()).expect("utf8").replace("\"schema_version\":1", "\"schema_version\":2");
     assert_eq!(decode_command(None, Some(v2.as_bytes())), Err(InvalidCommand::UnsupportedSchemaVersion { found: 2 }));
-    let unknown = br#"{"schema_version":1,"command_id":"c","issued_at_ms":1,"order_id":"o","command":{"type":"Teleport"}}"#;
+    let unknown =
+        br#"{"schema_version":1,"command_id":"c","issued_at_ms":1,"order_id":"o","command":{"type":"Teleport"}}"#;
     match decode_command(None, Some(unknown)) {
         Err(InvalidCommand::Malformed(reason)) => assert!(reason.contains("Teleport"), "{reason}"),
         other => panic!("unexpected {other:?}"),
@@ -172,9 +190,8 @@ enum Event {
 fn arb_command() -> impl Strategy<Value = Command> {
     let sku = prop_oneof![Just("BRAKE-PAD-UIC"), Just("BUFFER-105MM"), Just("NOT-IN-CATALOGUE")];
     let line = (sku, 0u32..1100).prop_map(|(sku, quantity)| OrderLine { sku: sku.to_string(), quantity });
-    let place = proptest::collection::vec(line, 0..4).prop_map(|lines| {
-        Command::PlaceOrder(PlaceOrder { wagon_id: "WL".into(), requested_by: "r".into(), lines })
-    });
+    let place = proptest::collection::vec(line, 0..4)
+        .prop_map(|lines| Command::PlaceOrder(PlaceOrder { wagon_id: "WL".into(), requested_by: "r".into(), lines }));
     prop_oneof![
         3 => place,
         2 => Just(Command::CancelOrder { reason: "changed plans".into() }),

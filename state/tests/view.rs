@@ -39,7 +39,8 @@ fn applies_in_version_order_and_keeps_offsets_and_counts() {
     assert_eq!((offsets.get(&0), offsets.get(&1)), (Some(&2), Some(&7)));
     let counts = view.counts();
     assert_eq!((counts[&OrderStatus::Accepted], counts[&OrderStatus::InPreparation]), (1, 1));
-    let listed: Vec<_> = view.list_by_status(OrderStatus::Accepted, None, 10).expect("list").into_iter().map(|r| r.order_id).collect();
+    let listed: Vec<_> =
+        view.list_by_status(OrderStatus::Accepted, None, 10).expect("list").into_iter().map(|r| r.order_id).collect();
     assert_eq!(listed, vec!["b".to_string()]);
 }
 
@@ -65,16 +66,20 @@ fn paging_by_status_and_reopening() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("open");
-        let records: Vec<_> = (0..25).map(|i| rec(0, i, update(&format!("o{i:02}"), 1, OrderStatus::Accepted, None))).collect();
+        let records: Vec<_> =
+            (0..25).map(|i| rec(0, i, update(&format!("o{i:02}"), 1, OrderStatus::Accepted, None))).collect();
         view.apply(&records).expect("apply");
-        view.apply(&[rec(0, 25, update("o03", 2, OrderStatus::Cancelled, Some(OrderStatus::Accepted)))]).expect("apply");
+        view.apply(&[rec(0, 25, update("o03", 2, OrderStatus::Cancelled, Some(OrderStatus::Accepted)))])
+            .expect("apply");
     }
     let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("reopen");
     assert_eq!(view.counts()[&OrderStatus::Accepted], 24);
     assert_eq!(view.counts()[&OrderStatus::Cancelled], 1);
     let page1 = view.list_by_status(OrderStatus::Accepted, None, 10).expect("page 1");
-    let page2 = view.list_by_status(OrderStatus::Accepted, page1.last().map(|r| r.order_id.as_str()), 10).expect("page 2");
-    let page3 = view.list_by_status(OrderStatus::Accepted, page2.last().map(|r| r.order_id.as_str()), 10).expect("page 3");
+    let page2 =
+        view.list_by_status(OrderStatus::Accepted, page1.last().map(|r| r.order_id.as_str()), 10).expect("page 2");
+    let page3 =
+        view.list_by_status(OrderStatus::Accepted, page2.last().map(|r| r.order_id.as_str()), 10).expect("page 3");
     assert_eq!((page1.len(), page2.len(), page3.len()), (10, 10, 4));
     assert!(page1.iter().chain(&page2).chain(&page3).all(|r| r.order_id != "o03"));
     assert_eq!(view.offsets().expect("offsets").get(&0), Some(&26));

@@ -48,7 +48,11 @@ fn main() -> anyhow::Result<()> {
     })
     .context("starting Kafka")?;
     println!("{}", cluster.bootstrap_servers());
-    eprintln!("ready: bootstrap servers {} (data and logs in {}); Ctrl-C stops it", cluster.bootstrap_servers(), cluster.root().display());
+    eprintln!(
+        "ready: bootstrap servers {} (data and logs in {}); Ctrl-C stops it",
+        cluster.bootstrap_servers(),
+        cluster.root().display()
+    );
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
     }

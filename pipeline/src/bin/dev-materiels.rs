@@ -34,7 +34,13 @@ fn main() -> std::process::ExitCode {
     };
     match dev_materiels::run(&cli.args, shutdown, Default::default()) {
         Ok(stats) => {
-            tracing::info!(records = stats.records, updates = stats.updates, dead_letters = stats.dead_letters, commits = stats.commits, "stopped");
+            tracing::info!(
+                records = stats.records,
+                updates = stats.updates,
+                dead_letters = stats.dead_letters,
+                commits = stats.commits,
+                "stopped"
+            );
             std::process::ExitCode::SUCCESS
         }
         Err(err) => {

@@ -99,11 +99,18 @@ fn parse_line(s: &str) -> Result<OrderLine, String> {
 
 fn send(kafka: &Kafka, order_id: String, command: Command) -> anyhow::Result<()> {
     ensure_service_topics(&kafka.kafka, &kafka.topics).context("creating topics")?;
-    let producer = CommandProducer::new(&kafka.kafka, &kafka.topics.orders_topic, Duration::from_millis(kafka.delivery_timeout_ms))?;
+    let producer = CommandProducer::new(
+        &kafka.kafka,
+        &kafka.topics.orders_topic,
+        Duration::from_millis(kafka.delivery_timeout_ms),
+    )?;
     let issued_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let envelope = CommandEnvelope::new(uuid::Uuid::new_v4().to_string(), order_id, issued_at_ms, command);
     let (partition, offset) = producer.send_and_wait(&envelope).context("sending the command")?;
-    println!("{}", serde_json::json!({"command_id": envelope.command_id, "order_id": envelope.order_id, "partition": partition, "offset": offset}));
+    println!(
+        "{}",
+        serde_json::json!({"command_id": envelope.command_id, "order_id": envelope.order_id, "partition": partition, "offset": offset})
+    );
     Ok(())
 }
 
@@ -133,7 +140,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             let shutdown = pipeline::shutdown::on_signal()?;
             ensure_service_topics(&kafka.kafka, &kafka.topics).context("creating topics")?;
             let materialiser = Materialiser::new(
-                ViewConfig { kafka: kafka.kafka.clone(), updates_topic: kafka.topics.updates_topic.clone(), state_dir: cli.state_dir.clone(), max_batch: 5_000 },
+                ViewConfig {
+                    kafka: kafka.kafka.clone(),
+                    updates_topic: kafka.topics.updates_topic.clone(),
+                    state_dir: cli.state_dir.clone(),
+                    max_batch: 5_000,
+                },
                 &StoreOptions::default(),
             )?;
             tracing::info!(state_dir = %cli.state_dir.display(), "wagon-lits view running");
@@ -144,9 +156,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Place { kafka, order_id, wagon_id, requested_by, lines } => send(
             kafka,
             order_id.clone(),
-            Command::PlaceOrder(PlaceOrder { wagon_id: wagon_id.clone(), requested_by: requested_by.clone(), lines: lines.clone() }),
+            Command::PlaceOrder(PlaceOrder {
+                wagon_id: wagon_id.clone(),
+                requested_by: requested_by.clone(),
+                lines: lines.clone(),
+            }),
         ),
-        Cmd::Cancel { kafka, order_id, reason } => send(kafka, order_id.clone(), Command::CancelOrder { reason: reason.clone() }),
+        Cmd::Cancel { kafka, order_id, reason } => {
+            send(kafka, order_id.clone(), Command::CancelOrder { reason: reason.clone() })
+        }
         Cmd::Confirm { kafka, order_id } => send(kafka, order_id.clone(), Command::ConfirmDelivery {}),
         Cmd::Get { order_id } => match open_view(cli)?.get(order_id)? {
             Some(row) => {

@@ -38,7 +38,11 @@ pub struct RestoreStats {
 /// Brings `task`'s store up to the end of its changelog partition, reading committed records
 /// only. `consumer` is a consumer without a group, configured with `read_committed` and
 /// `enable.partition.eof`.
-pub fn restore<C: ConsumerContext>(consumer: &BaseConsumer<C>, changelog: &str, task: &mut Task) -> Result<RestoreStats, RuntimeError> {
+pub fn restore<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    changelog: &str,
+    task: &mut Task,
+) -> Result<RestoreStats, RuntimeError> {
     let started = Instant::now();
     let partition = task.partition;
     let from = task.store().changelog_position()?;
@@ -78,7 +82,12 @@ pub fn restore<C: ConsumerContext>(consumer: &BaseConsumer<C>, changelog: &str, 
             }
             Some(Err(KafkaError::PartitionEOF(p))) if p == partition => break,
             Some(Err(KafkaError::PartitionEOF(_))) => continue,
-            Some(Err(err)) => return Err(RuntimeError::Kafka { context: format!("restoring partition {partition} of {changelog}"), source: err }),
+            Some(Err(err)) => {
+                return Err(RuntimeError::Kafka {
+                    context: format!("restoring partition {partition} of {changelog}"),
+                    source: err,
+                })
+            }
             None => {
                 if last_progress.elapsed() > RESTORE_STALL {
                     return Err(RuntimeError::RestoreStalled { partition, waited: RESTORE_STALL });

@@ -49,6 +49,10 @@ use crate::topics::{ensure_topics, partition_count, TopicSpec};
 const POLL: Duration = Duration::from_millis(20);
 /// How often retriable transactional calls are tried before giving up.
 const TXN_ATTEMPTS: u32 = 10;
+/// Fault injection for tests: with this variable set to N, the process aborts right after its
+/// Nth transaction commit succeeds and before the state stores are written, the one moment at
+/// which Kafka is ahead of RocksDB. A restart must then replay exactly what was missed.
+pub const CRASH_AFTER_COMMITS_ENV: &str = "RAIL_FAULT_CRASH_AFTER_COMMITS";
 /// A dead letter whose value does not fit is cut to this many bytes.
 const DLQ_TRUNCATE: usize = 64 << 10;
 
@@ -177,6 +181,9 @@ struct Engine {
     /// An error raised inside a rebalance callback, reported by the loop.
     fatal: Option<RuntimeError>,
     metrics: Arc<StreamMetrics>,
+    /// Transactions committed by this process.
+    commits_here: u64,
+    crash_after_commits: Option<u64>,
 }
 
 /// The consumer's context: routes rebalance callbacks to the engine.
@@ -221,7 +228,11 @@ fn now_ms() -> u64 {
 
 /// Runs dev-materiels' stream thread until `shutdown` is set, then commits what is open and
 /// returns its counters.
-pub fn run(config: StreamConfig, shutdown: Arc<AtomicBool>, metrics: Arc<StreamMetrics>) -> Result<StreamStats, RuntimeError> {
+pub fn run(
+    config: StreamConfig,
+    shutdown: Arc<AtomicBool>,
+    metrics: Arc<StreamMetrics>,
+) -> Result<StreamStats, RuntimeError> {
     let changelog = config.changelog_topic();
     prepare_topics(&config, &changelog)?;
 
@@ -249,20 +260,26 @@ pub fn run(config: StreamConfig, shutdown: Arc<AtomicBool>, metrics: Arc<StreamM
         match message {
             None => {}
             Some(Ok(message)) => engine.process(&message)?,
-            Some(Err(err)) => {
-                // Transient consumer errors (a broker down, a partition moving): librdkafka
-                // retries by itself. Say so at most once a second.
-                if last_consumer_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                    tracing::warn!(error = %err, "consumer error");
-                    last_consumer_error = Some(Instant::now());
-                }
+            // Transient consumer errors (a broker down, a partition moving): librdkafka retries
+            // by itself. Say so at most once a second.
+            Some(Err(err)) if last_consumer_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) => {
+                tracing::warn!(error = %err, "consumer error");
+                last_consumer_error = Some(Instant::now());
             }
+            Some(Err(_)) => {}
         }
         engine.producer.poll(Duration::ZERO);
         engine.maybe_commit(&consumer)?;
         if last_report.elapsed() > Duration::from_secs(10) {
             let s = engine.metrics.snapshot();
-            tracing::info!(records = s.records, updates = s.updates, dead_letters = s.dead_letters, commits = s.commits, aborts = s.aborts, "progress");
+            tracing::info!(
+                records = s.records,
+                updates = s.updates,
+                dead_letters = s.dead_letters,
+                commits = s.commits,
+                aborts = s.aborts,
+                "progress"
+            );
             last_report = Instant::now();
         }
     }
@@ -338,7 +355,11 @@ impl Engine {
             .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
             // Java's partitioner: the same key lands on the same partition whoever produces it.
             .set("partitioner", "murmur2_random");
-        let tracker = DeliveryTracker { changelog: changelog.clone(), last_offsets: Mutex::default(), failures: AtomicU64::new(0) };
+        let tracker = DeliveryTracker {
+            changelog: changelog.clone(),
+            last_offsets: Mutex::default(),
+            failures: AtomicU64::new(0),
+        };
         let producer: BaseProducer<DeliveryTracker> =
             config.kafka.finish(p).create_with_context(tracker).context("creating the transactional producer")?;
         // Fences any previous incarnation with the same transactional id and aborts what it left
@@ -356,8 +377,9 @@ impl Engine {
         let restore_consumer: BaseConsumer<RestoreContext> =
             config.kafka.finish(r).create_with_context(RestoreContext).context("creating the restore consumer")?;
 
-        std::fs::create_dir_all(&config.state_dir)
-            .map_err(|e| RuntimeError::Config(format!("cannot create state directory {}: {e}", config.state_dir.display())))?;
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            RuntimeError::Config(format!("cannot create state directory {}: {e}", config.state_dir.display()))
+        })?;
         Ok(Engine {
             config,
             changelog,
@@ -369,6 +391,8 @@ impl Engine {
             last_commit: Instant::now(),
             fatal: None,
             metrics,
+            commits_here: 0,
+            crash_after_commits: std::env::var(CRASH_AFTER_COMMITS_ENV).ok().and_then(|v| v.parse().ok()),
         })
     }
 
@@ -399,9 +423,8 @@ impl Engine {
                 pending_timers = task.pending_timers(),
                 "restore complete"
             );
-            task.next_input_offset = committed
-                .find_partition(&self.config.topics.orders_topic, partition)
-                .and_then(|e| match e.offset() {
+            task.next_input_offset =
+                committed.find_partition(&self.config.topics.orders_topic, partition).and_then(|e| match e.offset() {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
@@ -464,14 +487,21 @@ impl Engine {
         Ok(())
     }
 
-    fn dead_letter(&mut self, message: &BorrowedMessage<'_>, invalid: &state::InvalidCommand) -> Result<(), RuntimeError> {
+    fn dead_letter(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        invalid: &state::InvalidCommand,
+    ) -> Result<(), RuntimeError> {
         let source = Source { topic: message.topic(), partition: message.partition(), offset: message.offset() };
         let value = message.payload().unwrap_or_default();
         let key = message.key().unwrap_or_default();
         let topic = &self.config.topics.dlq_topic;
         let record = BaseRecord::to(topic).key(key).payload(value).headers(dead_letter_headers(invalid, &source, None));
         match send(&self.producer, record) {
-            Err(RuntimeError::Kafka { source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), .. }) => {
+            Err(RuntimeError::Kafka {
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                ..
+            }) => {
                 let cut = &value[..value.len().min(DLQ_TRUNCATE)];
                 let headers = dead_letter_headers(invalid, &source, Some(value.len()));
                 send(&self.producer, BaseRecord::to(topic).key(key).payload(cut).headers(headers))?;
@@ -525,7 +555,11 @@ impl Engine {
         }
         let group = match offsets.count() {
             0 => None,
-            _ => Some(consumer.group_metadata().ok_or_else(|| RuntimeError::Config("the consumer has no group metadata".into()))?),
+            _ => Some(
+                consumer
+                    .group_metadata()
+                    .ok_or_else(|| RuntimeError::Config("the consumer has no group metadata".into()))?,
+            ),
         };
         let started = Instant::now();
         let result = self.send_offsets_and_commit(group.as_ref(), &offsets);
@@ -533,11 +567,18 @@ impl Engine {
         match result {
             Ok(()) => {
                 let acknowledged = self.producer.context().take();
+                if self.crash_after_commits == Some(self.commits_here + 1) {
+                    tracing::error!("fault injection ({CRASH_AFTER_COMMITS_ENV}): crashing between the Kafka commit and the state store write");
+                    std::process::abort();
+                }
+                self.commits_here += 1;
                 for (partition, task) in &mut self.tasks {
                     if !task.is_dirty() {
                         continue;
                     }
-                    let last = acknowledged.get(partition).ok_or(RuntimeError::MissingChangelogOffset { partition: *partition })?;
+                    let last = acknowledged
+                        .get(partition)
+                        .ok_or(RuntimeError::MissingChangelogOffset { partition: *partition })?;
                     task.flush(last + 1)?;
                 }
                 bump(&self.metrics.commits);
@@ -551,7 +592,11 @@ impl Engine {
         }
     }
 
-    fn send_offsets_and_commit(&self, group: Option<&rdkafka::consumer::ConsumerGroupMetadata>, offsets: &TopicPartitionList) -> Result<(), KafkaError> {
+    fn send_offsets_and_commit(
+        &self,
+        group: Option<&rdkafka::consumer::ConsumerGroupMetadata>,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), KafkaError> {
         if let Some(group) = group {
             retry(|| self.producer.send_offsets_to_transaction(offsets, group, KAFKA_CALL_TIMEOUT))?;
         }
@@ -592,7 +637,10 @@ impl Engine {
 }
 
 /// Sends a record, waiting while the producer's queue is full.
-fn send(producer: &BaseProducer<DeliveryTracker>, record: BaseRecord<'_, impl rdkafka::message::ToBytes + ?Sized, impl rdkafka::message::ToBytes + ?Sized>) -> Result<(), RuntimeError> {
+fn send(
+    producer: &BaseProducer<DeliveryTracker>,
+    record: BaseRecord<'_, impl rdkafka::message::ToBytes + ?Sized, impl rdkafka::message::ToBytes + ?Sized>,
+) -> Result<(), RuntimeError> {
     let mut record = record;
     loop {
         match producer.send(record) {

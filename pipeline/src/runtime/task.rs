@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use state::store::encode_state;
-use state::{decide, fire_timer, CommandEnvelope, Decision, OrderState, OrderStore, OrderUpdate, Rules, StoreBatch, StoreError, StoreOptions, Timer, TimerQueue};
+use state::{
+    decide, fire_timer, CommandEnvelope, Decision, OrderState, OrderStore, OrderUpdate, Rules, StoreBatch, StoreError,
+    StoreOptions, Timer, TimerQueue,
+};
 
 /// What the task decided for one command or timer: the update to emit and the new state to
 /// write to the changelog.
@@ -75,7 +78,12 @@ impl Task {
         }
     }
 
-    fn take(&mut self, decision: Decision, previous_timer: Option<Timer>, committed_timer: Option<Timer>) -> Option<Output> {
+    fn take(
+        &mut self,
+        decision: Decision,
+        previous_timer: Option<Timer>,
+        committed_timer: Option<Timer>,
+    ) -> Option<Output> {
         let Decision::Update { state, update } = decision else { return None };
         let encoded = encode_state(&state);
         self.timers.replace(&state.order_id, previous_timer, state.timer);
@@ -84,7 +92,12 @@ impl Task {
     }
 
     /// Runs a command through the state machine.
-    pub fn process(&mut self, envelope: &CommandEnvelope, rules: &Rules, now_ms: u64) -> Result<Option<Output>, StoreError> {
+    pub fn process(
+        &mut self,
+        envelope: &CommandEnvelope,
+        rules: &Rules,
+        now_ms: u64,
+    ) -> Result<Option<Output>, StoreError> {
         let (current, committed_timer) = self.current(&envelope.order_id)?;
         let previous_timer = current.as_ref().and_then(|s| s.timer);
         let decision = decide(current.as_ref(), envelope, rules, now_ms);

@@ -81,6 +81,11 @@ impl TestEnv {
 
     /// Starts dev-materiels as a separate process.
     pub fn spawn_dev_materiels(&self, incarnation: usize) -> DevMateriels {
+        self.spawn_dev_materiels_with(incarnation, &[])
+    }
+
+    /// Starts dev-materiels with extra environment variables.
+    pub fn spawn_dev_materiels_with(&self, incarnation: usize, env: &[(&str, &str)]) -> DevMateriels {
         let log = self.dir.path().join(format!("dev-materiels-{incarnation}.log"));
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
@@ -104,6 +109,7 @@ impl TestEnv {
             .arg("6000")
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -193,7 +199,10 @@ pub fn read_topic(kafka: &KafkaArgs, topic: &str) -> Vec<Record> {
                 let mut headers = HashMap::new();
                 if let Some(h) = m.headers() {
                     for header in h.iter() {
-                        headers.insert(header.key.to_string(), String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned());
+                        headers.insert(
+                            header.key.to_string(),
+                            String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                        );
                     }
                 }
                 out.push(Record {
@@ -248,13 +257,32 @@ impl DevMateriels {
             let start = Instant::now();
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
-                    assert!(status.success(), "dev-materiels exited with {status} after SIGTERM; log:\n{}", self.log_text());
+                    assert!(
+                        status.success(),
+                        "dev-materiels exited with {status} after SIGTERM; log:\n{}",
+                        self.log_text()
+                    );
                     return;
                 }
                 assert!(start.elapsed() < Duration::from_secs(60), "dev-materiels did not stop after SIGTERM");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+
+    /// Waits for the process to exit by itself; returns whether it did within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(_))) | None => {
+                    self.child = None;
+                    return true;
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        false
     }
 
     pub fn assert_running(&mut self) {
@@ -288,7 +316,11 @@ impl DevMateriels {
             if (0..partitions).all(|p| seen.contains(&p)) {
                 return restores;
             }
-            assert!(start.elapsed() < timeout, "dev-materiels did not restore its tasks in {timeout:?}; log:\n{}", self.log_text());
+            assert!(
+                start.elapsed() < timeout,
+                "dev-materiels did not restore its tasks in {timeout:?}; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -317,7 +349,12 @@ pub struct ViewRunner {
 impl ViewRunner {
     /// Waits until `done` holds for every order in `ids`; returns the ids for which it does not
     /// at the deadline.
-    pub fn wait_until(&self, ids: &[String], timeout: Duration, done: impl Fn(Option<&OrderUpdate>) -> bool) -> Vec<String> {
+    pub fn wait_until(
+        &self,
+        ids: &[String],
+        timeout: Duration,
+        done: impl Fn(Option<&OrderUpdate>) -> bool,
+    ) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         let mut waiting: Vec<String> = ids.to_vec();
         loop {
@@ -382,7 +419,8 @@ pub fn compare_view(view: &ViewStore, expected: &BTreeMap<String, (u64, Option<O
     for (id, (version, status)) in expected {
         match view.get(id).expect("view read") {
             Some(row) if row.version == *version && row.status == *status => {}
-            Some(row) => diffs.push(format!("{id}: view has v{} {:?}, model says v{version} {status:?}", row.version, row.status)),
+            Some(row) => diffs
+                .push(format!("{id}: view has v{} {:?}, model says v{version} {status:?}", row.version, row.status)),
             None => diffs.push(format!("{id}: missing from the view (model says v{version} {status:?})")),
         }
     }
@@ -408,7 +446,13 @@ pub fn converge(env: &TestEnv, view: &ViewRunner, sent: &[state::CommandEnvelope
         let diffs = compare_view(&view.view, &report.expected);
         let done = report.lost_commands == 0 && report.unsettled == 0 && diffs.is_empty();
         if done || Instant::now() > deadline {
-            assert!(diffs.is_empty(), "view differs from the model in {} orders, e.g. {:#?}\n{}", diffs.len(), &diffs[..diffs.len().min(10)], report.summary());
+            assert!(
+                diffs.is_empty(),
+                "view differs from the model in {} orders, e.g. {:#?}\n{}",
+                diffs.len(),
+                &diffs[..diffs.len().min(10)],
+                report.summary()
+            );
             return report;
         }
         std::thread::sleep(Duration::from_secs(2));

@@ -40,7 +40,10 @@ pub struct ModelReport {
 
 impl ModelReport {
     pub fn is_exactly_once(&self) -> bool {
-        self.duplicated_versions == 0 && self.version_gaps == 0 && self.lost_commands == 0 && self.unexpected_updates == 0
+        self.duplicated_versions == 0
+            && self.version_gaps == 0
+            && self.lost_commands == 0
+            && self.unexpected_updates == 0
     }
 
     fn note(&mut self, what: String) {
@@ -52,7 +55,13 @@ impl ModelReport {
     pub fn summary(&self) -> String {
         format!(
             "orders={} updates={} duplicated={} gaps={} lost={} unexpected={} unsettled={}",
-            self.orders, self.updates_seen, self.duplicated_versions, self.version_gaps, self.lost_commands, self.unexpected_updates, self.unsettled
+            self.orders,
+            self.updates_seen,
+            self.duplicated_versions,
+            self.version_gaps,
+            self.lost_commands,
+            self.unexpected_updates,
+            self.unsettled
         )
     }
 }
@@ -123,9 +132,15 @@ pub fn check(commands: &[CommandEnvelope], updates: &[OrderUpdate], rules: &Rule
                             decision => {
                                 if Some(c.command_id.as_str()) != u.command_id.as_deref() {
                                     report.lost_commands += 1;
-                                    report.note(format!("{order}: command {} gave no update (next update is for {:?})", c.command_id, u.command_id));
+                                    report.note(format!(
+                                        "{order}: command {} gave no update (next update is for {:?})",
+                                        c.command_id, u.command_id
+                                    ));
                                     // Re-sync on the command the update names, if it was sent.
-                                    if let Some(pos) = commands[next_command..].iter().position(|x| Some(x.command_id.as_str()) == u.command_id.as_deref()) {
+                                    if let Some(pos) = commands[next_command..]
+                                        .iter()
+                                        .position(|x| Some(x.command_id.as_str()) == u.command_id.as_deref())
+                                    {
                                         let c = commands[next_command + pos];
                                         next_command += pos + 1;
                                         found = decide(state.as_ref(), c, rules, u.timestamp_ms);
