@@ -8,4 +8,5 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rail-orders/target}"
 # One profile for everything: RocksDB and librdkafka are built once, optimised.
 cargo build --release --locked --workspace --all-targets
 # Integration tests each start a broker and services; one at a time fits a 2-core machine.
-cargo test --release --locked --workspace -- --test-threads=1
+# --nocapture shows the figures they report (restore counts, exactly-once summaries).
+cargo test --release --locked --workspace -- --test-threads=1 --nocapture
