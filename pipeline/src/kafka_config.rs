@@ -11,9 +11,10 @@ pub struct KafkaArgs {
     /// Kafka bootstrap servers, `host:port[,host:port...]`.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
-    /// Extra librdkafka client setting, `key=value`; repeat for several (applied to every client
-    /// of the service, after the service's own settings).
-    #[arg(long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ';', value_parser = parse_key_value)]
+    /// Extra librdkafka client setting, `key=value`; repeat the flag for several, or separate them
+    /// with `;` in the environment variable. Applied to every client of the service, after its own
+    /// settings. Values are never shown in this help.
+    #[arg(long = "kafka-option", env = "KAFKA_OPTIONS", hide_env_values = true, value_delimiter = ';', value_parser = parse_key_value)]
     pub options: Vec<(String, String)>,
 }
 
