@@ -121,6 +121,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let dev = DevMaterielsArgs {
         kafka: kafka.clone(),
         topics: topics.clone(),
+        http: Default::default(),
         application_id,
         instance_id: "demo".into(),
         state_dir: state_root.join("dev-materiels"),

@@ -9,8 +9,10 @@
 
 pub mod demo;
 pub mod dev_materiels;
+pub mod http_args;
 pub mod kafka_config;
 pub mod logging;
+pub mod partitioner;
 pub mod runtime;
 pub mod shutdown;
 pub mod topics;

@@ -14,9 +14,10 @@ pub mod view;
 
 pub use catalogue::Catalogue;
 pub use order::{
-    decide, decode_command, fire_timer, Command, CommandEnvelope, Decision, InvalidCommand, OrderLine, OrderState,
-    OrderStatus, OrderUpdate, Outcome, PlaceOrder, Rules, Timer, TimerKind, Trigger,
+    decide, decode_command, fire_timer, status_refusal, validate_envelope, Command, CommandEnvelope, Decision,
+    InvalidCommand, OrderLine, OrderState, OrderStatus, OrderUpdate, Outcome, PlaceOrder, Rules, Timer, TimerKind,
+    Trigger,
 };
-pub use store::{OrderStore, StoreBatch, StoreError, StoreOptions};
+pub use store::{OrderStore, OutboxEntry, StoreBatch, StoreError, StoreOptions};
 pub use timers::TimerQueue;
 pub use view::{ApplyStats, ViewRecord, ViewStore};

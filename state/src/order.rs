@@ -234,6 +234,21 @@ pub fn decode_command(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Comman
             return Err(InvalidCommand::Malformed(err.to_string()));
         }
     };
+    validate_envelope(&envelope)?;
+    if let Some(key) = key {
+        if key != envelope.order_id.as_bytes() {
+            return Err(InvalidCommand::KeyMismatch {
+                key: String::from_utf8_lossy(key).into_owned(),
+                order_id: envelope.order_id,
+            });
+        }
+    }
+    Ok(envelope)
+}
+
+/// The checks a decoded command must pass before it reaches the state machine, whatever path it
+/// came by (Kafka or HTTP).
+pub fn validate_envelope(envelope: &CommandEnvelope) -> Result<(), InvalidCommand> {
     if envelope.schema_version != SCHEMA_VERSION {
         return Err(InvalidCommand::UnsupportedSchemaVersion { found: u64::from(envelope.schema_version) });
     }
@@ -245,15 +260,7 @@ pub fn decode_command(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Comman
             return Err(InvalidCommand::FieldTooLong { field });
         }
     }
-    if let Some(key) = key {
-        if key != envelope.order_id.as_bytes() {
-            return Err(InvalidCommand::KeyMismatch {
-                key: String::from_utf8_lossy(key).into_owned(),
-                order_id: envelope.order_id,
-            });
-        }
-    }
-    Ok(envelope)
+    Ok(())
 }
 
 /// Whether an update moved the order or only reported a refusal.
@@ -401,17 +408,29 @@ pub fn decide(state: Option<&OrderState>, envelope: &CommandEnvelope, rules: &Ru
             }
             Step::refuse("order already placed with different content".to_string())
         }
-        (_, None) => Step::refuse("unknown order".to_string()),
-        (Command::CancelOrder { reason }, Some(OrderStatus::Accepted | OrderStatus::InPreparation)) => {
-            Step::to(OrderStatus::Cancelled, Some(reason.clone())).clear_timer()
-        }
-        (Command::CancelOrder { .. }, Some(s)) => Step::refuse(format!("cannot cancel an order that is {s}")),
-        (Command::ConfirmDelivery {}, Some(OrderStatus::Shipped)) => Step::to(OrderStatus::Delivered, None),
-        (Command::ConfirmDelivery {}, Some(s)) => {
-            Step::refuse(format!("cannot confirm delivery of an order that is {s}"))
-        }
+        (Command::CancelOrder { reason }, _) => match status_refusal(status, &envelope.command) {
+            Some(refusal) => Step::refuse(refusal),
+            None => Step::to(OrderStatus::Cancelled, Some(reason.clone())).clear_timer(),
+        },
+        (Command::ConfirmDelivery {}, _) => match status_refusal(status, &envelope.command) {
+            Some(refusal) => Step::refuse(refusal),
+            None => Step::to(OrderStatus::Delivered, None),
+        },
     };
     transition.apply(current, Trigger::Command, Some(&envelope.command_id), now_ms)
+}
+
+/// Why `command` does not fit an order in `status`, if it does not. A `PlaceOrder` always fits
+/// here: whether it repeats or contradicts the placed order depends on its content.
+pub fn status_refusal(status: Option<OrderStatus>, command: &Command) -> Option<String> {
+    match (command, status) {
+        (Command::PlaceOrder(_), _) => None,
+        (_, None) => Some("unknown order".to_string()),
+        (Command::CancelOrder { .. }, Some(OrderStatus::Accepted | OrderStatus::InPreparation)) => None,
+        (Command::CancelOrder { .. }, Some(s)) => Some(format!("cannot cancel an order that is {s}")),
+        (Command::ConfirmDelivery {}, Some(OrderStatus::Shipped)) => None,
+        (Command::ConfirmDelivery {}, Some(s)) => Some(format!("cannot confirm delivery of an order that is {s}")),
+    }
 }
 
 /// Fires the order's timer, if it is due and still applies.

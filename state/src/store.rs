@@ -9,18 +9,35 @@
 //! - `orders`: order id -> [`OrderState`] (JSON, the same bytes as the changelog record value);
 //! - `timers`: due time (big-endian milliseconds) ++ order id -> empty, an index of the timers the
 //!   states carry, so a task finds what is due without scanning every order;
-//! - `meta`: `changelog-position` -> next changelog offset to read (big-endian i64).
+//! - `meta`: `changelog-position` -> next changelog offset to read (big-endian i64);
+//! - `outbox`: sequence number (big-endian u64) -> [`OutboxEntry`]: decisions taken over HTTP
+//!   while Kafka was unreachable. Their states are already in `orders`; the entries wait to be
+//!   published to `order-updates` and the changelog, in sequence order, by the next transaction.
+//!
+//! With the outbox, the store may be ahead of its changelog (never behind what it acknowledged):
+//! a restore therefore never replaces a state with an older version, and drops the outbox
+//! entries that the changelog shows were published.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 
-use crate::order::{OrderState, Timer};
+use serde::{Deserialize, Serialize};
+
+use crate::order::{OrderState, OrderUpdate, Timer};
+
+/// A decision taken over HTTP, waiting to be published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub update: OrderUpdate,
+    pub state: OrderState,
+}
 
 const CF_ORDERS: &str = "orders";
 const CF_TIMERS: &str = "timers";
 const CF_META: &str = "meta";
+const CF_OUTBOX: &str = "outbox";
 const KEY_POSITION: &[u8] = b"changelog-position";
 
 /// A failure of a state store.
@@ -142,7 +159,7 @@ impl StoreBatch {
 impl OrderStore {
     pub fn open(path: &Path, options: &StoreOptions) -> Result<OrderStore, StoreError> {
         std::fs::create_dir_all(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
-        let db = open_db(path, options, &[CF_ORDERS, CF_TIMERS, CF_META])?;
+        let db = open_db(path, options, &[CF_ORDERS, CF_TIMERS, CF_META, CF_OUTBOX])?;
         Ok(OrderStore { db, path: path.to_path_buf() })
     }
 
@@ -192,6 +209,36 @@ impl OrderStore {
             out.push((due, String::from_utf8_lossy(id).into_owned()));
         }
         Ok(out)
+    }
+
+    /// The outbox, in sequence order.
+    pub fn outbox(&self) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let cf = self.cf(CF_OUTBOX)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| self.err(e))?;
+            let seq = <[u8; 8]>::try_from(&key[..]).map(u64::from_be_bytes).unwrap_or(0);
+            let entry: OutboxEntry = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                key: format!("outbox/{seq}"),
+                reason: e.to_string(),
+            })?;
+            out.push((seq, entry));
+        }
+        Ok(out)
+    }
+
+    /// Adds an outbox entry to `batch`.
+    pub fn put_outbox(&self, batch: &mut StoreBatch, seq: u64, entry: &OutboxEntry) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(entry).unwrap_or_default();
+        batch.batch.put_cf(self.cf(CF_OUTBOX)?, seq.to_be_bytes(), value);
+        Ok(())
+    }
+
+    /// Removes a published outbox entry in `batch`.
+    pub fn delete_outbox(&self, batch: &mut StoreBatch, seq: u64) -> Result<(), StoreError> {
+        batch.batch.delete_cf(self.cf(CF_OUTBOX)?, seq.to_be_bytes());
+        Ok(())
     }
 
     /// Number of orders held (RocksDB's estimate, cheap).
@@ -246,17 +293,21 @@ impl OrderStore {
 
     /// Applies changelog records read during a restore: `records` are (key, value) in changelog
     /// order, a `None` value being a tombstone; `next_position` is the offset after the last one.
-    /// Returns how many records were applied.
+    /// A record older than the stored state (the store got ahead through the outbox) is skipped;
+    /// outbox entries the records show as published are dropped. Returns how many records were
+    /// read.
     pub fn restore(&self, records: &[(Vec<u8>, Option<Vec<u8>>)], next_position: i64) -> Result<usize, StoreError> {
         let mut batch = StoreBatch::new();
-        // Timers as this batch leaves them, for keys it touched twice.
-        let mut timers_in_batch: HashMap<&[u8], Option<Timer>> = HashMap::new();
+        // State as this batch leaves it, for keys it touched twice: (version, timer).
+        let mut in_batch: HashMap<&[u8], Option<(u64, Option<Timer>)>> = HashMap::new();
+        let outbox = if records.is_empty() { Vec::new() } else { self.outbox()? };
         for (key, value) in records {
             let order_id = String::from_utf8_lossy(key);
-            let old_timer = match timers_in_batch.get(key.as_slice()) {
-                Some(timer) => *timer,
-                None => self.get(&order_id)?.and_then(|s| s.timer),
+            let current = match in_batch.get(key.as_slice()) {
+                Some(current) => *current,
+                None => self.get(&order_id)?.map(|s| (s.version, s.timer)),
             };
+            let old_timer = current.and_then(|(_, timer)| timer);
             match value {
                 Some(bytes) => {
                     let state = decode_state(bytes).map_err(|e| StoreError::Corrupt {
@@ -264,19 +315,26 @@ impl OrderStore {
                         key: order_id.to_string(),
                         reason: format!("changelog record: {e}"),
                     })?;
+                    for (seq, entry) in &outbox {
+                        if entry.state.order_id == state.order_id && entry.state.version <= state.version {
+                            self.delete_outbox(&mut batch, *seq)?;
+                        }
+                    }
+                    if current.is_some_and(|(version, _)| version > state.version) {
+                        continue;
+                    }
                     self.put(&mut batch, &state, bytes, old_timer)?;
-                    timers_in_batch.insert(key.as_slice(), state.timer);
+                    in_batch.insert(key.as_slice(), Some((state.version, state.timer)));
                 }
                 None => {
                     self.delete(&mut batch, &order_id, old_timer)?;
-                    timers_in_batch.insert(key.as_slice(), None);
+                    in_batch.insert(key.as_slice(), None);
                 }
             }
         }
         batch.set_position(next_position);
-        let applied = batch.len();
         self.write(batch)?;
-        Ok(applied)
+        Ok(records.len())
     }
 
     /// Every stored state (for checks and tools; not on the hot path).
@@ -348,6 +406,42 @@ mod tests {
         assert_eq!(store.get("b").expect("get"), None);
         assert_eq!(store.timers().expect("timers"), vec![(9, "a".to_string())]);
         assert_eq!(store.changelog_position().expect("position"), Some(42));
+    }
+
+    #[test]
+    fn restore_never_goes_back_and_drops_published_outbox_entries() {
+        use crate::order::{OrderUpdate, Outcome, Trigger};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
+        // Over HTTP, the order reached v3 and v4 while Kafka was away.
+        let update = |v| OrderUpdate {
+            schema_version: 1,
+            order_id: "a".into(),
+            version: v,
+            status: Some(OrderStatus::Accepted),
+            previous_status: None,
+            outcome: Outcome::Refused,
+            reason: None,
+            trigger: Trigger::Command,
+            command_id: Some(format!("c{v}")),
+            timestamp_ms: v,
+        };
+        let mut batch = StoreBatch::new();
+        for v in [3, 4] {
+            let s = state("a", v, None);
+            store.put(&mut batch, &s, &encode_state(&s), None).expect("put");
+            store.put_outbox(&mut batch, v, &OutboxEntry { update: update(v), state: s }).expect("outbox");
+        }
+        store.write(batch).expect("write");
+        // The changelog holds v2 (older) and v3 (published from the outbox).
+        let records = vec![
+            (b"a".to_vec(), Some(encode_state(&state("a", 2, None)))),
+            (b"a".to_vec(), Some(encode_state(&state("a", 3, None)))),
+        ];
+        store.restore(&records, 10).expect("restore");
+        assert_eq!(store.get("a").expect("get").map(|s| s.version), Some(4), "the store never goes back");
+        let left: Vec<u64> = store.outbox().expect("outbox").into_iter().map(|(seq, _)| seq).collect();
+        assert_eq!(left, vec![4], "v3 was published, v4 was not");
     }
 
     #[test]

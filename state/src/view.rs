@@ -26,10 +26,11 @@ const CF_ORDERS: &str = "orders";
 const CF_BY_STATUS: &str = "by_status";
 const CF_META: &str = "meta";
 
-/// One record read from `order-updates`, ready to apply.
+/// One update to apply: read from `order-updates`, or received directly over HTTP.
 pub struct ViewRecord {
-    pub partition: i32,
-    pub offset: i64,
+    /// (partition, offset) on `order-updates`; `None` for an update received over HTTP, which
+    /// moves no offset.
+    pub position: Option<(i32, i64)>,
     /// `None` for a record that could not be decoded: its offset still advances.
     pub update: Option<OrderUpdate>,
 }
@@ -203,6 +204,13 @@ impl ViewStore {
         Ok(out)
     }
 
+    /// Applies updates received directly (over HTTP), moving no offset.
+    pub fn apply_direct(&self, updates: &[OrderUpdate]) -> Result<ApplyStats, StoreError> {
+        let records: Vec<ViewRecord> =
+            updates.iter().map(|u| ViewRecord { position: None, update: Some(u.clone()) }).collect();
+        self.apply(&records)
+    }
+
     /// Applies `records` in one atomic batch, with the next offset of every partition they came
     /// from. Records must be in offset order per partition.
     pub fn apply(&self, records: &[ViewRecord]) -> Result<ApplyStats, StoreError> {
@@ -220,7 +228,9 @@ impl ViewStore {
         let mut rows: HashMap<&str, (Option<OrderStatus>, Option<OrderUpdate>, bool)> = HashMap::new();
         let mut next_offsets: HashMap<i32, i64> = HashMap::new();
         for record in records {
-            next_offsets.insert(record.partition, record.offset + 1);
+            if let Some((partition, offset)) = record.position {
+                next_offsets.insert(partition, offset + 1);
+            }
             let Some(update) = &record.update else {
                 stats.undecodable += 1;
                 continue;

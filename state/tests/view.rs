@@ -18,7 +18,7 @@ fn update(order: &str, version: u64, status: OrderStatus, previous: Option<Order
 }
 
 fn rec(partition: i32, offset: i64, u: OrderUpdate) -> ViewRecord {
-    ViewRecord { partition, offset, update: Some(u) }
+    ViewRecord { position: Some((partition, offset)), update: Some(u) }
 }
 
 #[test]
@@ -30,7 +30,7 @@ fn applies_in_version_order_and_keeps_offsets_and_counts() {
             rec(0, 0, update("a", 1, OrderStatus::Accepted, None)),
             rec(1, 5, update("b", 1, OrderStatus::Accepted, None)),
             rec(0, 1, update("a", 2, OrderStatus::InPreparation, Some(OrderStatus::Accepted))),
-            ViewRecord { partition: 1, offset: 6, update: None },
+            ViewRecord { position: Some((1, 6)), update: None },
         ])
         .expect("apply");
     assert_eq!((stats.applied, stats.stale, stats.undecodable), (3, 0, 1));

@@ -7,22 +7,21 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use pipeline::kafka_config::{KafkaArgs, TopicArgs};
 use pipeline::logging::{self, LogFormat};
-use pipeline::wagon_lits::{ensure_service_topics, CommandProducer, Materialiser, ViewConfig};
+use pipeline::wagon_lits::{ensure_service_topics, CommandProducer, WagonLitsArgs};
 use state::{Command, CommandEnvelope, OrderLine, OrderStatus, PlaceOrder, StoreOptions, ViewStore};
 
 /// wagon-lits: places orders for materials and keeps its own view of them.
 ///
-/// `run` materialises `order-updates` into the view (RocksDB), exactly once, until SIGTERM or
-/// SIGINT. `place`, `cancel` and `confirm` send one command to `orders`. `get`, `list` and
-/// `counts` read the view (also while `run` is running).
+/// `serve` materialises `order-updates` into the view (RocksDB), exactly once, and serves the
+/// HTTP API (with --http-listen) until SIGTERM or SIGINT. Commands go to Kafka, or over HTTP to
+/// dev-materiels (--dev-materiels-url) when Kafka does not take them in time. `place`, `cancel`
+/// and `confirm` send one command to `orders` from the command line; `get`, `list` and `counts`
+/// read the view (also while `serve` runs).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
-    /// Where the view lives.
-    #[arg(long, global = true, env = "STATE_DIR", default_value = "./state/wagon-lits")]
-    state_dir: PathBuf,
     /// Log format (`RUST_LOG` sets the filter).
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value = "plain")]
     log_format: LogFormat,
@@ -39,14 +38,21 @@ struct Kafka {
     delivery_timeout_ms: u64,
 }
 
+#[derive(clap::Args, Clone)]
+struct ViewDir {
+    /// Where the view lives.
+    #[arg(long, env = "STATE_DIR", default_value = "./state/wagon-lits")]
+    state_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Materialise `order-updates` into the view until stopped.
-    Run {
+    /// Materialise `order-updates` into the view and serve the HTTP API until stopped.
+    Serve {
         #[command(flatten)]
-        kafka: Kafka,
+        args: WagonLitsArgs,
     },
-    /// Place an order.
+    /// Place an order (through Kafka).
     Place {
         #[command(flatten)]
         kafka: Kafka,
@@ -60,7 +66,7 @@ enum Cmd {
         #[arg(long = "line", value_parser = parse_line, required = true)]
         lines: Vec<OrderLine>,
     },
-    /// Cancel an order.
+    /// Cancel an order (through Kafka).
     Cancel {
         #[command(flatten)]
         kafka: Kafka,
@@ -69,7 +75,7 @@ enum Cmd {
         #[arg(long, default_value = "cancelled by wagon-lits")]
         reason: String,
     },
-    /// Confirm that an order was delivered.
+    /// Confirm that an order was delivered (through Kafka).
     Confirm {
         #[command(flatten)]
         kafka: Kafka,
@@ -77,9 +83,15 @@ enum Cmd {
         order_id: String,
     },
     /// Show one order from the view, as JSON.
-    Get { order_id: String },
+    Get {
+        #[command(flatten)]
+        view: ViewDir,
+        order_id: String,
+    },
     /// List orders in a status from the view, as JSON lines.
     List {
+        #[command(flatten)]
+        view: ViewDir,
         status: OrderStatus,
         /// Start after this order id (the last one of the previous page).
         #[arg(long)]
@@ -88,7 +100,10 @@ enum Cmd {
         limit: usize,
     },
     /// Orders per status in the view.
-    Counts,
+    Counts {
+        #[command(flatten)]
+        view: ViewDir,
+    },
 }
 
 fn parse_line(s: &str) -> Result<OrderLine, String> {
@@ -114,10 +129,10 @@ fn send(kafka: &Kafka, order_id: String, command: Command) -> anyhow::Result<()>
     Ok(())
 }
 
-fn open_view(cli: &Cli) -> anyhow::Result<ViewStore> {
-    let path = cli.state_dir.join("view");
+fn open_view(dir: &ViewDir) -> anyhow::Result<ViewStore> {
+    let path = dir.state_dir.join("view");
     if !path.exists() {
-        bail!("no view at {} (has `wagon-lits run` run with this --state-dir?)", path.display());
+        bail!("no view at {} (has `wagon-lits serve` run with this --state-dir?)", path.display());
     }
     Ok(ViewStore::open_read_only(&path, &StoreOptions::default())?)
 }
@@ -125,7 +140,7 @@ fn open_view(cli: &Cli) -> anyhow::Result<ViewStore> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, "info,librdkafka=warn,rdkafka=warn");
-    match run(&cli) {
+    match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("wagon-lits: {err:#}");
@@ -134,53 +149,29 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
-    match &cli.command {
-        Cmd::Run { kafka } => {
-            let shutdown = pipeline::shutdown::on_signal()?;
-            ensure_service_topics(&kafka.kafka, &kafka.topics).context("creating topics")?;
-            let materialiser = Materialiser::new(
-                ViewConfig {
-                    kafka: kafka.kafka.clone(),
-                    updates_topic: kafka.topics.updates_topic.clone(),
-                    state_dir: cli.state_dir.clone(),
-                    max_batch: 5_000,
-                },
-                &StoreOptions::default(),
-            )?;
-            tracing::info!(state_dir = %cli.state_dir.display(), "wagon-lits view running");
-            let stats = materialiser.run(shutdown)?;
-            tracing::info!(applied = stats.applied, stale = stats.stale, "stopped");
-            Ok(())
+fn run(command: Cmd) -> anyhow::Result<()> {
+    match command {
+        Cmd::Serve { args } => pipeline::wagon_lits::serve(&args, pipeline::shutdown::on_signal()?),
+        Cmd::Place { kafka, order_id, wagon_id, requested_by, lines } => {
+            send(&kafka, order_id, Command::PlaceOrder(PlaceOrder { wagon_id, requested_by, lines }))
         }
-        Cmd::Place { kafka, order_id, wagon_id, requested_by, lines } => send(
-            kafka,
-            order_id.clone(),
-            Command::PlaceOrder(PlaceOrder {
-                wagon_id: wagon_id.clone(),
-                requested_by: requested_by.clone(),
-                lines: lines.clone(),
-            }),
-        ),
-        Cmd::Cancel { kafka, order_id, reason } => {
-            send(kafka, order_id.clone(), Command::CancelOrder { reason: reason.clone() })
-        }
-        Cmd::Confirm { kafka, order_id } => send(kafka, order_id.clone(), Command::ConfirmDelivery {}),
-        Cmd::Get { order_id } => match open_view(cli)?.get(order_id)? {
+        Cmd::Cancel { kafka, order_id, reason } => send(&kafka, order_id, Command::CancelOrder { reason }),
+        Cmd::Confirm { kafka, order_id } => send(&kafka, order_id, Command::ConfirmDelivery {}),
+        Cmd::Get { view, order_id } => match open_view(&view)?.get(&order_id)? {
             Some(row) => {
                 println!("{}", serde_json::to_string_pretty(&row)?);
                 Ok(())
             }
             None => bail!("order {order_id} is not in the view"),
         },
-        Cmd::List { status, after, limit } => {
-            for row in open_view(cli)?.list_by_status(*status, after.as_deref(), *limit)? {
+        Cmd::List { view, status, after, limit } => {
+            for row in open_view(&view)?.list_by_status(status, after.as_deref(), limit)? {
                 println!("{}", serde_json::to_string(&row)?);
             }
             Ok(())
         }
-        Cmd::Counts => {
-            for (status, n) in open_view(cli)?.counts() {
+        Cmd::Counts { view } => {
+            for (status, n) in open_view(&view)?.counts() {
                 println!("{status:<14} {n}");
             }
             Ok(())

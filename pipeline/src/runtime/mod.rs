@@ -9,6 +9,7 @@
 //! - order timers fire as **punctuations**, every commit interval;
 //! - invalid input goes to the **dead-letter topic** ([`dlq`]).
 
+pub mod direct;
 pub mod dlq;
 pub mod restore;
 pub mod stream_thread;

@@ -53,7 +53,7 @@ pub fn restore<C: ConsumerContext>(
         if from.is_none() {
             task.store().restore(&[], to)?;
         }
-        task.reload_timers()?;
+        task.reload()?;
         return Ok(RestoreStats { partition, from, to, records: 0, elapsed: started.elapsed() });
     }
     let mut assignment = TopicPartitionList::new();
@@ -107,6 +107,6 @@ pub fn restore<C: ConsumerContext>(
         .max(next);
     total += task.store().restore(&records, position)? as u64;
     consumer.unassign()?;
-    task.reload_timers()?;
+    task.reload()?;
     Ok(RestoreStats { partition, from, to: position, records: total, elapsed: started.elapsed() })
 }

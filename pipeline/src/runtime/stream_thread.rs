@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,19 +37,26 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use state::decode_command;
+use state::{decode_command, validate_envelope};
 
+use super::direct::{DirectRefusal, DirectReply, DirectRequest, QueryReply};
 use super::dlq::{dead_letter_headers, Source};
 use super::restore::restore;
-use super::task::{Output, Task};
+use super::task::{Direct, Output, Task};
 use super::{KafkaContext, RuntimeError, StreamConfig};
 use crate::kafka_config::{KAFKA_CALL_TIMEOUT, MAX_MESSAGE_BYTES};
+use crate::partitioner::partition_for;
 use crate::topics::{ensure_topics, partition_count, TopicSpec};
 
-/// How long one `poll` waits for a record.
-const POLL: Duration = Duration::from_millis(20);
-/// How often retriable transactional calls are tried before giving up.
-const TXN_ATTEMPTS: u32 = 10;
+/// How long one `poll` waits for a record (and so how long an HTTP request may wait for its
+/// turn on an idle thread).
+const POLL: Duration = Duration::from_millis(5);
+/// How long one step of a commit or an abort may block the thread. A step that does not finish
+/// in time resumes at the next turn of the loop, which meanwhile answers HTTP requests: a broker
+/// that stopped answering never freezes the fallback path.
+const COMMIT_STEP: Duration = Duration::from_millis(50);
+/// How long a revocation or a shutdown waits for the open transaction to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fault injection for tests: with this variable set to N, the process aborts right after its
 /// Nth transaction commit succeeds and before the state stores are written, the one moment at
 /// which Kafka is ahead of RocksDB. A restart must then replay exactly what was missed.
@@ -73,6 +81,12 @@ pub struct StreamMetrics {
     pub restored_records: AtomicU64,
     /// Tasks restored and processing.
     pub active_tasks: AtomicU64,
+    /// Commands received over HTTP and decided (the fallback path).
+    pub direct_commands: AtomicU64,
+    /// Outbox entries published to Kafka after the fact.
+    pub outbox_published: AtomicU64,
+    /// Decisions taken over HTTP still waiting in the outbox.
+    pub outbox_pending: AtomicU64,
 }
 
 impl StreamMetrics {
@@ -87,6 +101,9 @@ impl StreamMetrics {
             aborts: get(&self.aborts),
             restored_records: get(&self.restored_records),
             active_tasks: get(&self.active_tasks),
+            direct_commands: get(&self.direct_commands),
+            outbox_published: get(&self.outbox_published),
+            outbox_pending: get(&self.outbox_pending),
         }
     }
 }
@@ -102,6 +119,9 @@ pub struct StreamStats {
     pub aborts: u64,
     pub restored_records: u64,
     pub active_tasks: u64,
+    pub direct_commands: u64,
+    pub outbox_published: u64,
+    pub outbox_pending: u64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -159,25 +179,50 @@ impl ClientContext for RestoreContext {
 
 impl ConsumerContext for RestoreContext {}
 
+/// Where the open transaction is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Taking records, timers and outbox entries.
+    Open,
+    /// Commit asked for; no more writes may join. Resumed each turn until Kafka answers.
+    Committing,
+    /// Abort asked for (the commit failed, or the assignment was lost). Resumed likewise.
+    Aborting,
+}
+
 /// The open transaction.
-#[derive(Default)]
 struct Txn {
+    phase: Phase,
     /// The first `orders` offset this transaction read, per partition: where to go back to if
     /// it aborts.
     first_offsets: BTreeMap<i32, i64>,
+}
+
+/// How far a commit (or abort) got in the time it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Yes,
+    NotYet,
 }
 
 /// Everything the loop and the rebalance callbacks share.
 struct Engine {
     config: StreamConfig,
     changelog: String,
+    /// Partitions of `orders` (and of the changelog).
+    partitions: i32,
     producer: BaseProducer<DeliveryTracker>,
     restore_consumer: BaseConsumer<RestoreContext>,
     tasks: BTreeMap<i32, Task>,
     /// Partitions assigned but not restored yet.
     to_restore: BTreeSet<i32>,
+    /// Tasks kept after the group said the assignment was lost (the coordinator unreachable):
+    /// they keep serving the HTTP path until the next assignment says whether they stay.
+    detached: BTreeSet<i32>,
     txn: Option<Txn>,
     last_commit: Instant,
+    /// Requests that came over HTTP.
+    direct: Receiver<DirectRequest>,
     /// An error raised inside a rebalance callback, reported by the loop.
     fatal: Option<RuntimeError>,
     metrics: Arc<StreamMetrics>,
@@ -211,11 +256,7 @@ impl ConsumerContext for StreamContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => {
-                let partitions = partitions_of(tpl);
-                tracing::info!(?partitions, "partitions assigned");
-                lock(&self.engine).to_restore.extend(partitions);
-            }
+            Rebalance::Assign(tpl) => lock(&self.engine).on_assign(&partitions_of(tpl)),
             Rebalance::Revoke(_) => {}
             Rebalance::Error(err) => tracing::warn!(error = %err, "rebalance error"),
         }
@@ -226,17 +267,33 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Whether a transactional call failed only for lack of time (Kafka slow or away): the same
+/// call resumes where it was.
+fn is_retriable(err: &KafkaError) -> bool {
+    match err {
+        KafkaError::Transaction(e) => e.is_retriable(),
+        KafkaError::Flush(code) => *code == RDKafkaErrorCode::OperationTimedOut,
+        _ => false,
+    }
+}
+
+fn requires_abort(err: &KafkaError) -> bool {
+    matches!(err, KafkaError::Transaction(e) if e.txn_requires_abort())
+}
+
 /// Runs dev-materiels' stream thread until `shutdown` is set, then commits what is open and
-/// returns its counters.
+/// returns its counters. `direct` brings the commands and queries that came over HTTP.
 pub fn run(
     config: StreamConfig,
     shutdown: Arc<AtomicBool>,
     metrics: Arc<StreamMetrics>,
+    direct: Receiver<DirectRequest>,
 ) -> Result<StreamStats, RuntimeError> {
     let changelog = config.changelog_topic();
-    prepare_topics(&config, &changelog)?;
+    let partitions = prepare_topics(&config, &changelog)?;
 
-    let engine = Arc::new(Mutex::new(Engine::new(config.clone(), changelog, Arc::clone(&metrics))?));
+    let engine =
+        Arc::new(Mutex::new(Engine::new(config.clone(), changelog, partitions, Arc::clone(&metrics), direct)?));
     let consumer: BaseConsumer<StreamContext> = consumer_config(&config)
         .create_with_context(StreamContext { engine: Arc::clone(&engine) })
         .context("creating the orders consumer")?;
@@ -251,12 +308,21 @@ pub fn run(
     let mut last_report = Instant::now();
     let mut last_consumer_error: Option<Instant> = None;
     while !shutdown.load(Ordering::Relaxed) {
-        let message = consumer.poll(POLL);
+        // While a transaction settles, no record may join it: leave them in the consumer.
+        let settling = lock(&engine).is_settling();
+        let message = if settling {
+            std::thread::sleep(POLL);
+            None
+        } else {
+            consumer.poll(POLL)
+        };
         let mut engine = lock(&engine);
         if let Some(err) = engine.fatal.take() {
             return Err(err);
         }
-        engine.restore_assigned(&consumer)?;
+        if !engine.is_settling() {
+            engine.restore_assigned(&consumer)?;
+        }
         match message {
             None => {}
             Some(Ok(message)) => engine.process(&message)?,
@@ -268,6 +334,7 @@ pub fn run(
             }
             Some(Err(_)) => {}
         }
+        engine.serve_direct();
         engine.producer.poll(Duration::ZERO);
         engine.maybe_commit(&consumer)?;
         if last_report.elapsed() > Duration::from_secs(10) {
@@ -278,28 +345,34 @@ pub fn run(
                 dead_letters = s.dead_letters,
                 commits = s.commits,
                 aborts = s.aborts,
+                direct_commands = s.direct_commands,
+                outbox_pending = s.outbox_pending,
                 "progress"
             );
             last_report = Instant::now();
         }
     }
 
-    tracing::info!("shutting down: committing the open transaction");
-    lock(&engine).commit(&consumer)?;
+    tracing::info!("shutting down: settling the open transaction");
+    let settled = lock(&engine).settle(&consumer, SETTLE_TIMEOUT)?;
+    if settled == Settled::NotYet {
+        tracing::warn!("the open transaction did not settle before shutdown; the next start resolves it");
+    }
     // Closing the consumer runs the revoke callback, which finds nothing left to commit.
     drop(consumer);
     Ok(metrics.snapshot())
 }
 
-/// Creates the topics if missing, and checks that the changelog has one partition per `orders`
-/// partition.
-fn prepare_topics(config: &StreamConfig, changelog: &str) -> Result<(), RuntimeError> {
+/// Creates the topics if missing, checks that the changelog has one partition per `orders`
+/// partition, and returns that number.
+fn prepare_topics(config: &StreamConfig, changelog: &str) -> Result<i32, RuntimeError> {
     let t = &config.topics;
     let rf = t.replication_factor;
     if !config.create_topics {
         let orders = partition_count(&config.kafka, &t.orders_topic, KAFKA_CALL_TIMEOUT)?;
         let changelog_partitions = partition_count(&config.kafka, changelog, KAFKA_CALL_TIMEOUT)?;
-        return check_changelog(changelog, changelog_partitions, orders, &t.orders_topic);
+        check_changelog(changelog, changelog_partitions, orders, &t.orders_topic)?;
+        return Ok(orders);
     }
     ensure_topics(
         &config.kafka,
@@ -312,7 +385,8 @@ fn prepare_topics(config: &StreamConfig, changelog: &str) -> Result<(), RuntimeE
     let orders = partition_count(&config.kafka, &t.orders_topic, KAFKA_CALL_TIMEOUT)?;
     ensure_topics(&config.kafka, &[TopicSpec::new(changelog, orders, rf).compacted()])?;
     let changelog_partitions = partition_count(&config.kafka, changelog, KAFKA_CALL_TIMEOUT)?;
-    check_changelog(changelog, changelog_partitions, orders, &t.orders_topic)
+    check_changelog(changelog, changelog_partitions, orders, &t.orders_topic)?;
+    Ok(orders)
 }
 
 fn check_changelog(changelog: &str, actual: i32, expected: i32, orders: &str) -> Result<(), RuntimeError> {
@@ -344,7 +418,13 @@ fn consumer_config(config: &StreamConfig) -> ClientConfig {
 }
 
 impl Engine {
-    fn new(config: StreamConfig, changelog: String, metrics: Arc<StreamMetrics>) -> Result<Engine, RuntimeError> {
+    fn new(
+        config: StreamConfig,
+        changelog: String,
+        partitions: i32,
+        metrics: Arc<StreamMetrics>,
+        direct: Receiver<DirectRequest>,
+    ) -> Result<Engine, RuntimeError> {
         let mut p = config.kafka.base();
         p.set("transactional.id", config.transactional_id())
             .set("client.id", format!("{}-producer", config.transactional_id()))
@@ -372,8 +452,8 @@ impl Engine {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest");
-        r.set("fetch.wait.max.ms", "20");
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "20");
         let restore_consumer: BaseConsumer<RestoreContext> =
             config.kafka.finish(r).create_with_context(RestoreContext).context("creating the restore consumer")?;
 
@@ -383,17 +463,30 @@ impl Engine {
         Ok(Engine {
             config,
             changelog,
+            partitions,
             producer,
             restore_consumer,
             tasks: BTreeMap::new(),
             to_restore: BTreeSet::new(),
+            detached: BTreeSet::new(),
             txn: None,
             last_commit: Instant::now(),
+            direct,
             fatal: None,
             metrics,
             commits_here: 0,
             crash_after_commits: std::env::var(CRASH_AFTER_COMMITS_ENV).ok().and_then(|v| v.parse().ok()),
         })
+    }
+
+    fn is_settling(&self) -> bool {
+        self.txn.as_ref().is_some_and(|t| t.phase != Phase::Open)
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.active_tasks.store(self.tasks.len() as u64, Ordering::Relaxed);
+        let pending: usize = self.tasks.values().map(Task::outbox_len).sum();
+        self.metrics.outbox_pending.store(pending as u64, Ordering::Relaxed);
     }
 
     /// Restores the tasks of newly assigned partitions, before any of their records is processed.
@@ -411,8 +504,14 @@ impl Engine {
         }
         let committed = consumer.committed_offsets(wanted, KAFKA_CALL_TIMEOUT).context("reading committed offsets")?;
         for partition in partitions {
-            let dir = self.config.state_dir.join(format!("partition-{partition}"));
-            let mut task = Task::open(partition, &dir, &self.config.store)?;
+            // A task kept through a lost assignment is caught up, not reopened.
+            let mut task = match self.tasks.remove(&partition) {
+                Some(task) => task,
+                None => {
+                    let dir = self.config.state_dir.join(format!("partition-{partition}"));
+                    Task::open(partition, &dir, &self.config.store)?
+                }
+            };
             let stats = restore(&self.restore_consumer, &self.changelog, &mut task)?;
             tracing::info!(
                 partition,
@@ -421,6 +520,7 @@ impl Engine {
                 records = stats.records,
                 elapsed_ms = stats.elapsed.as_millis() as u64,
                 pending_timers = task.pending_timers(),
+                outbox = task.outbox_len(),
                 "restore complete"
             );
             task.next_input_offset =
@@ -430,15 +530,27 @@ impl Engine {
                 });
             self.metrics.restored_records.fetch_add(stats.records, Ordering::Relaxed);
             self.tasks.insert(partition, task);
-            self.metrics.active_tasks.store(self.tasks.len() as u64, Ordering::Relaxed);
         }
+        self.update_gauges();
         Ok(())
     }
 
+    /// Opens a transaction if none is, and puts the outbox entries of every task first in it, so
+    /// that what was decided over HTTP is published before anything decided after it.
     fn begin(&mut self) -> Result<(), RuntimeError> {
-        if self.txn.is_none() {
-            self.producer.begin_transaction().context("beginning a transaction")?;
-            self.txn = Some(Txn::default());
+        if self.txn.is_some() {
+            return Ok(());
+        }
+        self.producer.begin_transaction().context("beginning a transaction")?;
+        self.txn = Some(Txn { phase: Phase::Open, first_offsets: BTreeMap::new() });
+        let mut drained = Vec::new();
+        for (partition, task) in &mut self.tasks {
+            for output in task.drain_outbox() {
+                drained.push((*partition, output));
+            }
+        }
+        for (partition, output) in &drained {
+            self.emit(*partition, output)?;
         }
         Ok(())
     }
@@ -447,7 +559,7 @@ impl Engine {
     fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
         let partition = message.partition();
         let offset = message.offset();
-        if !self.tasks.contains_key(&partition) {
+        if !self.tasks.contains_key(&partition) || self.to_restore.contains(&partition) {
             // A record fetched just before its partition was revoked.
             tracing::debug!(partition, offset, "record for a partition this thread does not own; skipped");
             return Ok(());
@@ -512,13 +624,66 @@ impl Engine {
         Ok(())
     }
 
-    /// Every commit interval: fires due timers, then commits.
+    /// Answers the requests that came over HTTP since the last turn.
+    fn serve_direct(&mut self) {
+        while let Ok(request) = self.direct.try_recv() {
+            match request {
+                DirectRequest::Command { envelope, reply } => {
+                    let _ = reply.send(self.direct_command(&envelope));
+                }
+                DirectRequest::Query { order_id, reply } => {
+                    let partition = partition_for(order_id.as_bytes(), self.partitions);
+                    let answer = match self.tasks.get(&partition) {
+                        None => Err(DirectRefusal::NotOwner { partition }),
+                        Some(task) => task
+                            .query(&order_id)
+                            .map(|state| QueryReply { partition, state })
+                            .map_err(|e| DirectRefusal::Failed(e.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn direct_command(&mut self, envelope: &state::CommandEnvelope) -> Result<DirectReply, DirectRefusal> {
+        validate_envelope(envelope).map_err(|e| DirectRefusal::Failed(e.to_string()))?;
+        let partition = partition_for(envelope.order_id.as_bytes(), self.partitions);
+        if self.to_restore.contains(&partition) {
+            return Err(DirectRefusal::Busy);
+        }
+        let task = self.tasks.get_mut(&partition).ok_or(DirectRefusal::NotOwner { partition })?;
+        match task.process_direct(envelope, &self.config.rules, now_ms()) {
+            Ok(Direct::Applied(update)) => {
+                bump(&self.metrics.direct_commands);
+                tracing::info!(partition, order_id = %envelope.order_id, command_id = %envelope.command_id, "command applied over HTTP; queued in the outbox");
+                Ok(DirectReply { partition, updates: vec![update] })
+            }
+            Ok(Direct::Nothing) => Ok(DirectReply { partition, updates: Vec::new() }),
+            Ok(Direct::Busy) => Err(DirectRefusal::Busy),
+            Err(err) => Err(DirectRefusal::Failed(err.to_string())),
+        }
+    }
+
+    /// Every commit interval: fires due timers, publishes the outbox, commits. While a commit or
+    /// abort is under way, takes it one step further instead.
     fn maybe_commit(&mut self, consumer: &BaseConsumer<StreamContext>) -> Result<(), RuntimeError> {
+        if self.is_settling() {
+            self.step(consumer, COMMIT_STEP)?;
+            return Ok(());
+        }
         if self.last_commit.elapsed() < self.config.commit_interval {
             return Ok(());
         }
         self.punctuate()?;
-        self.commit(consumer)?;
+        if self.tasks.values().any(|t| t.outbox_len() > 0) {
+            self.begin()?;
+        }
+        if let Some(txn) = &mut self.txn {
+            txn.phase = Phase::Committing;
+            self.step(consumer, COMMIT_STEP)?;
+        }
         self.last_commit = Instant::now();
         Ok(())
     }
@@ -541,98 +706,181 @@ impl Engine {
         Ok(())
     }
 
-    /// Commits the open transaction (offsets included), then writes the tasks' caches to
-    /// RocksDB. On an abortable error, aborts and rewinds instead.
-    fn commit(&mut self, consumer: &BaseConsumer<StreamContext>) -> Result<(), RuntimeError> {
-        let Some(txn) = self.txn.take() else { return Ok(()) };
+    /// Commits (or aborts) the open transaction, whatever its phase, waiting up to `timeout`.
+    fn settle(&mut self, consumer: &BaseConsumer<StreamContext>, timeout: Duration) -> Result<Settled, RuntimeError> {
+        if let Some(txn) = &mut self.txn {
+            if txn.phase == Phase::Open {
+                txn.phase = Phase::Committing;
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.step(consumer, COMMIT_STEP)? == Settled::Yes {
+                return Ok(Settled::Yes);
+            }
+            if Instant::now() > deadline {
+                return Ok(Settled::NotYet);
+            }
+        }
+    }
+
+    /// Takes the settling transaction one step further, blocking at most `budget`.
+    fn step(&mut self, consumer: &BaseConsumer<StreamContext>, budget: Duration) -> Result<Settled, RuntimeError> {
+        let Some(txn) = &self.txn else { return Ok(Settled::Yes) };
+        match txn.phase {
+            Phase::Open => Ok(Settled::NotYet),
+            Phase::Committing => self.commit_step(consumer, budget),
+            Phase::Aborting => self.abort_step(consumer, budget),
+        }
+    }
+
+    fn commit_step(
+        &mut self,
+        consumer: &BaseConsumer<StreamContext>,
+        budget: Duration,
+    ) -> Result<Settled, RuntimeError> {
         // Offsets for every task, not only those that read records: a transaction made of timers
-        // alone still carries the group generation, so a zombie's cannot commit.
+        // or outbox entries alone still carries the group generation, so a zombie's cannot
+        // commit. Sending them again on a resumed step is harmless.
         let mut offsets = TopicPartitionList::new();
         for (partition, task) in &self.tasks {
-            if let Some(next) = task.next_input_offset {
+            if let (Some(next), false) = (task.next_input_offset, self.detached.contains(partition)) {
                 offsets.add_partition_offset(&self.config.topics.orders_topic, *partition, Offset::Offset(next))?;
             }
         }
-        let group = match offsets.count() {
-            0 => None,
-            _ => Some(
-                consumer
-                    .group_metadata()
-                    .ok_or_else(|| RuntimeError::Config("the consumer has no group metadata".into()))?,
-            ),
-        };
-        let started = Instant::now();
-        let result = self.send_offsets_and_commit(group.as_ref(), &offsets);
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "transaction commit");
+        let mut result = Ok(());
+        if offsets.count() > 0 {
+            let group = consumer
+                .group_metadata()
+                .ok_or_else(|| RuntimeError::Config("the consumer has no group metadata".into()))?;
+            result = self.producer.send_offsets_to_transaction(&offsets, &group, budget);
+        }
+        if result.is_ok() {
+            result = self.producer.commit_transaction(budget);
+        }
         match result {
             Ok(()) => {
-                let acknowledged = self.producer.context().take();
-                if self.crash_after_commits == Some(self.commits_here + 1) {
-                    tracing::error!("fault injection ({CRASH_AFTER_COMMITS_ENV}): crashing between the Kafka commit and the state store write");
-                    std::process::abort();
-                }
-                self.commits_here += 1;
-                for (partition, task) in &mut self.tasks {
-                    if !task.is_dirty() {
-                        continue;
-                    }
-                    let last = acknowledged
-                        .get(partition)
-                        .ok_or(RuntimeError::MissingChangelogOffset { partition: *partition })?;
-                    task.flush(last + 1)?;
-                }
-                bump(&self.metrics.commits);
-                Ok(())
+                self.after_commit()?;
+                Ok(Settled::Yes)
             }
-            Err(KafkaError::Transaction(err)) if err.txn_requires_abort() => {
+            Err(err) if is_retriable(&err) => Ok(Settled::NotYet),
+            Err(err) if requires_abort(&err) => {
                 tracing::warn!(error = %err, "transaction failed; aborting and reprocessing from the last commit");
-                self.abort(consumer, txn)
+                if let Some(txn) = &mut self.txn {
+                    txn.phase = Phase::Aborting;
+                }
+                self.abort_step(consumer, budget)
             }
             Err(err) => Err(RuntimeError::Kafka { context: "committing the transaction".into(), source: err }),
         }
     }
 
-    fn send_offsets_and_commit(
-        &self,
-        group: Option<&rdkafka::consumer::ConsumerGroupMetadata>,
-        offsets: &TopicPartitionList,
-    ) -> Result<(), KafkaError> {
-        if let Some(group) = group {
-            retry(|| self.producer.send_offsets_to_transaction(offsets, group, KAFKA_CALL_TIMEOUT))?;
+    /// After Kafka committed: the write-back caches go to RocksDB with their changelog positions.
+    fn after_commit(&mut self) -> Result<(), RuntimeError> {
+        let acknowledged = self.producer.context().take();
+        if self.crash_after_commits == Some(self.commits_here + 1) {
+            tracing::error!(
+                "fault injection ({CRASH_AFTER_COMMITS_ENV}): crashing between the Kafka commit and the state store write"
+            );
+            std::process::abort();
         }
-        retry(|| self.producer.commit_transaction(KAFKA_CALL_TIMEOUT))
+        self.commits_here += 1;
+        for (partition, task) in &mut self.tasks {
+            if !task.needs_flush() {
+                continue;
+            }
+            let last =
+                acknowledged.get(partition).ok_or(RuntimeError::MissingChangelogOffset { partition: *partition })?;
+            let published = task.outbox_len();
+            task.flush(last + 1)?;
+            self.metrics.outbox_published.fetch_add((published - task.outbox_len()) as u64, Ordering::Relaxed);
+        }
+        self.txn = None;
+        bump(&self.metrics.commits);
+        self.update_gauges();
+        Ok(())
     }
 
-    fn abort(&mut self, consumer: &BaseConsumer<StreamContext>, txn: Txn) -> Result<(), RuntimeError> {
-        retry(|| self.producer.abort_transaction(KAFKA_CALL_TIMEOUT)).context("aborting the transaction")?;
+    fn abort_step(
+        &mut self,
+        consumer: &BaseConsumer<StreamContext>,
+        budget: Duration,
+    ) -> Result<Settled, RuntimeError> {
+        match self.producer.abort_transaction(budget) {
+            Ok(()) => {}
+            Err(err) if is_retriable(&err) => return Ok(Settled::NotYet),
+            Err(err) => return Err(RuntimeError::Kafka { context: "aborting the transaction".into(), source: err }),
+        }
         self.producer.context().take();
         bump(&self.metrics.aborts);
+        let Some(txn) = self.txn.take() else { return Ok(Settled::Yes) };
         for task in self.tasks.values_mut() {
             task.discard()?;
         }
         for (partition, first) in txn.first_offsets {
-            if let Some(task) = self.tasks.get_mut(&partition) {
+            if let (Some(task), false) = (self.tasks.get_mut(&partition), self.detached.contains(&partition)) {
                 task.next_input_offset = Some(first);
                 consumer
                     .seek(&self.config.topics.orders_topic, partition, Offset::Offset(first), KAFKA_CALL_TIMEOUT)
                     .context(format!("rewinding partition {partition} to offset {first}"))?;
             }
         }
-        Ok(())
+        Ok(Settled::Yes)
     }
 
-    /// Before partitions go to another member: commit what is open, then close their tasks.
+    /// Before partitions go to another member: settle what is open, then close their tasks.
+    /// When the group says the assignment is already lost (its coordinator unreachable for the
+    /// session timeout), the transaction cannot commit any more: it is aborted, and the tasks are
+    /// kept, detached, to serve the HTTP path until the next assignment.
     fn on_revoke(&mut self, consumer: &BaseConsumer<StreamContext>, partitions: &[i32]) {
-        tracing::info!(?partitions, "partitions revoked: committing the open transaction");
-        if let Err(err) = self.commit(consumer) {
-            tracing::error!(error = %err, "could not commit before the partitions were revoked");
-            self.fatal.get_or_insert(err);
-        }
         for partition in partitions {
             self.to_restore.remove(partition);
+        }
+        if consumer.assignment_lost() {
+            tracing::warn!(
+                ?partitions,
+                "assignment lost (group coordinator unreachable); tasks kept for the HTTP path"
+            );
+            if let Some(txn) = &mut self.txn {
+                txn.phase = Phase::Aborting;
+            }
+            self.detached.extend(partitions.iter().copied());
+            return;
+        }
+        tracing::info!(?partitions, "partitions revoked: settling the open transaction");
+        match self.settle(consumer, SETTLE_TIMEOUT) {
+            Ok(Settled::Yes) => {}
+            Ok(Settled::NotYet) => {
+                self.fatal.get_or_insert(RuntimeError::Config(
+                    "the open transaction did not settle before the partitions were revoked".into(),
+                ));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "could not settle the transaction before the partitions were revoked");
+                self.fatal.get_or_insert(err);
+            }
+        }
+        for partition in partitions {
             self.tasks.remove(partition);
         }
-        self.metrics.active_tasks.store(self.tasks.len() as u64, Ordering::Relaxed);
+        self.update_gauges();
+    }
+
+    /// New partitions: restore them before processing; drop detached tasks that did not come back.
+    fn on_assign(&mut self, partitions: &[i32]) {
+        tracing::info!(?partitions, "partitions assigned");
+        let gone: Vec<i32> = self.detached.iter().copied().filter(|p| !partitions.contains(p)).collect();
+        for partition in gone {
+            tracing::warn!(
+                partition,
+                outbox = self.tasks.get(&partition).map_or(0, Task::outbox_len),
+                "detached task not reassigned; closed"
+            );
+            self.tasks.remove(&partition);
+        }
+        self.detached.clear();
+        self.to_restore.extend(partitions.iter().copied());
+        self.update_gauges();
     }
 }
 
@@ -652,21 +900,6 @@ fn send(
             Err((err, returned)) => {
                 return Err(RuntimeError::Kafka { context: format!("producing to {}", returned.topic), source: err });
             }
-        }
-    }
-}
-
-/// Retries a transactional call while librdkafka says the error is retriable.
-fn retry(mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
-    let mut attempt = 0;
-    loop {
-        match call() {
-            Err(KafkaError::Transaction(err)) if err.is_retriable() && attempt + 1 < TXN_ATTEMPTS => {
-                attempt += 1;
-                tracing::warn!(error = %err, attempt, "retriable transactional error; retrying");
-                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
-            }
-            other => return other,
         }
     }
 }

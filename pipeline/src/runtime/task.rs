@@ -5,13 +5,13 @@
 //! commits, [`Task::flush`] writes the cache to RocksDB in one batch with the changelog position;
 //! when it aborts, [`Task::discard`] drops it. RocksDB never holds state Kafka did not commit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use state::store::encode_state;
 use state::{
-    decide, fire_timer, CommandEnvelope, Decision, OrderState, OrderStore, OrderUpdate, Rules, StoreBatch, StoreError,
-    StoreOptions, Timer, TimerQueue,
+    decide, fire_timer, CommandEnvelope, Decision, OrderState, OrderStore, OrderUpdate, OutboxEntry, Rules, StoreBatch,
+    StoreError, StoreOptions, Timer, TimerQueue,
 };
 
 /// What the task decided for one command or timer: the update to emit and the new state to
@@ -37,6 +37,20 @@ pub struct Task {
     /// The next `orders` offset to commit for this partition: the committed group offset at
     /// assignment, then one past each record processed.
     pub next_input_offset: Option<i64>,
+    /// Decisions taken over HTTP and not yet published, by sequence number (mirrors the store).
+    outbox: BTreeMap<u64, OutboxEntry>,
+    /// Outbox entries produced in the open transaction, deleted from the store when it commits.
+    outbox_in_txn: Vec<u64>,
+}
+
+/// What an HTTP command did to a task.
+pub enum Direct {
+    /// Nothing changed (a command id seen before, a repeated order).
+    Nothing,
+    /// The update, already durable in the store and queued in the outbox.
+    Applied(OrderUpdate),
+    /// The order has writes in the open transaction: its state is not settled yet.
+    Busy,
 }
 
 impl Task {
@@ -44,26 +58,87 @@ impl Task {
     pub fn open(partition: i32, dir: &Path, options: &StoreOptions) -> Result<Task, StoreError> {
         let store = OrderStore::open(dir, options)?;
         let timers = TimerQueue::from_entries(store.timers()?);
-        Ok(Task { partition, store, pending: HashMap::new(), timers, next_input_offset: None })
+        let outbox = store.outbox()?.into_iter().collect();
+        Ok(Task {
+            partition,
+            store,
+            pending: HashMap::new(),
+            timers,
+            next_input_offset: None,
+            outbox,
+            outbox_in_txn: Vec::new(),
+        })
     }
 
     pub fn store(&self) -> &OrderStore {
         &self.store
     }
 
-    /// Reloads the timer queue from the store (after a restore changed it underneath).
-    pub fn reload_timers(&mut self) -> Result<(), StoreError> {
+    /// Reloads the timer queue and the outbox from the store (after a restore changed them
+    /// underneath).
+    pub fn reload(&mut self) -> Result<(), StoreError> {
         self.timers = TimerQueue::from_entries(self.store.timers()?);
+        self.outbox = self.store.outbox()?.into_iter().collect();
         Ok(())
+    }
+
+    /// Decisions taken over HTTP that still wait to be published.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Runs a command that came over HTTP, outside any Kafka transaction: the decision is written
+    /// to the store and the outbox at once, durably, and published by the next transaction.
+    /// Decided on committed state only, so an order with writes in the open transaction is busy.
+    pub fn process_direct(
+        &mut self,
+        envelope: &CommandEnvelope,
+        rules: &Rules,
+        now_ms: u64,
+    ) -> Result<Direct, StoreError> {
+        if self.pending.contains_key(&envelope.order_id) {
+            return Ok(Direct::Busy);
+        }
+        let current = self.store.get(&envelope.order_id)?;
+        let old_timer = current.as_ref().and_then(|s| s.timer);
+        let Decision::Update { state, update } = decide(current.as_ref(), envelope, rules, now_ms) else {
+            return Ok(Direct::Nothing);
+        };
+        let seq = self.outbox.keys().next_back().map_or(1, |last| last + 1);
+        let entry = OutboxEntry { update: update.clone(), state };
+        let mut batch = StoreBatch::new();
+        self.store.put(&mut batch, &entry.state, &encode_state(&entry.state), old_timer)?;
+        self.store.put_outbox(&mut batch, seq, &entry)?;
+        self.store.write(batch)?;
+        self.timers.replace(&entry.state.order_id, old_timer, entry.state.timer);
+        self.outbox.insert(seq, entry);
+        Ok(Direct::Applied(update))
+    }
+
+    /// The outbox entries not yet in a transaction, in order, marked as now in the open one.
+    pub fn drain_outbox(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        for (seq, entry) in &self.outbox {
+            if !self.outbox_in_txn.contains(seq) {
+                self.outbox_in_txn.push(*seq);
+                out.push(Output { update: entry.update.clone(), state: encode_state(&entry.state) });
+            }
+        }
+        out
+    }
+
+    /// Whether the open transaction carries anything of this task's to write after the commit.
+    pub fn needs_flush(&self) -> bool {
+        !self.pending.is_empty() || !self.outbox_in_txn.is_empty()
+    }
+
+    /// The committed (or outbox-applied) state of an order: what an interactive query sees.
+    pub fn query(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
+        self.store.get(order_id)
     }
 
     pub fn pending_timers(&self) -> usize {
         self.timers.len()
-    }
-
-    /// Whether the open transaction wrote state for this task.
-    pub fn is_dirty(&self) -> bool {
-        !self.pending.is_empty()
     }
 
     /// The order's state as the open transaction sees it, and the timer of its committed state.
@@ -123,16 +198,24 @@ impl Task {
         for pending in self.pending.values() {
             self.store.put(&mut batch, &pending.state, &pending.encoded, pending.committed_timer)?;
         }
+        for seq in &self.outbox_in_txn {
+            self.store.delete_outbox(&mut batch, *seq)?;
+        }
         batch.set_position(next_changelog_offset);
         let written = batch.len();
         self.store.write(batch)?;
         self.pending.clear();
+        for seq in self.outbox_in_txn.drain(..) {
+            self.outbox.remove(&seq);
+        }
         Ok(written)
     }
 
-    /// After the transaction aborted: forgets its writes.
+    /// After the transaction aborted: forgets its writes (outbox entries stay, to go out with
+    /// the next transaction).
     pub fn discard(&mut self) -> Result<(), StoreError> {
         self.pending.clear();
-        self.reload_timers()
+        self.outbox_in_txn.clear();
+        self.reload()
     }
 }

@@ -1,4 +1,7 @@
-//! dev-materiels: the stateful processor, wired from flags and environment onto the runtime.
+//! dev-materiels: the stateful processor, wired from flags and environment onto the runtime,
+//! with its HTTP server (the fallback path and interactive queries, [`http`]).
+
+pub mod http;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -8,7 +11,9 @@ use std::time::Duration;
 use clap::Args;
 use state::{Catalogue, Rules, StoreOptions};
 
+use crate::http_args::{until_set, HttpArgs};
 use crate::kafka_config::{KafkaArgs, TopicArgs};
+use crate::runtime::direct::DirectHandle;
 use crate::runtime::{self, RuntimeError, StreamConfig, StreamMetrics, StreamStats};
 
 /// dev-materiels' settings.
@@ -18,6 +23,8 @@ pub struct DevMaterielsArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub topics: TopicArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Consumer group id; also names the changelog topic (`<id>-order-store-changelog`) and
     /// prefixes the transactional id.
     #[arg(long, env = "APPLICATION_ID", default_value = "dev-materiels")]
@@ -84,7 +91,8 @@ impl DevMaterielsArgs {
     }
 }
 
-/// Runs dev-materiels until `shutdown` is set.
+/// Runs dev-materiels until `shutdown` is set: the stream thread on this thread, the HTTP server
+/// (when `--http-listen` is given) on a small Tokio runtime beside it.
 pub fn run(
     args: &DevMaterielsArgs,
     shutdown: Arc<AtomicBool>,
@@ -99,5 +107,32 @@ pub fn run(
         state_dir = %config.state_dir.display(),
         "starting dev-materiels"
     );
-    runtime::run(config, shutdown, metrics)
+    let (direct, requests) = DirectHandle::channel();
+    let server = match args.http.http_listen {
+        None => None,
+        Some(addr) => {
+            let server_config = args.http.server_config().map_err(|e| RuntimeError::Config(e.to_string()))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("dev-materiels-http")
+                .enable_all()
+                .build()
+                .map_err(|e| RuntimeError::Config(format!("cannot start the HTTP runtime: {e}")))?;
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .map_err(|e| RuntimeError::Config(format!("cannot listen on {addr}: {e}")))?;
+            tracing::info!(%addr, auth = server_config.token.is_some(), "HTTP fallback endpoint listening");
+            let handler = http::handler(direct.clone(), Arc::clone(&metrics));
+            let stop = Arc::clone(&shutdown);
+            let task = runtime.spawn(http_fallback::serve(listener, server_config, handler, until_set(stop)));
+            Some((runtime, task))
+        }
+    };
+    let result = runtime::run(config, Arc::clone(&shutdown), metrics, requests);
+    // Whatever ended the stream thread ends the HTTP server too (gracefully).
+    shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some((runtime, task)) = server {
+        let _ = runtime.block_on(task);
+    }
+    result
 }

@@ -1,0 +1,229 @@
+//! The wagon-lits HTTP API: place, cancel and confirm orders; read them from the view.
+//! Described in `docs/openapi.json`; every error is an `application/problem+json` body.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http_fallback::{json, Handler, Problem, Request, Response};
+use hyper::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use state::order::MAX_ID_LEN;
+use state::{status_refusal, Command, CommandEnvelope, OrderLine, OrderStatus, OrderUpdate, PlaceOrder, ViewStore};
+
+use super::sender::{BreakerState, CommandSender, Path, SendError};
+
+/// Largest page of `GET /orders`.
+pub const MAX_PAGE: usize = 500;
+
+/// The body of `POST /orders`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderRequest {
+    /// Chosen by the caller (for retries), or generated.
+    pub order_id: Option<String>,
+    pub wagon_id: String,
+    pub requested_by: String,
+    pub lines: Vec<OrderLine>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    reason: String,
+}
+
+/// The answer to a command.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub order_id: String,
+    pub command_id: String,
+    /// `kafka` or `http` (the fallback).
+    pub path: Path,
+    /// Updates already known (HTTP path); empty on the Kafka path.
+    pub updates: Vec<OrderUpdate>,
+}
+
+#[derive(Debug, Serialize)]
+struct Page {
+    orders: Vec<OrderUpdate>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<String>,
+}
+
+pub struct Api {
+    pub view: Arc<ViewStore>,
+    pub sender: Arc<CommandSender>,
+}
+
+pub fn handler(api: Arc<Api>) -> Handler {
+    Arc::new(move |request: Request| {
+        let api = Arc::clone(&api);
+        Box::pin(async move { api.route(request).await })
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("invalid request body: {e}")).into_response())
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), Response> {
+    if value.trim().is_empty() {
+        return Err(Problem::unprocessable(format!("{field} is empty")).into_response());
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(Problem::unprocessable(format!("{field} is longer than {MAX_ID_LEN} bytes")).into_response());
+    }
+    if value.chars().any(|c| c.is_control() || c == '/') {
+        return Err(Problem::unprocessable(format!("{field} contains '/' or control characters")).into_response());
+    }
+    Ok(())
+}
+
+impl Api {
+    async fn route(&self, request: Request) -> Response {
+        let path = request.uri().path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let result = match (request.method(), segments.as_slice()) {
+            (&Method::POST, ["orders"]) => self.place(request.body()).await,
+            (&Method::GET, ["orders"]) => self.list(request.uri().query().unwrap_or_default()),
+            (&Method::GET, ["orders", "counts"]) => Ok(self.counts()),
+            (&Method::GET, ["orders", id]) => self.get(id),
+            (&Method::POST, ["orders", id, "cancel"]) => self.cancel(id, request.body()).await,
+            (&Method::POST, ["orders", id, "confirm-delivery"]) => self.confirm(id).await,
+            (&Method::GET, ["status"]) => Ok(self.status()),
+            (&Method::GET, ["healthz"]) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+            (&Method::GET, ["readyz"]) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ready"}))),
+            (_, ["orders"] | ["orders", _] | ["orders", _, "cancel" | "confirm-delivery"] | ["status"]) => {
+                Err(Problem::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method-not-allowed",
+                    format!("{} is not allowed on {path}", request.method()),
+                )
+                .into_response())
+            }
+            _ => Err(Problem::not_found(format!("no route for {path}")).into_response()),
+        };
+        result.unwrap_or_else(|response| response)
+    }
+
+    async fn place(&self, body: &[u8]) -> Result<Response, Response> {
+        let request: PlaceOrderRequest = parse(body)?;
+        let order_id = request.order_id.unwrap_or_else(|| format!("ORD-{}", uuid::Uuid::new_v4()));
+        check_id("order_id", &order_id)?;
+        check_id("wagon_id", &request.wagon_id)?;
+        check_id("requested_by", &request.requested_by)?;
+        if self.view.get(&order_id).map_err(internal)?.is_some_and(|row| row.status.is_some()) {
+            return Err(Problem::new(StatusCode::CONFLICT, "order-exists", format!("order {order_id} already exists"))
+                .into_response());
+        }
+        let place = PlaceOrder { wagon_id: request.wagon_id, requested_by: request.requested_by, lines: request.lines };
+        self.send(order_id, Command::PlaceOrder(place)).await
+    }
+
+    async fn cancel(&self, order_id: &str, body: &[u8]) -> Result<Response, Response> {
+        let request: CancelRequest = parse(body)?;
+        check_id("reason", &request.reason)?;
+        let command = Command::CancelOrder { reason: request.reason };
+        self.check_transition(order_id, &command)?;
+        self.send(order_id.to_string(), command).await
+    }
+
+    async fn confirm(&self, order_id: &str) -> Result<Response, Response> {
+        let command = Command::ConfirmDelivery {};
+        self.check_transition(order_id, &command)?;
+        self.send(order_id.to_string(), command).await
+    }
+
+    /// Refuses, before anything is sent, a command the view says cannot apply.
+    fn check_transition(&self, order_id: &str, command: &Command) -> Result<(), Response> {
+        let row = self.view.get(order_id).map_err(internal)?;
+        let Some(status) = row.and_then(|r| r.status) else {
+            return Err(Problem::not_found(format!("no order {order_id}")).into_response());
+        };
+        if let Some(reason) = status_refusal(Some(status), command) {
+            return Err(Problem::new(StatusCode::CONFLICT, "invalid-transition", reason).into_response());
+        }
+        Ok(())
+    }
+
+    async fn send(&self, order_id: String, command: Command) -> Result<Response, Response> {
+        let envelope = CommandEnvelope::new(uuid::Uuid::new_v4().to_string(), order_id, now_ms(), command);
+        match self.sender.send(&envelope).await {
+            Ok(sent) => Ok(json(
+                StatusCode::ACCEPTED,
+                &Accepted {
+                    order_id: envelope.order_id,
+                    command_id: envelope.command_id,
+                    path: sent.path,
+                    updates: sent.updates,
+                },
+            )),
+            Err(SendError::Refused(problem)) => Err(problem.into_response()),
+            Err(err @ SendError::Unavailable(_)) => Err(Problem::unavailable(err.to_string()).into_response()),
+        }
+    }
+
+    fn get(&self, order_id: &str) -> Result<Response, Response> {
+        match self.view.get(order_id).map_err(internal)? {
+            Some(row) => Ok(json(StatusCode::OK, &row)),
+            None => Err(Problem::not_found(format!("no order {order_id}")).into_response()),
+        }
+    }
+
+    fn list(&self, query: &str) -> Result<Response, Response> {
+        let mut status = None;
+        let mut after = None;
+        let mut limit = 50;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "status" => {
+                    status = Some(value.parse::<OrderStatus>().map_err(|e| Problem::bad_request(e).into_response())?)
+                }
+                "after" => after = Some(value.to_string()),
+                "limit" => {
+                    limit =
+                        value.parse::<usize>().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
+                            Problem::bad_request(format!("limit must be 1..={MAX_PAGE}")).into_response()
+                        })?
+                }
+                other => return Err(Problem::bad_request(format!("unknown query parameter {other:?}")).into_response()),
+            }
+        }
+        let status = status.ok_or_else(|| Problem::bad_request("status is required").into_response())?;
+        let orders = self.view.list_by_status(status, after.as_deref(), limit).map_err(internal)?;
+        let next_after = (orders.len() == limit).then(|| orders.last().map(|r| r.order_id.clone())).flatten();
+        Ok(json(StatusCode::OK, &Page { orders, next_after }))
+    }
+
+    fn counts(&self) -> Response {
+        let counts: std::collections::BTreeMap<String, u64> =
+            self.view.counts().into_iter().map(|(status, n)| (status.to_string(), n)).collect();
+        json(StatusCode::OK, &counts)
+    }
+
+    fn status(&self) -> Response {
+        let breaker = self.sender.breaker.state();
+        let path = if breaker == BreakerState::Open { Path::Http } else { Path::Kafka };
+        let m = &self.sender.metrics;
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "breaker": breaker,
+                "path": path,
+                "via_kafka": m.via_kafka.load(std::sync::atomic::Ordering::Relaxed),
+                "via_http": m.via_http.load(std::sync::atomic::Ordering::Relaxed),
+                "kafka_failures": m.kafka_failures.load(std::sync::atomic::Ordering::Relaxed),
+            }),
+        )
+    }
+}
+
+fn internal(err: state::StoreError) -> Response {
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string()).into_response()
+}

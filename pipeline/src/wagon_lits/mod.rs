@@ -1,0 +1,131 @@
+//! wagon-lits: places orders and keeps its own view of them.
+//!
+//! - [`view`]: `order-updates` materialised into RocksDB, exactly once by stored offsets;
+//! - [`sender`]: commands to Kafka, or over HTTP to dev-materiels when Kafka is not there;
+//! - [`api`]: the HTTP API for the people and systems that place orders.
+//!
+//! [`serve`] wires the three together.
+
+pub mod api;
+pub mod sender;
+pub mod view;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use rdkafka::error::KafkaError;
+use state::{StoreError, StoreOptions};
+
+use crate::http_args::{until_set, HttpArgs};
+use crate::kafka_config::{KafkaArgs, TopicArgs};
+use crate::topics::{ensure_topics, TopicError, TopicSpec};
+
+pub use sender::{CommandProducer, CommandSender};
+pub use view::{Materialiser, ViewConfig};
+
+/// A failure of wagon-lits' Kafka side.
+#[derive(Debug, thiserror::Error)]
+pub enum WagonLitsError {
+    #[error("{context}: {source}")]
+    Kafka { context: String, source: KafkaError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Topics(#[from] TopicError),
+}
+
+/// Creates `orders`, `order-updates` and the dead-letter topic if they are missing.
+pub fn ensure_service_topics(kafka: &KafkaArgs, topics: &TopicArgs) -> Result<(), TopicError> {
+    ensure_topics(
+        kafka,
+        &[
+            TopicSpec::new(&topics.orders_topic, topics.partitions, topics.replication_factor),
+            TopicSpec::new(&topics.updates_topic, topics.partitions, topics.replication_factor),
+            TopicSpec::new(&topics.dlq_topic, 1, topics.replication_factor),
+        ],
+    )
+}
+
+/// wagon-lits' settings.
+#[derive(Debug, Clone, Args)]
+pub struct WagonLitsArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Where the view lives.
+    #[arg(long, env = "STATE_DIR", default_value = "./state/wagon-lits")]
+    pub state_dir: PathBuf,
+    /// Base URL of dev-materiels' HTTP endpoint, used when Kafka is unreachable.
+    #[arg(long, env = "DEV_MATERIELS_URL")]
+    pub dev_materiels_url: Option<String>,
+    /// How long a command may wait for Kafka before it goes over HTTP instead.
+    #[arg(long, env = "DELIVERY_TIMEOUT_MS", default_value_t = 2_000)]
+    pub delivery_timeout_ms: u64,
+    /// How often the circuit breaker probes Kafka while it is open.
+    #[arg(long, env = "BREAKER_PROBE_MS", default_value_t = 1_000)]
+    pub breaker_probe_ms: u64,
+    /// Time allowed for a call to dev-materiels over HTTP.
+    #[arg(long, env = "FALLBACK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub fallback_timeout_ms: u64,
+}
+
+/// Runs wagon-lits (view, API, breaker probe) until `shutdown` is set.
+pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    ensure_service_topics(&args.kafka, &args.topics).context("creating topics")?;
+    let materialiser = Materialiser::new(
+        ViewConfig {
+            kafka: args.kafka.clone(),
+            updates_topic: args.topics.updates_topic.clone(),
+            state_dir: args.state_dir.clone(),
+            max_batch: 5_000,
+        },
+        &StoreOptions::default(),
+    )?;
+    let view = materialiser.view();
+    let view_thread = {
+        let shutdown = Arc::clone(&shutdown);
+        std::thread::Builder::new().name("wagon-lits-view".into()).spawn(move || materialiser.run(shutdown))?
+    };
+    let delivery_timeout = Duration::from_millis(args.delivery_timeout_ms);
+    let producer = CommandProducer::new(&args.kafka, &args.topics.orders_topic, delivery_timeout)?;
+    let token = args.http.secret().context("loading the token")?;
+    let fallback = args
+        .dev_materiels_url
+        .clone()
+        .map(|url| (url, http_fallback::Client::new(token.clone(), Duration::from_millis(args.fallback_timeout_ms))));
+    let sender = Arc::new(CommandSender::new(producer, delivery_timeout, fallback, Arc::clone(&view)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wagon-lits-http")
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")?;
+    runtime.spawn(Arc::clone(&sender).probe(Duration::from_millis(args.breaker_probe_ms), Arc::clone(&shutdown)));
+    let served = match args.http.http_listen {
+        Some(addr) => {
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("listening on {addr}"))?;
+            let config = args.http.server_config().context("loading the token")?;
+            tracing::info!(%addr, auth = config.token.is_some(), fallback = ?args.dev_materiels_url, "wagon-lits API listening");
+            let handler = api::handler(Arc::new(api::Api { view: Arc::clone(&view), sender }));
+            runtime.block_on(http_fallback::serve(listener, config, handler, until_set(Arc::clone(&shutdown))))
+        }
+        None => {
+            runtime.block_on(until_set(Arc::clone(&shutdown)));
+            Ok(())
+        }
+    };
+    shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+    let viewed = view_thread.join().map_err(|_| anyhow::anyhow!("the view thread panicked"))?;
+    served.context("HTTP server")?;
+    let stats = viewed?;
+    tracing::info!(applied = stats.applied, stale = stats.stale, "wagon-lits stopped");
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! How wagon-lits sends a command: to Kafka first; over HTTP to dev-materiels when Kafka does
+//! not take it within the delivery timeout, or while the circuit breaker says Kafka is down.
+//!
+//! Both paths carry the same envelope, with the same command id: a command that reached Kafka
+//! after all (a timeout is not a refusal) and also went over HTTP is applied once, since
+//! dev-materiels remembers the ids it applied. The updates dev-materiels answers over HTTP go
+//! into the view at once; the same updates read later from `order-updates` change nothing there
+//! (the view only moves forward by version).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_fallback::Problem;
+use hyper::StatusCode;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+use serde::Serialize;
+use state::{CommandEnvelope, OrderUpdate, ViewStore};
+
+use super::view::kafka_err;
+use super::WagonLitsError;
+use crate::kafka_config::KafkaArgs;
+use crate::runtime::direct::DirectReply;
+
+/// Produces commands to `orders`: idempotent, `acks=all`, keyed by order id.
+#[derive(Clone)]
+pub struct CommandProducer {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl CommandProducer {
+    /// `delivery_timeout` bounds how long a command may wait for Kafka before its delivery fails.
+    pub fn new(kafka: &KafkaArgs, topic: &str, delivery_timeout: Duration) -> Result<CommandProducer, WagonLitsError> {
+        let mut c: ClientConfig = kafka.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+            .set("partitioner", "murmur2_random");
+        let producer: FutureProducer = kafka.finish(c).create().map_err(kafka_err("creating the command producer"))?;
+        Ok(CommandProducer { producer, topic: topic.to_string() })
+    }
+
+    /// Queues a command; the returned future resolves once Kafka has it (or it failed).
+    pub fn send(&self, command: &CommandEnvelope) -> Result<DeliveryFuture, WagonLitsError> {
+        let payload = serde_json::to_vec(command).unwrap_or_default();
+        self.send_raw(Some(command.order_id.as_bytes()), Some(&payload))
+    }
+
+    /// Queues any bytes to `orders` (for tools and tests that need bad input too).
+    pub fn send_raw(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<DeliveryFuture, WagonLitsError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        let mut record = record;
+        loop {
+            match self.producer.send_result(record) {
+                Ok(future) => return Ok(future),
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((err, _)) => {
+                    return Err(WagonLitsError::Kafka { context: format!("producing to {}", self.topic), source: err })
+                }
+            }
+        }
+    }
+
+    /// Sends a command and waits until Kafka has it.
+    pub fn send_and_wait(&self, command: &CommandEnvelope) -> Result<(i32, i64), WagonLitsError> {
+        let future = self.send(command)?;
+        match futures::executor::block_on(future) {
+            Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+            Ok(Err((err, _))) => Err(WagonLitsError::Kafka { context: "delivering a command".into(), source: err }),
+            Err(_) => {
+                Err(WagonLitsError::Kafka { context: "delivering a command".into(), source: KafkaError::Canceled })
+            }
+        }
+    }
+
+    /// Whether a broker answers a metadata request for the topic within `timeout`.
+    pub fn reachable(&self, timeout: Duration) -> bool {
+        self.producer.client().fetch_metadata(Some(&self.topic), timeout).is_ok_and(|m| {
+            m.topics().iter().any(|t| t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty())
+        })
+    }
+
+    pub fn flush(&self, timeout: Duration) -> Result<(), WagonLitsError> {
+        self.producer.flush(Timeout::After(timeout)).map_err(kafka_err("flushing the command producer"))
+    }
+}
+
+/// The path a command took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    Kafka,
+    Http,
+}
+
+/// A command that got through.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sent {
+    pub path: Path,
+    /// The updates dev-materiels answered with (HTTP path only; on the Kafka path they arrive
+    /// through `order-updates`).
+    pub updates: Vec<OrderUpdate>,
+}
+
+/// A command that did not get through.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Neither Kafka nor dev-materiels took it.
+    #[error("neither Kafka nor dev-materiels took the command: {0}")]
+    Unavailable(String),
+    /// dev-materiels refused it (a 4xx); its problem is passed on.
+    #[error("dev-materiels refused the command: {}", .0.detail)]
+    Refused(Problem),
+}
+
+/// The state of the circuit breaker in front of Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BreakerState {
+    /// Kafka takes commands.
+    Closed,
+    /// Kafka failed; commands go over HTTP until a probe reaches Kafka again.
+    Open,
+    /// A probe reached Kafka; the next command tries it.
+    HalfOpen,
+}
+
+/// A circuit breaker: opens on a failed delivery, half-opens when the probe reaches Kafka, closes
+/// on the next delivery that succeeds.
+#[derive(Debug)]
+pub struct Breaker {
+    state: Mutex<BreakerState>,
+    opened: AtomicU64,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker { state: Mutex::new(BreakerState::Closed), opened: AtomicU64::new(0) }
+    }
+}
+
+impl Breaker {
+    pub fn state(&self) -> BreakerState {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, state: BreakerState) {
+        let mut current = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != state {
+            tracing::info!(from = ?*current, to = ?state, "circuit breaker");
+            if state == BreakerState::Open {
+                self.opened.fetch_add(1, Ordering::Relaxed);
+            }
+            *current = state;
+        }
+    }
+
+    pub fn allows_kafka(&self) -> bool {
+        self.state() != BreakerState::Open
+    }
+
+    pub fn success(&self) {
+        self.set(BreakerState::Closed);
+    }
+
+    pub fn failure(&self) {
+        self.set(BreakerState::Open);
+    }
+
+    /// The probe reached Kafka.
+    pub fn probe_succeeded(&self) {
+        let mut current = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if *current == BreakerState::Open {
+            tracing::info!("circuit breaker: Kafka reachable again; next command tries it");
+            *current = BreakerState::HalfOpen;
+        }
+    }
+
+    /// How many times it opened.
+    pub fn times_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of the two paths.
+#[derive(Debug, Default)]
+pub struct SenderMetrics {
+    pub via_kafka: AtomicU64,
+    pub via_http: AtomicU64,
+    pub kafka_failures: AtomicU64,
+}
+
+/// Sends commands by Kafka, or over HTTP when Kafka is not there.
+pub struct CommandSender {
+    producer: CommandProducer,
+    delivery_timeout: Duration,
+    client: Option<http_fallback::Client>,
+    dev_materiels_url: Option<String>,
+    view: Arc<ViewStore>,
+    pub breaker: Arc<Breaker>,
+    pub metrics: SenderMetrics,
+}
+
+impl CommandSender {
+    pub fn new(
+        producer: CommandProducer,
+        delivery_timeout: Duration,
+        dev_materiels: Option<(String, http_fallback::Client)>,
+        view: Arc<ViewStore>,
+    ) -> CommandSender {
+        let (dev_materiels_url, client) = match dev_materiels {
+            Some((url, client)) => (Some(url.trim_end_matches('/').to_string()), Some(client)),
+            None => (None, None),
+        };
+        CommandSender {
+            producer,
+            delivery_timeout,
+            client,
+            dev_materiels_url,
+            view,
+            breaker: Arc::new(Breaker::default()),
+            metrics: SenderMetrics::default(),
+        }
+    }
+
+    pub fn producer(&self) -> &CommandProducer {
+        &self.producer
+    }
+
+    /// Sends a command, by Kafka if the breaker allows and Kafka takes it in time, over HTTP
+    /// otherwise.
+    pub async fn send(&self, envelope: &CommandEnvelope) -> Result<Sent, SendError> {
+        if self.breaker.allows_kafka() {
+            let outcome = match self.producer.send(envelope) {
+                Ok(future) => {
+                    match tokio::time::timeout(self.delivery_timeout + Duration::from_millis(500), future).await {
+                        Ok(Ok(Ok(_))) => Ok(()),
+                        Ok(Ok(Err((err, _)))) => Err(err.to_string()),
+                        Ok(Err(_)) => Err("delivery cancelled".to_string()),
+                        Err(_) => Err(format!("no acknowledgement within {:?}", self.delivery_timeout)),
+                    }
+                }
+                Err(err) => Err(err.to_string()),
+            };
+            match outcome {
+                Ok(()) => {
+                    self.breaker.success();
+                    self.metrics.via_kafka.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Sent { path: Path::Kafka, updates: Vec::new() });
+                }
+                Err(reason) => {
+                    tracing::warn!(command_id = %envelope.command_id, %reason, "Kafka did not take the command; falling back to HTTP");
+                    self.metrics.kafka_failures.fetch_add(1, Ordering::Relaxed);
+                    self.breaker.failure();
+                }
+            }
+        }
+        self.via_http(envelope).await
+    }
+
+    async fn via_http(&self, envelope: &CommandEnvelope) -> Result<Sent, SendError> {
+        let (Some(client), Some(base)) = (&self.client, &self.dev_materiels_url) else {
+            return Err(SendError::Unavailable("Kafka is unreachable and no --dev-materiels-url is set".into()));
+        };
+        let url = format!("{base}/v1/commands");
+        let body = serde_json::to_vec(envelope).unwrap_or_default();
+        let mut last = String::new();
+        for attempt in 0..6u64 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            match client.post_json(&url, body.clone()).await {
+                Ok((StatusCode::OK, bytes)) => {
+                    let reply: DirectReply = serde_json::from_slice(&bytes)
+                        .map_err(|e| SendError::Unavailable(format!("dev-materiels answered something else: {e}")))?;
+                    self.view
+                        .apply_direct(&reply.updates)
+                        .map_err(|e| SendError::Unavailable(format!("cannot write the view: {e}")))?;
+                    self.metrics.via_http.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Sent { path: Path::Http, updates: reply.updates });
+                }
+                Ok((status, bytes)) if status.is_client_error() => {
+                    let problem = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                        Problem::new(status, "refused", String::from_utf8_lossy(&bytes).into_owned())
+                    });
+                    return Err(SendError::Refused(problem));
+                }
+                Ok((status, bytes)) => last = format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+                Err(err) => last = err.to_string(),
+            }
+        }
+        Err(SendError::Unavailable(last))
+    }
+
+    /// Probes Kafka every `every` while the breaker is open, until `stop` is set.
+    pub async fn probe(self: Arc<Self>, every: Duration, stop: Arc<std::sync::atomic::AtomicBool>) {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(every).await;
+            if self.breaker.state() != BreakerState::Open {
+                continue;
+            }
+            let sender = Arc::clone(&self);
+            let reachable =
+                tokio::task::spawn_blocking(move || sender.producer.reachable(every)).await.unwrap_or(false);
+            if reachable {
+                self.breaker.probe_succeeded();
+            }
+        }
+    }
+}

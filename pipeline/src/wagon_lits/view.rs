@@ -1,0 +1,125 @@
+//! wagon-lits' view: `order-updates` materialised into RocksDB.
+//!
+//! The view reads every partition of `order-updates` (like a Kafka Streams GlobalKTable), with
+//! `read_committed`, and stores the next offset of each partition in the same RocksDB batch as
+//! the rows. It is exactly once without transactions on this side: after a crash it resumes at
+//! the offsets its last batch wrote.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use state::{ApplyStats, OrderUpdate, StoreOptions, ViewRecord, ViewStore};
+
+use super::WagonLitsError;
+use crate::kafka_config::{KafkaArgs, KAFKA_CALL_TIMEOUT};
+use crate::topics::partition_count;
+
+pub(crate) fn kafka_err(context: &'static str) -> impl FnOnce(KafkaError) -> WagonLitsError {
+    move |source| WagonLitsError::Kafka { context: context.to_string(), source }
+}
+
+/// Settings of the view materialiser.
+#[derive(Debug, Clone)]
+pub struct ViewConfig {
+    pub kafka: KafkaArgs,
+    pub updates_topic: String,
+    pub state_dir: PathBuf,
+    /// Most records applied in one RocksDB batch.
+    pub max_batch: usize,
+}
+
+/// Reads `order-updates` into a [`ViewStore`].
+pub struct Materialiser {
+    consumer: BaseConsumer,
+    view: Arc<ViewStore>,
+    config: ViewConfig,
+    stats: ApplyStats,
+}
+
+impl Materialiser {
+    /// Opens (or creates) the view under `config.state_dir` and positions a consumer on every
+    /// partition of the updates topic at the offsets the view stored.
+    pub fn new(config: ViewConfig, store: &StoreOptions) -> Result<Materialiser, WagonLitsError> {
+        let view = Arc::new(ViewStore::open(&config.state_dir.join("view"), store)?);
+        let mut c = config.kafka.base();
+        c.set("client.id", "wagon-lits-view")
+            .set("group.id", "wagon-lits-view")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50");
+        let consumer: BaseConsumer =
+            config.kafka.finish(c).create().map_err(kafka_err("creating the view consumer"))?;
+        let partitions = partition_count(&config.kafka, &config.updates_topic, KAFKA_CALL_TIMEOUT)?;
+        let stored = view.offsets()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            assignment
+                .add_partition_offset(&config.updates_topic, p, offset)
+                .map_err(kafka_err("assigning order-updates"))?;
+        }
+        consumer.assign(&assignment).map_err(kafka_err("assigning order-updates"))?;
+        tracing::info!(partitions, resumed = stored.len(), "view materialiser positioned on {}", config.updates_topic);
+        Ok(Materialiser { consumer, view, config, stats: ApplyStats::default() })
+    }
+
+    /// The view, for queries from other threads.
+    pub fn view(&self) -> Arc<ViewStore> {
+        Arc::clone(&self.view)
+    }
+
+    pub fn stats(&self) -> ApplyStats {
+        self.stats
+    }
+
+    /// Reads what is there (waiting up to `wait` for the first record) and applies it in one
+    /// batch. Returns how many records it read.
+    pub fn step(&mut self, wait: Duration) -> Result<usize, WagonLitsError> {
+        let mut records = Vec::new();
+        let deadline = Instant::now() + wait;
+        let mut timeout = wait;
+        while records.len() < self.config.max_batch {
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(message)) => {
+                    let update = message.payload().and_then(|p| serde_json::from_slice::<OrderUpdate>(p).ok());
+                    if update.is_none() {
+                        tracing::warn!(
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            "record on order-updates is not an update; skipped"
+                        );
+                    }
+                    records.push(ViewRecord { position: Some((message.partition(), message.offset())), update });
+                    // After the first record, take only what is already fetched.
+                    timeout = Duration::ZERO;
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "view consumer error");
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                timeout = Duration::ZERO;
+            }
+        }
+        let stats = self.view.apply(&records)?;
+        self.stats += stats;
+        Ok(records.len())
+    }
+
+    /// Applies updates until `shutdown` is set.
+    pub fn run(mut self, shutdown: Arc<AtomicBool>) -> Result<ApplyStats, WagonLitsError> {
+        while !shutdown.load(Ordering::Relaxed) {
+            self.step(Duration::from_millis(100))?;
+        }
+        Ok(self.stats)
+    }
+}
