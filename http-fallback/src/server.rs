@@ -128,7 +128,7 @@ async fn handle(req: hyper::Request<Incoming>, peer: SocketAddr, config: &Server
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if let Some(token) = &config.token {
-        if !config.public_paths.iter().any(|p| *p == path) {
+        if !config.public_paths.contains(&path) {
             let presented = req
                 .headers()
                 .get(AUTHORIZATION)

@@ -124,6 +124,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         http: Default::default(),
         application_id,
         instance_id: "demo".into(),
+        static_membership: false,
         state_dir: state_root.join("dev-materiels"),
         commit_interval_ms: args.commit_interval_ms,
         prepare_after_ms: args.prepare_after_ms,

@@ -5,6 +5,7 @@
 //!   durable in the outbox. 400 for a body that is not a command, 422 for one that fails
 //!   validation, 503 when the order's task is not here or its state is not settled yet.
 //! - `GET /v1/orders/{id}`: the order's state in its state store (404 if none).
+//! - `GET /v1/status`: the stream thread's counters (records, commits, outbox...).
 //! - `GET /healthz`, `GET /readyz` (ready once every assigned task is restored).
 
 use std::sync::atomic::Ordering;
@@ -31,6 +32,7 @@ async fn route(request: Request, direct: DirectHandle, metrics: Arc<StreamMetric
     match (request.method(), segments.as_slice()) {
         (&Method::POST, ["v1", "commands"]) => command(request.body(), &direct).await,
         (&Method::GET, ["v1", "orders", id]) => query(id, &direct).await,
+        (&Method::GET, ["v1", "status"]) => json(StatusCode::OK, &metrics.snapshot()),
         (&Method::GET, ["healthz"]) => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, ["readyz"]) => {
             if metrics.active_tasks.load(Ordering::Relaxed) > 0 {
@@ -39,7 +41,7 @@ async fn route(request: Request, direct: DirectHandle, metrics: Arc<StreamMetric
                 Problem::unavailable("no task restored yet").into_response()
             }
         }
-        (_, ["v1", "commands"] | ["v1", "orders", _] | ["healthz"] | ["readyz"]) => Problem::new(
+        (_, ["v1", "commands"] | ["v1", "orders", _] | ["v1", "status"] | ["healthz"] | ["readyz"]) => Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             format!("{} is not allowed on {path}", request.method()),

@@ -30,9 +30,14 @@ pub struct DevMaterielsArgs {
     #[arg(long, env = "APPLICATION_ID", default_value = "dev-materiels")]
     pub application_id: String,
     /// This instance's stable name. A restarted instance must keep it: it fences its previous
-    /// incarnation by it, and rejoins the group without a rebalance.
+    /// incarnation by it.
     #[arg(long, env = "INSTANCE_ID", default_value = "dev-materiels-0")]
     pub instance_id: String,
+    /// Join the consumer group as a static member (group.instance.id = the instance id): a
+    /// restart gets its partitions back without a rebalance. Off by default: after a broker
+    /// outage longer than the session timeout, librdkafka can fence its own static member.
+    #[arg(long, env = "STATIC_MEMBERSHIP")]
+    pub static_membership: bool,
     /// Where the state stores live (one RocksDB per partition).
     #[arg(long, env = "STATE_DIR", default_value = "./state/dev-materiels")]
     pub state_dir: PathBuf,
@@ -76,6 +81,7 @@ impl DevMaterielsArgs {
             topics: self.topics.clone(),
             application_id: self.application_id.clone(),
             instance_id: self.instance_id.clone(),
+            static_membership: self.static_membership,
             state_dir: self.state_dir.clone(),
             commit_interval: Duration::from_millis(self.commit_interval_ms),
             rules: Rules {

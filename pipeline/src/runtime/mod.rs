@@ -33,10 +33,11 @@ pub struct StreamConfig {
     pub topics: TopicArgs,
     /// The consumer group id, and the prefix of the changelog topic and transactional id.
     pub application_id: String,
-    /// This instance's name: its transactional id is `<application_id>-<instance_id>` and its
-    /// static group membership id is `instance_id`. A restarted instance must keep its name, so
-    /// that it fences its previous incarnation.
+    /// This instance's name: its transactional id is `<application_id>-<instance_id>`. A
+    /// restarted instance must keep its name, so that it fences its previous incarnation.
     pub instance_id: String,
+    /// Join the group as a static member (`group.instance.id` = the instance id).
+    pub static_membership: bool,
     pub state_dir: PathBuf,
     pub commit_interval: Duration,
     pub rules: Rules,

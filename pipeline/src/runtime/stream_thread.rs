@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -51,10 +51,9 @@ use crate::topics::{ensure_topics, partition_count, TopicSpec};
 /// How long one `poll` waits for a record (and so how long an HTTP request may wait for its
 /// turn on an idle thread).
 const POLL: Duration = Duration::from_millis(5);
-/// How long one step of a commit or an abort may block the thread. A step that does not finish
-/// in time resumes at the next turn of the loop, which meanwhile answers HTTP requests: a broker
-/// that stopped answering never freezes the fallback path.
-const COMMIT_STEP: Duration = Duration::from_millis(50);
+/// How long the stream thread waits for the committer thread at each turn of the loop before it
+/// goes back to answering HTTP requests.
+const COMMIT_STEP: Duration = Duration::from_millis(5);
 /// How long a revocation or a shutdown waits for the open transaction to settle.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fault injection for tests: with this variable set to N, the process aborts right after its
@@ -109,7 +108,7 @@ impl StreamMetrics {
 }
 
 /// A copy of [`StreamMetrics`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamStats {
     pub records: u64,
     pub updates: u64,
@@ -211,7 +210,8 @@ struct Engine {
     changelog: String,
     /// Partitions of `orders` (and of the changelog).
     partitions: i32,
-    producer: BaseProducer<DeliveryTracker>,
+    producer: Arc<BaseProducer<DeliveryTracker>>,
+    committer: Committer,
     restore_consumer: BaseConsumer<RestoreContext>,
     tasks: BTreeMap<i32, Task>,
     /// Partitions assigned but not restored yet.
@@ -326,6 +326,10 @@ pub fn run(
         match message {
             None => {}
             Some(Ok(message)) => engine.process(&message)?,
+            // The consumer cannot go on (librdkafka says so): stop, and let a restart rebuild it.
+            Some(Err(err @ KafkaError::MessageConsumptionFatal(_))) => {
+                return Err(RuntimeError::Kafka { context: "consuming orders".into(), source: err });
+            }
             // Transient consumer errors (a broker down, a partition moving): librdkafka retries
             // by itself. Say so at most once a second.
             Some(Err(err)) if last_consumer_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) => {
@@ -335,7 +339,10 @@ pub fn run(
             Some(Err(_)) => {}
         }
         engine.serve_direct();
-        engine.producer.poll(Duration::ZERO);
+        if !engine.is_settling() {
+            // (While the committer thread commits, it serves the producer's events itself.)
+            engine.producer.poll(Duration::ZERO);
+        }
         engine.maybe_commit(&consumer)?;
         if last_report.elapsed() > Duration::from_secs(10) {
             let s = engine.metrics.snapshot();
@@ -404,8 +411,10 @@ fn check_changelog(changelog: &str, actual: i32, expected: i32, orders: &str) ->
 
 fn consumer_config(config: &StreamConfig) -> ClientConfig {
     let mut c = config.kafka.base();
+    if config.static_membership {
+        c.set("group.instance.id", &config.instance_id);
+    }
     c.set("group.id", &config.application_id)
-        .set("group.instance.id", &config.instance_id)
         .set("client.id", format!("{}-consumer", config.transactional_id()))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -417,6 +426,34 @@ fn consumer_config(config: &StreamConfig) -> ClientConfig {
     config.kafka.finish(c)
 }
 
+/// The transactional producer, initialised: fences any previous incarnation with the same
+/// transactional id and aborts what it left open.
+fn create_producer(config: &StreamConfig, changelog: &str) -> Result<Arc<BaseProducer<DeliveryTracker>>, RuntimeError> {
+    let mut p = config.kafka.base();
+    p.set("transactional.id", config.transactional_id())
+        .set("client.id", format!("{}-producer", config.transactional_id()))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string())
+        .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
+        // Java's partitioner: the same key lands on the same partition whoever produces it.
+        .set("partitioner", "murmur2_random");
+    let tracker = DeliveryTracker {
+        changelog: changelog.to_string(),
+        last_offsets: Mutex::default(),
+        failures: AtomicU64::new(0),
+    };
+    let producer: BaseProducer<DeliveryTracker> =
+        config.kafka.finish(p).create_with_context(tracker).context("creating the transactional producer")?;
+    producer.init_transactions(KAFKA_CALL_TIMEOUT).context("initialising transactions")?;
+    Ok(Arc::new(producer))
+}
+
+fn is_fatal(err: &KafkaError) -> bool {
+    matches!(err, KafkaError::Transaction(e) if e.is_fatal())
+}
+
 impl Engine {
     fn new(
         config: StreamConfig,
@@ -425,26 +462,7 @@ impl Engine {
         metrics: Arc<StreamMetrics>,
         direct: Receiver<DirectRequest>,
     ) -> Result<Engine, RuntimeError> {
-        let mut p = config.kafka.base();
-        p.set("transactional.id", config.transactional_id())
-            .set("client.id", format!("{}-producer", config.transactional_id()))
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string())
-            .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
-            // Java's partitioner: the same key lands on the same partition whoever produces it.
-            .set("partitioner", "murmur2_random");
-        let tracker = DeliveryTracker {
-            changelog: changelog.clone(),
-            last_offsets: Mutex::default(),
-            failures: AtomicU64::new(0),
-        };
-        let producer: BaseProducer<DeliveryTracker> =
-            config.kafka.finish(p).create_with_context(tracker).context("creating the transactional producer")?;
-        // Fences any previous incarnation with the same transactional id and aborts what it left
-        // open.
-        producer.init_transactions(KAFKA_CALL_TIMEOUT).context("initialising transactions")?;
+        let producer = create_producer(&config, &changelog)?;
 
         let mut r = config.kafka.base();
         r.set("client.id", format!("{}-restore-consumer", config.transactional_id()))
@@ -460,11 +478,13 @@ impl Engine {
         std::fs::create_dir_all(&config.state_dir).map_err(|e| {
             RuntimeError::Config(format!("cannot create state directory {}: {e}", config.state_dir.display()))
         })?;
+        let committer = Committer::start(Arc::clone(&producer))?;
         Ok(Engine {
             config,
             changelog,
             partitions,
             producer,
+            committer,
             restore_consumer,
             tasks: BTreeMap::new(),
             to_restore: BTreeSet::new(),
@@ -724,55 +744,72 @@ impl Engine {
         }
     }
 
-    /// Takes the settling transaction one step further, blocking at most `budget`.
-    fn step(&mut self, consumer: &BaseConsumer<StreamContext>, budget: Duration) -> Result<Settled, RuntimeError> {
+    /// Takes the settling transaction one step further, waiting at most `wait` for the committer
+    /// thread.
+    fn step(&mut self, consumer: &BaseConsumer<StreamContext>, wait: Duration) -> Result<Settled, RuntimeError> {
         let Some(txn) = &self.txn else { return Ok(Settled::Yes) };
-        match txn.phase {
-            Phase::Open => Ok(Settled::NotYet),
-            Phase::Committing => self.commit_step(consumer, budget),
-            Phase::Aborting => self.abort_step(consumer, budget),
+        let phase = txn.phase;
+        if phase == Phase::Open {
+            return Ok(Settled::NotYet);
+        }
+        if self.committer.in_flight.is_none() {
+            let op = match phase {
+                Phase::Committing => TxnOp::Commit { offsets: self.offsets_to_commit(consumer)? },
+                _ => TxnOp::Abort,
+            };
+            self.committer.submit(op)?;
+        }
+        let Some((kind, result)) = self.committer.result(wait)? else { return Ok(Settled::NotYet) };
+        match (kind, result) {
+            // Committed (even if an abort was asked for meanwhile: it was too late for that).
+            (OpKind::Commit, Ok(())) => {
+                self.after_commit()?;
+                Ok(Settled::Yes)
+            }
+            (OpKind::Commit, Err(err)) if requires_abort(&err) => {
+                tracing::warn!(error = %err, "transaction failed; aborting and reprocessing from the last commit");
+                if let Some(txn) = &mut self.txn {
+                    txn.phase = Phase::Aborting;
+                }
+                Ok(Settled::NotYet)
+            }
+            (_, Err(err)) if is_fatal(&err) => {
+                self.replace_producer(consumer, &err)?;
+                Ok(Settled::Yes)
+            }
+            (OpKind::Commit, Err(err)) => {
+                Err(RuntimeError::Kafka { context: "committing the transaction".into(), source: err })
+            }
+            (OpKind::Abort, Ok(())) => {
+                self.after_abort(consumer)?;
+                Ok(Settled::Yes)
+            }
+            (OpKind::Abort, Err(err)) => {
+                Err(RuntimeError::Kafka { context: "aborting the transaction".into(), source: err })
+            }
         }
     }
 
-    fn commit_step(
-        &mut self,
+    /// The consumed offsets to send with the commit, with the group metadata. Offsets for every
+    /// task, not only those that read records: a transaction made of timers or outbox entries
+    /// alone still carries the group generation, so a zombie's cannot commit.
+    fn offsets_to_commit(
+        &self,
         consumer: &BaseConsumer<StreamContext>,
-        budget: Duration,
-    ) -> Result<Settled, RuntimeError> {
-        // Offsets for every task, not only those that read records: a transaction made of timers
-        // or outbox entries alone still carries the group generation, so a zombie's cannot
-        // commit. Sending them again on a resumed step is harmless.
+    ) -> Result<Option<(TopicPartitionList, ConsumerGroupMetadata)>, RuntimeError> {
         let mut offsets = TopicPartitionList::new();
         for (partition, task) in &self.tasks {
             if let (Some(next), false) = (task.next_input_offset, self.detached.contains(partition)) {
                 offsets.add_partition_offset(&self.config.topics.orders_topic, *partition, Offset::Offset(next))?;
             }
         }
-        let mut result = Ok(());
-        if offsets.count() > 0 {
-            let group = consumer
-                .group_metadata()
-                .ok_or_else(|| RuntimeError::Config("the consumer has no group metadata".into()))?;
-            result = self.producer.send_offsets_to_transaction(&offsets, &group, budget);
+        if offsets.count() == 0 {
+            return Ok(None);
         }
-        if result.is_ok() {
-            result = self.producer.commit_transaction(budget);
-        }
-        match result {
-            Ok(()) => {
-                self.after_commit()?;
-                Ok(Settled::Yes)
-            }
-            Err(err) if is_retriable(&err) => Ok(Settled::NotYet),
-            Err(err) if requires_abort(&err) => {
-                tracing::warn!(error = %err, "transaction failed; aborting and reprocessing from the last commit");
-                if let Some(txn) = &mut self.txn {
-                    txn.phase = Phase::Aborting;
-                }
-                self.abort_step(consumer, budget)
-            }
-            Err(err) => Err(RuntimeError::Kafka { context: "committing the transaction".into(), source: err }),
-        }
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| RuntimeError::Config("the consumer has no group metadata".into()))?;
+        Ok(Some((offsets, group)))
     }
 
     /// After Kafka committed: the write-back caches go to RocksDB with their changelog positions.
@@ -801,19 +838,30 @@ impl Engine {
         Ok(())
     }
 
-    fn abort_step(
+    /// The producer hit a fatal error: typically, after a broker outage longer than the
+    /// transaction timeout, the coordinator aborted the transaction and bumped the producer epoch,
+    /// so the producer finds itself fenced. The transaction is gone either way: drop its writes,
+    /// rewind, and start a new producer (whose initialisation fences any other holder of the
+    /// transactional id).
+    fn replace_producer(
         &mut self,
         consumer: &BaseConsumer<StreamContext>,
-        budget: Duration,
-    ) -> Result<Settled, RuntimeError> {
-        match self.producer.abort_transaction(budget) {
-            Ok(()) => {}
-            Err(err) if is_retriable(&err) => return Ok(Settled::NotYet),
-            Err(err) => return Err(RuntimeError::Kafka { context: "aborting the transaction".into(), source: err }),
-        }
+        err: &KafkaError,
+    ) -> Result<(), RuntimeError> {
+        tracing::error!(error = %err, "the transactional producer failed fatally; its transaction is lost; starting a new producer");
+        self.after_abort(consumer)?;
+        let producer = create_producer(&self.config, &self.changelog)?;
+        self.committer = Committer::start(Arc::clone(&producer))?;
+        self.producer = producer;
+        Ok(())
+    }
+
+    /// After Kafka aborted: the caches are dropped and the consumer goes back to the first record
+    /// the transaction read.
+    fn after_abort(&mut self, consumer: &BaseConsumer<StreamContext>) -> Result<(), RuntimeError> {
         self.producer.context().take();
         bump(&self.metrics.aborts);
-        let Some(txn) = self.txn.take() else { return Ok(Settled::Yes) };
+        let Some(txn) = self.txn.take() else { return Ok(()) };
         for task in self.tasks.values_mut() {
             task.discard()?;
         }
@@ -825,7 +873,8 @@ impl Engine {
                     .context(format!("rewinding partition {partition} to offset {first}"))?;
             }
         }
-        Ok(Settled::Yes)
+        self.update_gauges();
+        Ok(())
     }
 
     /// Before partitions go to another member: settle what is open, then close their tasks.
@@ -900,6 +949,106 @@ fn send(
             Err((err, returned)) => {
                 return Err(RuntimeError::Kafka { context: format!("producing to {}", returned.topic), source: err });
             }
+        }
+    }
+}
+
+/// A transactional call for the committer thread.
+enum TxnOp {
+    Commit { offsets: Option<(TopicPartitionList, ConsumerGroupMetadata)> },
+    Abort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Commit,
+    Abort,
+}
+
+/// A transactional call that finished, and how.
+type Finished = (OpKind, Result<(), KafkaError>);
+
+/// Runs the blocking transactional calls (send offsets, commit, abort) on a thread of their own.
+/// librdkafka may block in them far longer than the timeout it is given when the broker stops
+/// answering; the stream thread meanwhile keeps answering the HTTP path.
+struct Committer {
+    ops: std::sync::mpsc::Sender<TxnOp>,
+    results: Receiver<Result<(), KafkaError>>,
+    in_flight: Option<OpKind>,
+}
+
+impl Committer {
+    fn start(producer: Arc<BaseProducer<DeliveryTracker>>) -> Result<Committer, RuntimeError> {
+        let (ops, op_rx) = std::sync::mpsc::channel::<TxnOp>();
+        let (result_tx, results) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || {
+                for op in op_rx {
+                    let p = &producer;
+                    let result = match op {
+                        TxnOp::Commit { offsets } => offsets
+                            .as_ref()
+                            .map_or(Ok(()), |(tpl, group)| {
+                                until_settled(p, || p.send_offsets_to_transaction(tpl, group, KAFKA_CALL_TIMEOUT))
+                            })
+                            .and_then(|()| until_settled(p, || p.commit_transaction(KAFKA_CALL_TIMEOUT))),
+                        // Short attempts: an abort waits for the delivery reports of the purged
+                        // records, which only polling the producer (between attempts) serves.
+                        TxnOp::Abort => until_settled(p, || p.abort_transaction(Duration::from_millis(500))),
+                    };
+                    if result_tx.send(result).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Config(format!("cannot start the committer thread: {e}")))?;
+        Ok(Committer { ops, results, in_flight: None })
+    }
+
+    fn submit(&mut self, op: TxnOp) -> Result<(), RuntimeError> {
+        let kind = match op {
+            TxnOp::Commit { .. } => OpKind::Commit,
+            TxnOp::Abort => OpKind::Abort,
+        };
+        self.ops.send(op).map_err(|_| RuntimeError::Config("the committer thread stopped".into()))?;
+        self.in_flight = Some(kind);
+        Ok(())
+    }
+
+    /// The result of the call in flight, if it came within `wait`.
+    fn result(&mut self, wait: Duration) -> Result<Option<Finished>, RuntimeError> {
+        let Some(kind) = self.in_flight else { return Ok(None) };
+        match self.results.recv_timeout(wait) {
+            Ok(result) => {
+                self.in_flight = None;
+                Ok(Some((kind, result)))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err(RuntimeError::Config("the committer thread stopped".into()))
+            }
+        }
+    }
+}
+
+/// Repeats a transactional call while it fails only for lack of time (Kafka away): librdkafka
+/// resumes the same call where it was. Between attempts, serves the producer's events.
+fn until_settled(
+    producer: &BaseProducer<DeliveryTracker>,
+    mut call: impl FnMut() -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    let mut logged = false;
+    loop {
+        match call() {
+            Err(err) if is_retriable(&err) => {
+                if !logged {
+                    tracing::warn!(error = %err, "transaction call timed out; retrying until Kafka answers");
+                    logged = true;
+                }
+                producer.poll(Duration::from_millis(100));
+            }
+            other => return other,
         }
     }
 }

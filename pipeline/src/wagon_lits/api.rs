@@ -67,19 +67,19 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("invalid request body: {e}")).into_response())
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))
 }
 
-fn check_id(field: &str, value: &str) -> Result<(), Response> {
+fn check_id(field: &str, value: &str) -> Result<(), Problem> {
     if value.trim().is_empty() {
-        return Err(Problem::unprocessable(format!("{field} is empty")).into_response());
+        return Err(Problem::unprocessable(format!("{field} is empty")));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(Problem::unprocessable(format!("{field} is longer than {MAX_ID_LEN} bytes")).into_response());
+        return Err(Problem::unprocessable(format!("{field} is longer than {MAX_ID_LEN} bytes")));
     }
     if value.chars().any(|c| c.is_control() || c == '/') {
-        return Err(Problem::unprocessable(format!("{field} contains '/' or control characters")).into_response());
+        return Err(Problem::unprocessable(format!("{field} contains '/' or control characters")));
     }
     Ok(())
 }
@@ -103,29 +103,27 @@ impl Api {
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method-not-allowed",
                     format!("{} is not allowed on {path}", request.method()),
-                )
-                .into_response())
+                ))
             }
-            _ => Err(Problem::not_found(format!("no route for {path}")).into_response()),
+            _ => Err(Problem::not_found(format!("no route for {path}"))),
         };
-        result.unwrap_or_else(|response| response)
+        result.unwrap_or_else(Problem::into_response)
     }
 
-    async fn place(&self, body: &[u8]) -> Result<Response, Response> {
+    async fn place(&self, body: &[u8]) -> Result<Response, Problem> {
         let request: PlaceOrderRequest = parse(body)?;
         let order_id = request.order_id.unwrap_or_else(|| format!("ORD-{}", uuid::Uuid::new_v4()));
         check_id("order_id", &order_id)?;
         check_id("wagon_id", &request.wagon_id)?;
         check_id("requested_by", &request.requested_by)?;
         if self.view.get(&order_id).map_err(internal)?.is_some_and(|row| row.status.is_some()) {
-            return Err(Problem::new(StatusCode::CONFLICT, "order-exists", format!("order {order_id} already exists"))
-                .into_response());
+            return Err(Problem::new(StatusCode::CONFLICT, "order-exists", format!("order {order_id} already exists")));
         }
         let place = PlaceOrder { wagon_id: request.wagon_id, requested_by: request.requested_by, lines: request.lines };
         self.send(order_id, Command::PlaceOrder(place)).await
     }
 
-    async fn cancel(&self, order_id: &str, body: &[u8]) -> Result<Response, Response> {
+    async fn cancel(&self, order_id: &str, body: &[u8]) -> Result<Response, Problem> {
         let request: CancelRequest = parse(body)?;
         check_id("reason", &request.reason)?;
         let command = Command::CancelOrder { reason: request.reason };
@@ -133,25 +131,25 @@ impl Api {
         self.send(order_id.to_string(), command).await
     }
 
-    async fn confirm(&self, order_id: &str) -> Result<Response, Response> {
+    async fn confirm(&self, order_id: &str) -> Result<Response, Problem> {
         let command = Command::ConfirmDelivery {};
         self.check_transition(order_id, &command)?;
         self.send(order_id.to_string(), command).await
     }
 
     /// Refuses, before anything is sent, a command the view says cannot apply.
-    fn check_transition(&self, order_id: &str, command: &Command) -> Result<(), Response> {
+    fn check_transition(&self, order_id: &str, command: &Command) -> Result<(), Problem> {
         let row = self.view.get(order_id).map_err(internal)?;
         let Some(status) = row.and_then(|r| r.status) else {
-            return Err(Problem::not_found(format!("no order {order_id}")).into_response());
+            return Err(Problem::not_found(format!("no order {order_id}")));
         };
         if let Some(reason) = status_refusal(Some(status), command) {
-            return Err(Problem::new(StatusCode::CONFLICT, "invalid-transition", reason).into_response());
+            return Err(Problem::new(StatusCode::CONFLICT, "invalid-transition", reason));
         }
         Ok(())
     }
 
-    async fn send(&self, order_id: String, command: Command) -> Result<Response, Response> {
+    async fn send(&self, order_id: String, command: Command) -> Result<Response, Problem> {
         let envelope = CommandEnvelope::new(uuid::Uuid::new_v4().to_string(), order_id, now_ms(), command);
         match self.sender.send(&envelope).await {
             Ok(sent) => Ok(json(
@@ -163,39 +161,38 @@ impl Api {
                     updates: sent.updates,
                 },
             )),
-            Err(SendError::Refused(problem)) => Err(problem.into_response()),
-            Err(err @ SendError::Unavailable(_)) => Err(Problem::unavailable(err.to_string()).into_response()),
+            Err(SendError::Refused(problem)) => Err(problem),
+            Err(err @ SendError::Unavailable(_)) => Err(Problem::unavailable(err.to_string())),
         }
     }
 
-    fn get(&self, order_id: &str) -> Result<Response, Response> {
+    fn get(&self, order_id: &str) -> Result<Response, Problem> {
         match self.view.get(order_id).map_err(internal)? {
             Some(row) => Ok(json(StatusCode::OK, &row)),
-            None => Err(Problem::not_found(format!("no order {order_id}")).into_response()),
+            None => Err(Problem::not_found(format!("no order {order_id}"))),
         }
     }
 
-    fn list(&self, query: &str) -> Result<Response, Response> {
+    fn list(&self, query: &str) -> Result<Response, Problem> {
         let mut status = None;
         let mut after = None;
         let mut limit = 50;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
-                "status" => {
-                    status = Some(value.parse::<OrderStatus>().map_err(|e| Problem::bad_request(e).into_response())?)
-                }
+                "status" => status = Some(value.parse::<OrderStatus>().map_err(Problem::bad_request)?),
                 "after" => after = Some(value.to_string()),
                 "limit" => {
-                    limit =
-                        value.parse::<usize>().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
-                            Problem::bad_request(format!("limit must be 1..={MAX_PAGE}")).into_response()
-                        })?
+                    limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE).contains(n))
+                        .ok_or_else(|| Problem::bad_request(format!("limit must be 1..={MAX_PAGE}")))?
                 }
-                other => return Err(Problem::bad_request(format!("unknown query parameter {other:?}")).into_response()),
+                other => return Err(Problem::bad_request(format!("unknown query parameter {other:?}"))),
             }
         }
-        let status = status.ok_or_else(|| Problem::bad_request("status is required").into_response())?;
+        let status = status.ok_or_else(|| Problem::bad_request("status is required"))?;
         let orders = self.view.list_by_status(status, after.as_deref(), limit).map_err(internal)?;
         let next_after = (orders.len() == limit).then(|| orders.last().map(|r| r.order_id.clone())).flatten();
         Ok(json(StatusCode::OK, &Page { orders, next_after }))
@@ -224,6 +221,6 @@ impl Api {
     }
 }
 
-fn internal(err: state::StoreError) -> Response {
-    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string()).into_response()
+fn internal(err: state::StoreError) -> Problem {
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string())
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod model;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -42,6 +43,10 @@ pub fn now_ms() -> u64 {
 
 /// One test's world: a broker of its own, topic names, a scratch directory.
 pub struct TestEnv {
+    /// dev-materiels' HTTP port (fallback endpoint, interactive queries).
+    pub dev_port: u16,
+    /// wagon-lits' API port.
+    pub api_port: u16,
     pub cluster: Cluster,
     pub kafka: KafkaArgs,
     pub topics: TopicArgs,
@@ -57,6 +62,8 @@ impl TestEnv {
         kafka.options.push(("message.max.bytes".into(), (8 << 20).to_string()));
         let topics = TopicArgs { partitions, ..TopicArgs::default() };
         let env = TestEnv {
+            dev_port: kafka_harness::free_port().expect("port"),
+            api_port: kafka_harness::free_port().expect("port"),
             cluster,
             kafka,
             topics,
@@ -107,6 +114,9 @@ impl TestEnv {
             .arg(SHIP_AFTER_MS.to_string())
             .arg("--session-timeout-ms")
             .arg("6000")
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", self.dev_port))
+            .env("RAIL_TOKEN", http::TOKEN)
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
@@ -156,6 +166,60 @@ impl TestEnv {
             .into_iter()
             .map(|r| serde_json::from_slice(&r.value.unwrap_or_default()).expect("an update on order-updates"))
             .collect()
+    }
+}
+
+/// wagon-lits running as a child process (`wagon-lits serve`).
+pub type WagonLits = DevMateriels;
+
+impl TestEnv {
+    /// Starts `wagon-lits serve` as a separate process, with its API and the HTTP fallback to
+    /// dev-materiels.
+    pub fn spawn_wagon_lits(&self, incarnation: usize, delivery_timeout_ms: u64) -> WagonLits {
+        let log = self.dir.path().join(format!("wagon-lits-{incarnation}.log"));
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wagon-lits"));
+        command
+            .arg("serve")
+            .arg("--brokers")
+            .arg(&self.kafka.brokers)
+            .arg("--partitions")
+            .arg(self.topics.partitions.to_string())
+            .arg("--state-dir")
+            .arg(self.wagon_lits_state_dir())
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", self.api_port))
+            .arg("--dev-materiels-url")
+            .arg(format!("http://127.0.0.1:{}", self.dev_port))
+            .arg("--delivery-timeout-ms")
+            .arg(delivery_timeout_ms.to_string())
+            .arg("--breaker-probe-ms")
+            .arg("500")
+            .env("RAIL_TOKEN", http::TOKEN)
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc_prctl_pdeathsig();
+                Ok(())
+            });
+        }
+        DevMateriels { child: Some(command.spawn().expect("starting wagon-lits")), log }
+    }
+
+    pub fn wagon_lits_state_dir(&self) -> PathBuf {
+        self.dir.path().join("wagon-lits-process")
+    }
+
+    /// The wagon-lits view, opened read-only beside the running process.
+    pub fn wagon_lits_view(&self) -> ViewStore {
+        ViewStore::open_read_only(&self.wagon_lits_state_dir().join("view"), &StoreOptions::default())
+            .expect("open the view")
     }
 }
 
@@ -288,13 +352,20 @@ impl DevMateriels {
     pub fn assert_running(&mut self) {
         if let Some(child) = &mut self.child {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("dev-materiels exited early with {status}; log:\n{}", self.log_text());
+                panic!("{} exited early with {status}; log:\n{}", self.log.display(), self.log_tail(80));
             }
         }
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// The `restore complete` lines this process logged: (partition, records replayed).

@@ -1,0 +1,183 @@
+//! The wagon-lits API and dev-materiels' HTTP endpoint, on a real broker with both services as
+//! processes: every answer matches `docs/openapi.json`, and bad input gets the right status, a
+//! problem body, and changes nothing in the state or the topics.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::http::{Answer, Http, OpenApi, TOKEN};
+use support::{end_offsets, TestEnv};
+
+fn wait_status(api: &Http, order_id: &str, status: &str) -> Answer {
+    let start = Instant::now();
+    loop {
+        let answer = api.get(&format!("/orders/{order_id}"));
+        if answer.status == 200 && answer.body["status"] == status {
+            return answer;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{order_id} never became {status}: {:?}", answer.body);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn assert_problem(answer: &Answer, status: u16, what: &str) {
+    assert_eq!(answer.status, status, "{what}: {}", String::from_utf8_lossy(&answer.raw));
+    assert_eq!(answer.body["status"], status, "{what}: problem body {:?}", answer.body);
+    assert!(answer.body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: a problem says what is wrong");
+}
+
+#[test]
+fn the_api_answers_as_documented_and_refuses_bad_input_without_side_effects() {
+    let env = TestEnv::start("http", 2);
+    let mut dev = env.spawn_dev_materiels(0);
+    let mut wagon_lits = env.spawn_wagon_lits(0, 2_000);
+    let api = Http::new(env.api_port, Some(TOKEN));
+    let direct = Http::new(env.dev_port, Some(TOKEN));
+    let openapi = OpenApi::load();
+    api.wait_ok("/readyz", Duration::from_secs(60));
+    direct.wait_ok("/readyz", Duration::from_secs(60));
+
+    // The happy path, each answer checked against the document.
+    let placed = api.post("/orders", json!({"order_id": "HTTP-1", "wagon_id": "WL-7", "requested_by": "agent", "lines": [{"sku": "BRAKE-PAD-UIC", "quantity": 4}]}).to_string());
+    openapi.check("post", "/orders", &placed);
+    assert_eq!(placed.status, 202);
+    assert_eq!(placed.body["path"], "kafka");
+    let generated = api.post(
+        "/orders",
+        json!({"wagon_id": "WL-7", "requested_by": "agent", "lines": [{"sku": "NOT-SOLD-HERE", "quantity": 1}]})
+            .to_string(),
+    );
+    openapi.check("post", "/orders", &generated);
+    let generated_id = generated.body["order_id"].as_str().expect("a generated id").to_string();
+    openapi.check("get", "/orders/{order_id}", &wait_status(&api, &generated_id, "Rejected"));
+    openapi.check("get", "/orders/{order_id}", &wait_status(&api, "HTTP-1", "Shipped"));
+    let page = api.get("/orders?status=Shipped&limit=10");
+    openapi.check("get", "/orders", &page);
+    assert_eq!(page.body["orders"][0]["order_id"], "HTTP-1");
+    let counts = api.get("/orders/counts");
+    openapi.check("get", "/orders/counts", &counts);
+    assert_eq!(counts.body["Shipped"], 1);
+    assert_eq!(counts.body["Rejected"], 1);
+    openapi.check("get", "/status", &api.get("/status"));
+    openapi.check("get", "/healthz", &Http::new(env.api_port, None).get("/healthz"));
+
+    // Bad input: nothing reaches Kafka, nothing changes in the view.
+    let orders_before = end_offsets(&env.kafka, &env.topics.orders_topic);
+    let counts_before = api.get("/orders/counts").body;
+    let oversized =
+        json!({"wagon_id": "W", "requested_by": "r", "lines": [], "pad": "x".repeat(100 * 1024)}).to_string();
+    let cases: Vec<(&str, &str, Answer, u16)> = vec![
+        ("post", "/orders", api.post("/orders", "{not json"), 400),
+        (
+            "post",
+            "/orders",
+            api.post("/orders", json!({"wagon_id": 5, "requested_by": "r", "lines": []}).to_string()),
+            400,
+        ),
+        ("post", "/orders", api.post("/orders", json!({"wagon_id": "W", "requested_by": "r"}).to_string()), 400),
+        (
+            "post",
+            "/orders",
+            api.post(
+                "/orders",
+                json!({"wagon_id": "W", "requested_by": "r", "lines": [], "colour": "red"}).to_string(),
+            ),
+            400,
+        ),
+        ("post", "/orders", api.post("/orders", oversized), 413),
+        (
+            "post",
+            "/orders",
+            api.post("/orders", json!({"wagon_id": "", "requested_by": "r", "lines": []}).to_string()),
+            422,
+        ),
+        (
+            "post",
+            "/orders",
+            api.post(
+                "/orders",
+                json!({"order_id": "HTTP-1", "wagon_id": "W", "requested_by": "r", "lines": []}).to_string(),
+            ),
+            409,
+        ),
+        (
+            "post",
+            "/orders",
+            Http::new(env.api_port, None)
+                .post("/orders", json!({"wagon_id": "W", "requested_by": "r", "lines": []}).to_string()),
+            401,
+        ),
+        (
+            "post",
+            "/orders",
+            Http::new(env.api_port, Some("wrong-token"))
+                .post("/orders", json!({"wagon_id": "W", "requested_by": "r", "lines": []}).to_string()),
+            401,
+        ),
+        ("get", "/orders/{order_id}", api.get("/orders/NO-SUCH-ORDER"), 404),
+        (
+            "post",
+            "/orders/{order_id}/cancel",
+            api.post("/orders/NO-SUCH-ORDER/cancel", json!({"reason": "r"}).to_string()),
+            404,
+        ),
+        ("post", "/orders/{order_id}/confirm-delivery", api.post("/orders/NO-SUCH-ORDER/confirm-delivery", ""), 404),
+        (
+            "post",
+            "/orders/{order_id}/cancel",
+            api.post("/orders/HTTP-1/cancel", json!({"reason": "too late"}).to_string()),
+            409,
+        ),
+        (
+            "post",
+            "/orders/{order_id}/confirm-delivery",
+            api.post(&format!("/orders/{generated_id}/confirm-delivery"), ""),
+            409,
+        ),
+        ("post", "/orders/{order_id}/cancel", api.post("/orders/HTTP-1/cancel", "[1,2]"), 400),
+        ("get", "/orders", api.get("/orders?status=Lost"), 400),
+        ("get", "/orders", api.get("/orders?status=Shipped&limit=0"), 400),
+    ];
+    for (method, template, answer, status) in &cases {
+        assert_problem(answer, *status, &format!("{method} {template}"));
+        openapi.check(method, template, answer);
+    }
+    // dev-materiels' endpoint refuses the same way.
+    assert_problem(&direct.post("/v1/commands", "{not json"), 400, "direct: malformed JSON");
+    assert_problem(
+        &direct.post("/v1/commands", json!({"schema_version": 1, "command_id": "x"}).to_string()),
+        400,
+        "direct: missing fields",
+    );
+    let v2 = json!({"schema_version": 2, "command_id": "x", "issued_at_ms": 1, "order_id": "HTTP-9", "command": {"type": "ConfirmDelivery"}});
+    assert_problem(&direct.post("/v1/commands", v2.to_string()), 422, "direct: unsupported schema version");
+    let empty_id = json!({"schema_version": 1, "command_id": " ", "issued_at_ms": 1, "order_id": "HTTP-9", "command": {"type": "ConfirmDelivery"}});
+    assert_problem(&direct.post("/v1/commands", empty_id.to_string()), 422, "direct: empty command id");
+    assert_problem(
+        &Http::new(env.dev_port, Some("wrong")).post("/v1/commands", v2.to_string()),
+        401,
+        "direct: wrong token",
+    );
+    assert_problem(&direct.get("/v1/orders/NO-SUCH-ORDER"), 404, "direct: unknown order");
+    assert_problem(&direct.post("/v1/commands", vec![b'x'; 100 * 1024]), 413, "direct: oversized body");
+
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(end_offsets(&env.kafka, &env.topics.orders_topic), orders_before, "bad input reached `orders`");
+    assert_eq!(api.get("/orders/counts").body, counts_before, "bad input changed the view");
+    assert_eq!(direct.get("/v1/status").body["direct_commands"], 0, "bad input reached the state machine");
+
+    // The last good command still goes through, and the interactive query sees it.
+    let confirmed = api.post("/orders/HTTP-1/confirm-delivery", "");
+    openapi.check("post", "/orders/{order_id}/confirm-delivery", &confirmed);
+    wait_status(&api, "HTTP-1", "Delivered");
+    let state = direct.get("/v1/orders/HTTP-1");
+    assert_eq!(state.status, 200);
+    assert_eq!(state.body["state"]["status"], "Delivered");
+    assert_eq!(state.body["state"]["version"], 4);
+
+    wagon_lits.terminate();
+    dev.terminate();
+    let _: Value = Value::Null;
+}
