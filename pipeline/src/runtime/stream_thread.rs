@@ -700,11 +700,13 @@ impl Engine {
         if self.tasks.values().any(|t| t.outbox_len() > 0) {
             self.begin()?;
         }
-        if let Some(txn) = &mut self.txn {
-            txn.phase = Phase::Committing;
-            self.step(consumer, COMMIT_STEP)?;
+        match &mut self.txn {
+            Some(txn) => {
+                txn.phase = Phase::Committing;
+                self.step(consumer, COMMIT_STEP)?;
+            }
+            None => self.last_commit = Instant::now(),
         }
-        self.last_commit = Instant::now();
         Ok(())
     }
 
@@ -833,6 +835,8 @@ impl Engine {
             self.metrics.outbox_published.fetch_add((published - task.outbox_len()) as u64, Ordering::Relaxed);
         }
         self.txn = None;
+        // The next commit interval counts from here: the thread gets a full interval of records.
+        self.last_commit = Instant::now();
         bump(&self.metrics.commits);
         self.update_gauges();
         Ok(())
@@ -862,6 +866,7 @@ impl Engine {
         self.producer.context().take();
         bump(&self.metrics.aborts);
         let Some(txn) = self.txn.take() else { return Ok(()) };
+        self.last_commit = Instant::now();
         for task in self.tasks.values_mut() {
             task.discard()?;
         }
