@@ -50,7 +50,22 @@ impl Client {
         self.call(Method::GET, url, None).await
     }
 
+    /// One request, tried a second time if it failed before any answer (a pooled connection the
+    /// server had just closed, typically). Safe here: the services' commands are idempotent by
+    /// command id.
     async fn call(&self, method: Method, url: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), ClientError> {
+        match self.call_once(method.clone(), url, body.clone()).await {
+            Err(ClientError::Request { .. }) => self.call_once(method, url, body).await,
+            other => other,
+        }
+    }
+
+    async fn call_once(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| ClientError::Url {
             url: url.to_string(),
             reason: e.to_string(),

@@ -9,7 +9,6 @@ use std::time::Duration;
 use pipeline::runtime::stream_thread::CRASH_AFTER_COMMITS_ENV;
 use pipeline::workload::{Mix, Workload};
 use rand::{Rng, SeedableRng};
-use state::OrderStatus;
 use support::{converge, now_ms, send_paced, settled, TestEnv};
 
 #[test]
@@ -59,11 +58,7 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     );
 
     // Phase two: deliveries, with more kills.
-    let shipped: Vec<String> = ids
-        .iter()
-        .filter(|id| view.view.get(id).ok().flatten().and_then(|r| r.status) == Some(OrderStatus::Shipped))
-        .cloned()
-        .collect();
+    let shipped = support::shipped(&view.view, &ids);
     let deliveries = workload.delivery_phase(&shipped, 0.8, 0.5, 0.05);
     let more_kills = std::thread::scope(|scope| {
         let sender = scope.spawn(|| send_paced(&producer, &deliveries, 2_000));

@@ -30,11 +30,7 @@ fn ten_thousand_orders_match_the_reference_model_exactly_once() {
         dev.log_text()
     );
 
-    let shipped: Vec<String> = ids
-        .iter()
-        .filter(|id| view.view.get(id).ok().flatten().and_then(|r| r.status) == Some(OrderStatus::Shipped))
-        .cloned()
-        .collect();
+    let shipped = support::shipped(&view.view, &ids);
     let deliveries = workload.delivery_phase(&shipped, 0.8, 0.5, 0.05);
     send_all(&producer, &deliveries);
     sent.extend(deliveries);

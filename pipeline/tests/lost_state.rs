@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pipeline::workload::{Mix, Workload};
-use state::{OrderState, OrderStatus, OrderStore, StoreOptions};
+use state::{OrderState, OrderStore, StoreOptions};
 use support::{converge, now_ms, send_all, settled, TestEnv};
 
 fn snapshot(env: &TestEnv) -> BTreeMap<String, OrderState> {
@@ -54,11 +54,7 @@ fn a_lost_state_directory_is_restored_from_the_changelog() {
     let mut dev = env.spawn_dev_materiels(2);
     let restores = dev.wait_restored(env.topics.partitions, Duration::from_secs(60));
     assert_eq!(restores.iter().map(|(_, n)| n).sum::<u64>(), 0, "a restart after a clean stop replays nothing");
-    let shipped: Vec<String> = ids
-        .iter()
-        .filter(|id| view.view.get(id).ok().flatten().and_then(|r| r.status) == Some(OrderStatus::Shipped))
-        .cloned()
-        .collect();
+    let shipped = support::shipped(&view.view, &ids);
     let deliveries = workload.delivery_phase(&shipped, 0.9, 0.5, 0.05);
     send_all(&producer, &deliveries);
     sent.extend(deliveries);

@@ -93,9 +93,6 @@ impl TestEnv {
 
     /// Starts dev-materiels with extra environment variables.
     pub fn spawn_dev_materiels_with(&self, incarnation: usize, env: &[(&str, &str)]) -> DevMateriels {
-        let log = self.dir.path().join(format!("dev-materiels-{incarnation}.log"));
-        let out = File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_dev-materiels"));
         command
             .arg("--brokers")
@@ -116,10 +113,19 @@ impl TestEnv {
             .arg("6000")
             .arg("--http-listen")
             .arg(format!("127.0.0.1:{}", self.dev_port))
+            .envs(env.iter().copied());
+        self.spawn(command, &format!("dev-materiels-{incarnation}"))
+    }
+
+    /// Starts a service process with the test's token, logging to `<name>.log`.
+    fn spawn(&self, mut command: Command, name: &str) -> DevMateriels {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        command
             .env("RAIL_TOKEN", http::TOKEN)
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
             .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -130,7 +136,7 @@ impl TestEnv {
                 Ok(())
             });
         }
-        let child = command.spawn().expect("starting dev-materiels");
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
         DevMateriels { child: Some(child), log }
     }
 
@@ -176,9 +182,6 @@ impl TestEnv {
     /// Starts `wagon-lits serve` as a separate process, with its API and the HTTP fallback to
     /// dev-materiels.
     pub fn spawn_wagon_lits(&self, incarnation: usize, delivery_timeout_ms: u64) -> WagonLits {
-        let log = self.dir.path().join(format!("wagon-lits-{incarnation}.log"));
-        let out = File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_wagon-lits"));
         command
             .arg("serve")
@@ -195,21 +198,8 @@ impl TestEnv {
             .arg("--delivery-timeout-ms")
             .arg(delivery_timeout_ms.to_string())
             .arg("--breaker-probe-ms")
-            .arg("500")
-            .env("RAIL_TOKEN", http::TOKEN)
-            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                libc_prctl_pdeathsig();
-                Ok(())
-            });
-        }
-        DevMateriels { child: Some(command.spawn().expect("starting wagon-lits")), log }
+            .arg("500");
+        self.spawn(command, &format!("wagon-lits-{incarnation}"))
     }
 
     pub fn wagon_lits_state_dir(&self) -> PathBuf {
@@ -450,6 +440,14 @@ impl Drop for ViewRunner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The orders in `ids` that the view shows as Shipped.
+pub fn shipped(view: &ViewStore, ids: &[String]) -> Vec<String> {
+    ids.iter()
+        .filter(|id| view.get(id).ok().flatten().and_then(|r| r.status) == Some(OrderStatus::Shipped))
+        .cloned()
+        .collect()
 }
 
 /// A status after which the first phase has nothing more to do.
