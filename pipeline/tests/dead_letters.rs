@@ -48,7 +48,15 @@ fn poison_messages_go_to_the_dead_letter_topic_with_their_reason() {
         let delivery = futures::executor::block_on(future).expect("future").expect("Kafka took the bad message");
         expected.insert((delivery.partition, delivery.offset), (*kind, value.clone()));
     }
+    // And the poison corpus of the repository.
+    let corpus = support::poison_corpus();
+    for (name, kind, value) in &corpus {
+        let future = producer.send_raw(Some(b"POISON"), Some(value)).expect("queue a poison message");
+        let delivery = futures::executor::block_on(future).expect("future").unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        expected.insert((delivery.partition, delivery.offset), (*kind, Some(value.clone())));
+    }
     send_all(&producer, after);
+    let bad_count = bad.len() + corpus.len();
 
     assert!(
         view.wait_until(&ids, Duration::from_secs(120), settled).is_empty(),
@@ -57,12 +65,12 @@ fn poison_messages_go_to_the_dead_letter_topic_with_their_reason() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let letters = loop {
         let letters = env.read_all(&env.topics.dlq_topic);
-        if letters.len() >= bad.len() || Instant::now() > deadline {
+        if letters.len() >= bad_count || Instant::now() > deadline {
             break letters;
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert_eq!(letters.len(), bad.len(), "one dead letter per bad message");
+    assert_eq!(letters.len(), bad_count, "one dead letter per bad message");
     for letter in &letters {
         let partition: i32 = letter.headers[headers::SOURCE_PARTITION].parse().expect("partition header");
         let offset: i64 = letter.headers[headers::SOURCE_OFFSET].parse().expect("offset header");

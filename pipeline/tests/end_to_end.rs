@@ -38,6 +38,18 @@ fn ten_thousand_orders_match_the_reference_model_exactly_once() {
     let report = converge(&env, &view, &sent);
     dev.assert_running();
     dev.terminate();
+
+    // The replay command rebuilds an equal view from `order-updates` alone.
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_wagon-lits"))
+        .args(["replay", "--brokers", &env.kafka.brokers, "--into"])
+        .arg(env.dir.path().join("replayed"))
+        .arg("--compare-with")
+        .arg(env.dir.path().join("wagon-lits-main"))
+        .output()
+        .expect("running wagon-lits replay");
+    let replay_out = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "replay: {replay_out}{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(replay_out.contains("the rebuilt view equals the live one"), "{replay_out}");
     eprintln!("end to end: {}", report.summary());
     assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
     assert_eq!(report.unsettled, 0);

@@ -22,6 +22,43 @@ fn wait_status(api: &Http, order_id: &str, status: &str) -> Answer {
     }
 }
 
+/// Sends each request of `testdata/bad-http/` and returns (file, expected status, raw answer).
+fn send_bad_http_corpus(port: u16) -> Vec<(String, u16, String)> {
+    use std::io::{Read, Write};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/bad-http");
+    let mut files: Vec<_> =
+        std::fs::read_dir(dir).expect("testdata/bad-http").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    let mut out = Vec::new();
+    for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "http")) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let status: u16 = name.split('-').nth(1).and_then(|s| s.parse().ok()).expect("NN-<status>-... file name");
+        let text = std::fs::read_to_string(&path).expect("read").replace("{{TOKEN}}", TOKEN);
+        let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let request_line = lines.next().expect("METHOD PATH");
+        let mut request = format!("{request_line} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        let mut has_length = false;
+        for header in lines {
+            has_length |= header.to_ascii_lowercase().starts_with("content-length:");
+            request.push_str(&format!("{header}\r\n"));
+        }
+        if !has_length {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        out.push((name, status, String::from_utf8_lossy(&answer).into_owned()));
+    }
+    assert!(out.len() >= 10, "the corpus is there");
+    out
+}
+
 fn assert_problem(answer: &Answer, status: u16, what: &str) {
     assert_eq!(answer.status, status, "{what}: {}", String::from_utf8_lossy(&answer.raw));
     assert_eq!(answer.body["status"], status, "{what}: problem body {:?}", answer.body);
@@ -162,6 +199,12 @@ fn the_api_answers_as_documented_and_refuses_bad_input_without_side_effects() {
     );
     assert_problem(&direct.get("/v1/orders/NO-SUCH-ORDER"), 404, "direct: unknown order");
     assert_problem(&direct.post("/v1/commands", vec![b'x'; 100 * 1024]), 413, "direct: oversized body");
+
+    // The corpus of bad requests in the repository, over raw TCP.
+    for (name, status, answer) in send_bad_http_corpus(env.api_port) {
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{name}: expected {status}, got:\n{answer}");
+        assert!(answer.contains("application/problem+json"), "{name}: not a problem document:\n{answer}");
+    }
 
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(end_offsets(&env.kafka, &env.topics.orders_topic), orders_before, "bad input reached `orders`");

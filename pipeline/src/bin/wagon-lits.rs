@@ -99,6 +99,20 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Rebuild the view from `order-updates`, from the beginning, into a new directory, and
+    /// compare it with the live view. Exits non-zero if they differ.
+    Replay {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        topics: TopicArgs,
+        /// A new directory for the rebuilt view.
+        #[arg(long)]
+        into: PathBuf,
+        /// The live view's --state-dir, to compare with.
+        #[arg(long)]
+        compare_with: Option<PathBuf>,
+    },
     /// Orders per status in the view.
     Counts {
         #[command(flatten)]
@@ -167,6 +181,20 @@ fn run(command: Cmd) -> anyhow::Result<()> {
         Cmd::List { view, status, after, limit } => {
             for row in open_view(&view)?.list_by_status(status, after.as_deref(), limit)? {
                 println!("{}", serde_json::to_string(&row)?);
+            }
+            Ok(())
+        }
+        Cmd::Replay { kafka, topics, into, compare_with } => {
+            let report = pipeline::wagon_lits::replay(&kafka, &topics.updates_topic, &into, compare_with.as_deref())?;
+            println!("rebuilt {} orders from {} into {}", report.orders, topics.updates_topic, into.display());
+            if compare_with.is_some() {
+                if report.differences > 0 {
+                    for example in &report.examples {
+                        println!("  {example}");
+                    }
+                    bail!("the rebuilt view differs from the live one in {} orders", report.differences);
+                }
+                println!("the rebuilt view equals the live one");
             }
             Ok(())
         }

@@ -34,6 +34,62 @@ pub enum WagonLitsError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Topics(#[from] TopicError),
+    #[error("the view did not catch up with order-updates within {0:?}")]
+    CatchUpTimeout(Duration),
+}
+
+/// What a replay found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Orders in the rebuilt view.
+    pub orders: usize,
+    /// Orders whose (version, status) differ between the rebuilt and the live view, or that only
+    /// one of them has, with a few examples.
+    pub differences: usize,
+    pub examples: Vec<String>,
+}
+
+/// Rebuilds the view from `order-updates`, from the beginning, into `into` (a new directory),
+/// and compares it with the view at `live` (opened read-only, so the live service may run).
+pub fn replay(
+    kafka: &KafkaArgs,
+    updates_topic: &str,
+    into: &std::path::Path,
+    live: Option<&std::path::Path>,
+) -> anyhow::Result<ReplayReport> {
+    use anyhow::Context;
+    if into.join("view").exists() {
+        anyhow::bail!("{} already holds a view; replay into a new directory", into.display());
+    }
+    let mut materialiser = Materialiser::new(
+        ViewConfig {
+            kafka: kafka.clone(),
+            updates_topic: updates_topic.to_string(),
+            state_dir: into.to_path_buf(),
+            max_batch: 5_000,
+        },
+        &StoreOptions::default(),
+    )?;
+    materialiser.catch_up(Duration::from_secs(600))?;
+    let rebuilt: std::collections::BTreeMap<String, (u64, Option<state::OrderStatus>)> =
+        materialiser.view().all()?.into_iter().map(|r| (r.order_id, (r.version, r.status))).collect();
+    let mut report = ReplayReport { orders: rebuilt.len(), differences: 0, examples: Vec::new() };
+    if let Some(live) = live {
+        let live = state::ViewStore::open_read_only(&live.join("view"), &StoreOptions::default())
+            .with_context(|| format!("opening the live view in {}", live.display()))?;
+        let live: std::collections::BTreeMap<String, (u64, Option<state::OrderStatus>)> =
+            live.all()?.into_iter().map(|r| (r.order_id, (r.version, r.status))).collect();
+        for id in rebuilt.keys().chain(live.keys()).collect::<std::collections::BTreeSet<_>>() {
+            let (a, b) = (rebuilt.get(id), live.get(id));
+            if a != b {
+                report.differences += 1;
+                if report.examples.len() < 10 {
+                    report.examples.push(format!("{id}: rebuilt {a:?}, live {b:?}"));
+                }
+            }
+        }
+    }
+    Ok(report)
 }
 
 /// Creates `orders`, `order-updates` and the dead-letter topic if they are missing.

@@ -115,6 +115,39 @@ impl Materialiser {
         Ok(records.len())
     }
 
+    /// Reads until the view has caught up with the end of every partition as it was when called.
+    pub fn catch_up(&mut self, timeout: Duration) -> Result<(), WagonLitsError> {
+        let deadline = Instant::now() + timeout;
+        let assignment = self.consumer.assignment().map_err(kafka_err("reading the assignment"))?;
+        let mut ends = Vec::new();
+        for element in assignment.elements() {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(element.topic(), element.partition(), KAFKA_CALL_TIMEOUT)
+                .map_err(kafka_err("reading end offsets"))?;
+            ends.push((element.partition(), high));
+        }
+        loop {
+            self.step(Duration::from_millis(100))?;
+            let positions = self.consumer.position().map_err(kafka_err("reading positions"))?;
+            let caught_up = ends.iter().all(|(partition, high)| {
+                *high == 0
+                    || positions.find_partition(&self.config.updates_topic, *partition).is_some_and(|e| {
+                        match e.offset() {
+                            Offset::Offset(o) => o >= *high,
+                            _ => false,
+                        }
+                    })
+            });
+            if caught_up {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(WagonLitsError::CatchUpTimeout(timeout));
+            }
+        }
+    }
+
     /// Applies updates until `shutdown` is set.
     pub fn run(mut self, shutdown: Arc<AtomicBool>) -> Result<ApplyStats, WagonLitsError> {
         while !shutdown.load(Ordering::Relaxed) {

@@ -442,6 +442,23 @@ impl Drop for ViewRunner {
     }
 }
 
+/// The poison corpus of `testdata/poison/`: (file name, expected `dlq.error.kind`, bytes).
+pub fn poison_corpus() -> Vec<(String, &'static str, Vec<u8>)> {
+    const KINDS: [&str; 6] =
+        ["unsupported-schema-version", "field-too-long", "key-mismatch", "empty-field", "malformed", "empty"];
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/poison");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("testdata/poison") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let Some((_, rest)) = name.strip_suffix(".bin").and_then(|n| n.split_once('-')) else { continue };
+        let kind = KINDS.iter().find(|k| rest.starts_with(*k)).unwrap_or_else(|| panic!("{name}: no known kind"));
+        out.push((name.clone(), *kind, std::fs::read(&path).expect("read")));
+    }
+    out.sort();
+    out
+}
+
 /// The orders in `ids` that the view shows as Shipped.
 pub fn shipped(view: &ViewStore, ids: &[String]) -> Vec<String> {
     ids.iter()
