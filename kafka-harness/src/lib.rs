@@ -130,6 +130,9 @@ pub struct ClusterConfig {
     pub heap: String,
     /// How long to wait for every node to accept connections.
     pub ready_timeout: Duration,
+    /// SCRAM-SHA-256 users: when given, each node also listens with SASL_PLAINTEXT on a port of
+    /// its own ([`Cluster::sasl_bootstrap_servers`]), and the users are created at format time.
+    pub scram_users: Vec<ScramUser>,
 }
 
 impl Default for ClusterConfig {
@@ -141,6 +144,7 @@ impl Default for ClusterConfig {
             extra_properties: Vec::new(),
             heap: "512m".into(),
             ready_timeout: Duration::from_secs(90),
+            scram_users: Vec::new(),
         }
     }
 }
@@ -148,6 +152,7 @@ impl Default for ClusterConfig {
 struct Node {
     id: u32,
     port: u16,
+    sasl_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -197,12 +202,13 @@ impl Cluster {
                 Some(p) => p + (i as u16) * 2 + 1,
                 None => free_port()?,
             };
-            ports.push((client, controller));
+            let sasl = if config.scram_users.is_empty() { None } else { Some(free_port()?) };
+            ports.push((client, controller, sasl));
         }
         let voters = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1))
+            .map(|(i, (_, c, _))| format!("{}@127.0.0.1:{c}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
         let replication = n.min(3);
@@ -211,7 +217,7 @@ impl Cluster {
         let log4j = root.join("log4j2.properties");
         fs::write(&log4j, LOG4J2).map_err(io("write log4j2.properties"))?;
         let mut nodes = Vec::new();
-        for (i, (client, controller)) in ports.iter().enumerate() {
+        for (i, (client, controller, sasl)) in ports.iter().enumerate() {
             let id = i as u32 + 1;
             let dir = root.join(format!("node-{id}"));
             let data = dir.join("data");
@@ -220,11 +226,8 @@ impl Cluster {
                 ("process.roles".to_string(), "broker,controller".to_string()),
                 ("node.id".into(), id.to_string()),
                 ("controller.quorum.voters".into(), voters.clone()),
-                ("listeners".into(), format!("PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}")),
-                ("advertised.listeners".into(), format!("PLAINTEXT://127.0.0.1:{client}")),
                 ("controller.listener.names".into(), "CONTROLLER".into()),
                 ("inter.broker.listener.name".into(), "PLAINTEXT".into()),
-                ("listener.security.protocol.map".into(), "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT".into()),
                 ("log.dirs".into(), data.display().to_string()),
                 ("num.partitions".into(), "1".into()),
                 ("default.replication.factor".into(), replication.to_string()),
@@ -239,6 +242,38 @@ impl Cluster {
                 ("log.cleaner.dedupe.buffer.size".into(), (16 << 20).to_string()),
                 ("auto.create.topics.enable".into(), "false".into()),
             ];
+            match sasl {
+                None => {
+                    props.push((
+                        "listeners".into(),
+                        format!("PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}"),
+                    ));
+                    props.push(("advertised.listeners".into(), format!("PLAINTEXT://127.0.0.1:{client}")));
+                    props.push((
+                        "listener.security.protocol.map".into(),
+                        "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT".into(),
+                    ));
+                }
+                Some(sasl) => {
+                    props.push((
+                        "listeners".into(),
+                        format!("PLAINTEXT://127.0.0.1:{client},SASL://127.0.0.1:{sasl},CONTROLLER://127.0.0.1:{controller}"),
+                    ));
+                    props.push((
+                        "advertised.listeners".into(),
+                        format!("PLAINTEXT://127.0.0.1:{client},SASL://127.0.0.1:{sasl}"),
+                    ));
+                    props.push((
+                        "listener.security.protocol.map".into(),
+                        "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL:SASL_PLAINTEXT".into(),
+                    ));
+                    props.push(("sasl.enabled.mechanisms".into(), "SCRAM-SHA-256".into()));
+                    props.push((
+                        "listener.name.sasl.scram-sha-256.sasl.jaas.config".into(),
+                        "org.apache.kafka.common.security.scram.ScramLoginModule required;".into(),
+                    ));
+                }
+            }
             for (k, v) in &config.extra_properties {
                 props.retain(|(key, _)| key != k);
                 props.push((k.clone(), v.clone()));
@@ -249,13 +284,20 @@ impl Cluster {
             }
             let properties = dir.join("server.properties");
             fs::write(&properties, text).map_err(io("write server.properties"))?;
-            run_tool(
-                &jars,
-                &log4j,
-                "kafka.tools.StorageTool",
-                &["format", "-t", &cluster_id, "-c", &properties.display().to_string()],
-            )?;
-            nodes.push(Node { id, port: *client, dir, child: None });
+            let mut format = vec![
+                "format".to_string(),
+                "-t".into(),
+                cluster_id.clone(),
+                "-c".into(),
+                properties.display().to_string(),
+            ];
+            for user in &config.scram_users {
+                format.push("--add-scram".into());
+                format.push(format!("SCRAM-SHA-256=[name={},password={}]", user.name, user.password));
+            }
+            let format: Vec<&str> = format.iter().map(String::as_str).collect();
+            run_tool(&jars, &log4j, "kafka.tools.StorageTool", &format)?;
+            nodes.push(Node { id, port: *client, sasl_port: *sasl, dir, child: None });
         }
         let mut cluster =
             Cluster { nodes, jars, heap: config.heap, _temp: temp, root, ready_timeout: config.ready_timeout };
@@ -271,6 +313,11 @@ impl Cluster {
     /// `host:port,...` for clients.
     pub fn bootstrap_servers(&self) -> String {
         self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// `host:port,...` of the SASL_PLAINTEXT listeners (empty without SCRAM users).
+    pub fn sasl_bootstrap_servers(&self) -> String {
+        self.nodes.iter().filter_map(|n| n.sasl_port).map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
     }
 
     /// The directory holding each node's data, config and `broker.log`.

@@ -16,6 +16,24 @@ pub struct KafkaArgs {
     /// settings. Values are never shown in this help.
     #[arg(long = "kafka-option", env = "KAFKA_OPTIONS", hide_env_values = true, value_delimiter = ';', value_parser = parse_key_value)]
     pub options: Vec<(String, String)>,
+    /// How clients talk to the brokers: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long = "kafka-security-protocol", env = "KAFKA_SECURITY_PROTOCOL", default_value = "plaintext")]
+    pub security_protocol: String,
+    /// SASL mechanism (with a sasl_* protocol).
+    #[arg(long = "kafka-sasl-mechanism", env = "KAFKA_SASL_MECHANISM", default_value = "SCRAM-SHA-256")]
+    pub sasl_mechanism: String,
+    /// SASL user name.
+    #[arg(long = "kafka-sasl-username", env = "KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+    /// SASL password. Prefer --kafka-sasl-password-file; never printed.
+    #[arg(long = "kafka-sasl-password", env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
+    /// File holding the SASL password.
+    #[arg(long = "kafka-sasl-password-file", env = "KAFKA_SASL_PASSWORD_FILE")]
+    pub sasl_password_file: Option<std::path::PathBuf>,
+    /// CA certificate(s) to verify the brokers with (with an ssl protocol).
+    #[arg(long = "kafka-ssl-ca", env = "KAFKA_SSL_CA_LOCATION")]
+    pub ssl_ca: Option<std::path::PathBuf>,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -28,15 +46,79 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 impl KafkaArgs {
     pub fn new(brokers: impl Into<String>) -> KafkaArgs {
-        KafkaArgs { brokers: brokers.into(), options: Vec::new() }
+        KafkaArgs {
+            brokers: brokers.into(),
+            options: Vec::new(),
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: "SCRAM-SHA-256".into(),
+            sasl_username: None,
+            sasl_password: None,
+            sasl_password_file: None,
+            ssl_ca: None,
+        }
     }
 
-    /// A client configuration with the brokers set. Apply [`KafkaArgs::finish`] after the
-    /// caller's own settings so the user's `--kafka-option`s win.
+    /// The SASL password, from the flag, the environment or the file.
+    fn sasl_password(&self) -> Option<String> {
+        match (&self.sasl_password, &self.sasl_password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => std::fs::read_to_string(path).ok().map(|p| p.trim().to_string()),
+            (None, None) => None,
+        }
+    }
+
+    /// A client configuration with the brokers and security set. Apply [`KafkaArgs::finish`]
+    /// after the caller's own settings so the user's `--kafka-option`s win.
     pub fn base(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
+        config.set("security.protocol", &self.security_protocol);
+        if self.security_protocol.starts_with("sasl") {
+            config.set("sasl.mechanism", &self.sasl_mechanism);
+            if let Some(user) = &self.sasl_username {
+                config.set("sasl.username", user);
+            }
+            if let Some(password) = self.sasl_password() {
+                config.set("sasl.password", password);
+            }
+        }
+        if let Some(ca) = &self.ssl_ca {
+            config.set("ssl.ca.location", ca.display().to_string());
+        }
         config
+    }
+
+    /// Checks that the brokers answer and accept the credentials, within `timeout`. A refused
+    /// login is an error at once, not a hang; brokers that do not answer are an error too.
+    pub fn check(&self, timeout: Duration) -> Result<(), ConnectError> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let context = ErrorCapture(std::sync::Arc::clone(&seen));
+        let client: BaseConsumer<ErrorCapture> =
+            self.finish(self.base()).create_with_context(context).map_err(|e| ConnectError::Config(e.to_string()))?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let step = Duration::from_millis(500).min(deadline.saturating_duration_since(std::time::Instant::now()));
+            if client.fetch_metadata(None, step).is_ok() {
+                return Ok(());
+            }
+            // Serve the client's events: authentication failures arrive as errors there.
+            if let Some(Err(err)) = client.poll(Duration::from_millis(50)) {
+                rdkafka::client::ClientContext::error(client.context().as_ref(), err, "");
+            }
+            let errors = seen.lock().map(|e| e.clone()).unwrap_or_default();
+            if let Some(reason) = errors.iter().find(|(auth, _)| *auth).map(|(_, r)| r.clone()) {
+                return Err(ConnectError::Authentication {
+                    user: self.sasl_username.clone().unwrap_or_default(),
+                    mechanism: self.sasl_mechanism.clone(),
+                    reason,
+                });
+            }
+            if std::time::Instant::now() >= deadline {
+                let last = errors.last().map(|(_, r)| r.clone()).unwrap_or_else(|| "no answer".into());
+                return Err(ConnectError::Unreachable { brokers: self.brokers.clone(), waited: timeout, reason: last });
+            }
+        }
     }
 
     /// Applies the user's extra options on top of `config`.
@@ -47,6 +129,54 @@ impl KafkaArgs {
         config
     }
 }
+
+/// Why a service could not talk to Kafka at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("Kafka refused the credentials of user {user:?} ({mechanism}): {reason}")]
+    Authentication { user: String, mechanism: String, reason: String },
+    #[error("no Kafka broker at {brokers} answered within {waited:?}: {reason}")]
+    Unreachable { brokers: String, waited: Duration, reason: String },
+    #[error("invalid Kafka client settings: {0}")]
+    Config(String),
+}
+
+/// Records the errors librdkafka reports while a client connects: (is an authentication
+/// failure, reason). Reasons never contain the password.
+struct ErrorCapture(std::sync::Arc<std::sync::Mutex<Vec<(bool, String)>>>);
+
+impl rdkafka::client::ClientContext for ErrorCapture {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode;
+        let auth = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
+        ) || ErrorCapture::is_auth(reason)
+            || ErrorCapture::is_auth(&error.to_string());
+        if let Ok(mut seen) = self.0.lock() {
+            let reason = if reason.is_empty() { error.to_string() } else { reason.to_string() };
+            seen.push((auth, reason));
+        }
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if ErrorCapture::is_auth(message) {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((true, message.to_string()));
+            }
+        } else if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Warning as i32) {
+            tracing::debug!(fac, message, "librdkafka");
+        }
+    }
+}
+
+impl ErrorCapture {
+    fn is_auth(reason: &str) -> bool {
+        reason.contains("Authentication failed") || reason.contains("SASL authentication error")
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ErrorCapture {}
 
 /// The topics the two services share.
 #[derive(Debug, Clone, Args)]

@@ -127,6 +127,7 @@ fn parse_line(s: &str) -> Result<OrderLine, String> {
 }
 
 fn send(kafka: &Kafka, order_id: String, command: Command) -> anyhow::Result<()> {
+    kafka.kafka.check(Duration::from_secs(15))?;
     ensure_service_topics(&kafka.kafka, &kafka.topics).context("creating topics")?;
     let producer = CommandProducer::new(
         &kafka.kafka,
@@ -185,6 +186,7 @@ fn run(command: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Replay { kafka, topics, into, compare_with } => {
+            kafka.check(Duration::from_secs(15))?;
             let report = pipeline::wagon_lits::replay(&kafka, &topics.updates_topic, &into, compare_with.as_deref())?;
             println!("rebuilt {} orders from {} into {}", report.orders, topics.updates_topic, into.display());
             if compare_with.is_some() {

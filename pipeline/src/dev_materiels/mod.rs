@@ -113,6 +113,8 @@ pub fn run(
         state_dir = %config.state_dir.display(),
         "starting dev-materiels"
     );
+    // Wrong credentials or no broker: say so now, rather than retry forever.
+    config.kafka.check(crate::kafka_config::KAFKA_CALL_TIMEOUT)?;
     let (direct, requests) = DirectHandle::channel();
     let server = match args.http.http_listen {
         None => None,

@@ -76,6 +76,8 @@ pub enum RuntimeError {
     RestoreStalled { partition: i32, waited: Duration },
     #[error("the transaction committed but partition {partition}'s changelog writes were not acknowledged")]
     MissingChangelogOffset { partition: i32 },
+    #[error(transparent)]
+    Connect(#[from] crate::kafka_config::ConnectError),
     #[error("{0}")]
     Config(String),
 }

@@ -133,6 +133,7 @@ pub struct WagonLitsArgs {
 /// Runs wagon-lits (view, API, breaker probe) until `shutdown` is set.
 pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<()> {
     use anyhow::Context;
+    args.kafka.check(crate::kafka_config::KAFKA_CALL_TIMEOUT)?;
     ensure_service_topics(&args.kafka, &args.topics).context("creating topics")?;
     let materialiser = Materialiser::new(
         ViewConfig {

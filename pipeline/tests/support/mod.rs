@@ -56,8 +56,23 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn start(name: &str, partitions: i32) -> TestEnv {
-        let cluster = Cluster::start(ClusterConfig::default()).expect("starting a Kafka broker");
-        let mut kafka = KafkaArgs::new(cluster.bootstrap_servers());
+        TestEnv::start_with(name, partitions, ClusterConfig::default())
+    }
+
+    /// A test world on a cluster started with `config`. With SCRAM users, the test's clients use
+    /// the first one, over SASL_PLAINTEXT.
+    pub fn start_with(name: &str, partitions: i32, config: ClusterConfig) -> TestEnv {
+        let users = config.scram_users.clone();
+        let cluster = Cluster::start(config).expect("starting a Kafka broker");
+        let mut kafka = match users.first() {
+            None => KafkaArgs::new(cluster.bootstrap_servers()),
+            Some(user) => KafkaArgs {
+                security_protocol: "sasl_plaintext".into(),
+                sasl_username: Some(user.name.clone()),
+                sasl_password: Some(user.password.clone()),
+                ..KafkaArgs::new(cluster.sasl_bootstrap_servers())
+            },
+        };
         // Lets the tests produce the 1 MiB poison message.
         kafka.options.push(("message.max.bytes".into(), (8 << 20).to_string()));
         let topics = TopicArgs { partitions, ..TopicArgs::default() };
