@@ -502,10 +502,19 @@ fn signal(child: &Child, sig: libc::c_int) {
 }
 
 /// A cluster id as `StorageTool random-uuid` makes it: 16 random bytes in URL-safe base64,
-/// without padding.
+/// without padding, and (as Kafka's `Uuid.randomUuid` does) never starting with `-`, which the
+/// tools' argument parser would take for an option.
 fn random_cluster_id() -> String {
+    loop {
+        let id = encode_cluster_id(rand::random());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn encode_cluster_id(bytes: [u8; 16]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes: [u8; 16] = rand::random();
     let mut bits: u32 = 0;
     let mut nbits = 0;
     let mut out = String::new();
@@ -550,10 +559,15 @@ logger.cleaner.level = WARN
 #[cfg(test)]
 mod tests {
     #[test]
-    fn cluster_ids_are_22_url_safe_characters() {
-        let id = super::random_cluster_id();
-        assert_eq!(id.len(), 22);
-        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
-        assert_ne!(id, super::random_cluster_id());
+    fn cluster_ids_are_22_url_safe_characters_never_starting_with_a_dash() {
+        for _ in 0..2_000 {
+            let id = super::random_cluster_id();
+            assert_eq!(id.len(), 22);
+            assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+            assert!(!id.starts_with('-'), "{id}");
+        }
+        // 0xF8 = 111110 00...: the first character is the 63rd, '-' (what the loop avoids).
+        assert!(super::encode_cluster_id([0xF8; 16]).starts_with('-'));
+        assert_ne!(super::random_cluster_id(), super::random_cluster_id());
     }
 }
