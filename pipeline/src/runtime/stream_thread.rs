@@ -4,13 +4,18 @@
 //! loop {
 //!     poll one record from `orders`            (rebalance callbacks run inside this poll)
 //!     restore newly assigned tasks             (before any of their records is processed)
-//!     begin a transaction if none is open
+//!     begin a transaction if none is open      (it starts with the outbox: decisions taken
+//!                                               over HTTP while Kafka was away, in order)
 //!     decode -> task -> state machine          (state changes go to the task's write-back cache)
 //!     produce the update to `order-updates`, the new state to the changelog, or the record to
 //!     the dead-letter topic                    (all inside the transaction)
+//!     answer the commands that came over HTTP  (decided on committed state, written to the
+//!                                               store and the outbox at once)
 //!     every commit interval:
 //!         fire due timers (punctuation)        (same transaction)
 //!         send the consumed offsets with the group metadata, commit the transaction
+//!                                              (on the committer thread: the loop goes on
+//!                                               answering HTTP, taking no record, meanwhile)
 //!         then, and only then, write each task's cache to RocksDB with its changelog position
 //! }
 //! ```
@@ -21,9 +26,10 @@
 //! still abort, and a crash costs a replay of the changelog from the store's position only.
 //!
 //! On an abortable error the transaction is aborted, the caches dropped and the consumer sent
-//! back to the first offset the transaction read. On a fatal one (the producer was fenced by a
-//! newer incarnation, say) the thread stops with an error: a supervisor restarts the process,
-//! which restores and carries on.
+//! back to the first offset the transaction read. If the producer is fenced (the coordinator
+//! aborted a transaction that outlived its timeout during an outage), the transaction is dropped
+//! the same way and a new producer started. Other fatal errors stop the thread with an error: a
+//! supervisor restarts the process, which restores and carries on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
