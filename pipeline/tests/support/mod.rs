@@ -106,6 +106,33 @@ impl TestEnv {
         self.spawn_dev_materiels_with(incarnation, &[])
     }
 
+    /// Starts instance `n` of a group of dev-materiels (instance 0 is the one the other helpers
+    /// start; only it serves HTTP). Each instance has its own state directory.
+    pub fn spawn_instance(&self, n: usize, incarnation: usize) -> DevMateriels {
+        if n == 0 {
+            return self.spawn_dev_materiels(incarnation);
+        }
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dev-materiels"));
+        command
+            .arg("--brokers")
+            .arg(&self.kafka.brokers)
+            .arg("--partitions")
+            .arg(self.topics.partitions.to_string())
+            .arg("--application-id")
+            .arg(&self.application_id)
+            .arg("--instance-id")
+            .arg(format!("instance-{n}"))
+            .arg("--state-dir")
+            .arg(self.dir.path().join(format!("dev-materiels-{n}")))
+            .arg("--prepare-after-ms")
+            .arg(PREPARE_AFTER_MS.to_string())
+            .arg("--ship-after-ms")
+            .arg(SHIP_AFTER_MS.to_string())
+            .arg("--session-timeout-ms")
+            .arg("6000");
+        self.spawn(command, &format!("dev-materiels-i{n}-{incarnation}"))
+    }
+
     /// Starts dev-materiels with extra environment variables.
     pub fn spawn_dev_materiels_with(&self, incarnation: usize, env: &[(&str, &str)]) -> DevMateriels {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dev-materiels"));
