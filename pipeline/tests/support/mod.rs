@@ -63,6 +63,7 @@ impl TestEnv {
     /// the first one, over SASL_PLAINTEXT.
     pub fn start_with(name: &str, partitions: i32, config: ClusterConfig) -> TestEnv {
         let users = config.scram_users.clone();
+        let replication_factor = if config.nodes >= 3 { 3 } else { 1 };
         let cluster = Cluster::start(config).expect("starting a Kafka broker");
         let mut kafka = match users.first() {
             None => KafkaArgs::new(cluster.bootstrap_servers()),
@@ -75,7 +76,7 @@ impl TestEnv {
         };
         // Lets the tests produce the 1 MiB poison message.
         kafka.options.push(("message.max.bytes".into(), (8 << 20).to_string()));
-        let topics = TopicArgs { partitions, ..TopicArgs::default() };
+        let topics = TopicArgs { partitions, replication_factor, ..TopicArgs::default() };
         let env = TestEnv {
             dev_port: kafka_harness::free_port().expect("port"),
             api_port: kafka_harness::free_port().expect("port"),
@@ -141,6 +142,8 @@ impl TestEnv {
             .arg(&self.kafka.brokers)
             .arg("--partitions")
             .arg(self.topics.partitions.to_string())
+            .arg("--replication-factor")
+            .arg(self.topics.replication_factor.to_string())
             .arg("--application-id")
             .arg(&self.application_id)
             .arg("--instance-id")
