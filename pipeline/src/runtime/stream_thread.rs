@@ -331,7 +331,7 @@ pub fn run(
         }
         match message {
             None => {}
-            Some(Ok(message)) => engine.process(&message)?,
+            Some(Ok(message)) => engine.process(&consumer, &message)?,
             // The consumer cannot go on (librdkafka says so): stop, and let a restart rebuild it.
             Some(Err(err @ KafkaError::MessageConsumptionFatal(_))) => {
                 return Err(RuntimeError::Kafka { context: "consuming orders".into(), source: err });
@@ -520,7 +520,49 @@ impl Engine {
         if self.to_restore.is_empty() {
             return Ok(());
         }
-        let partitions: Vec<i32> = std::mem::take(&mut self.to_restore).into_iter().collect();
+        let partitions: Vec<i32> = self.to_restore.iter().copied().collect();
+        match self.try_restore(consumer, &partitions) {
+            Ok(()) => {
+                for partition in &partitions {
+                    self.to_restore.remove(partition);
+                }
+                self.resume(consumer, &partitions);
+                Ok(())
+            }
+            // Leaders moving, a broker restarting: not a reason to stop. The partitions wait,
+            // paused, and the restore is tried again at the next turn.
+            Err(RuntimeError::Kafka { context, source }) => {
+                tracing::warn!(%context, error = %source, ?partitions, "restore failed; retrying shortly");
+                self.pause(consumer, &partitions);
+                std::thread::sleep(Duration::from_millis(500));
+                Ok(())
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn partition_list(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.config.topics.orders_topic, *p);
+        }
+        tpl
+    }
+
+    fn pause(&self, consumer: &BaseConsumer<StreamContext>, partitions: &[i32]) {
+        if let Err(err) = consumer.pause(&self.partition_list(partitions)) {
+            tracing::warn!(error = %err, "could not pause partitions");
+        }
+    }
+
+    fn resume(&self, consumer: &BaseConsumer<StreamContext>, partitions: &[i32]) {
+        if let Err(err) = consumer.resume(&self.partition_list(partitions)) {
+            tracing::debug!(error = %err, "could not resume partitions");
+        }
+    }
+
+    fn try_restore(&mut self, consumer: &BaseConsumer<StreamContext>, partitions: &[i32]) -> Result<(), RuntimeError> {
+        let partitions: Vec<i32> = partitions.to_vec();
         // The committed offsets, asked for with read_committed: the broker answers only once no
         // transaction that carries offsets for these partitions is pending (KIP-447), so a zombie
         // cannot commit changelog records after the restore below has read to the end.
@@ -582,10 +624,21 @@ impl Engine {
     }
 
     /// Processes one record of `orders` inside the open transaction.
-    fn process(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
+    fn process(
+        &mut self,
+        consumer: &BaseConsumer<StreamContext>,
+        message: &BorrowedMessage<'_>,
+    ) -> Result<(), RuntimeError> {
         let partition = message.partition();
         let offset = message.offset();
-        if !self.tasks.contains_key(&partition) || self.to_restore.contains(&partition) {
+        if self.to_restore.contains(&partition) {
+            // Fetched before the partition was paused for its restore: read it again afterwards.
+            consumer
+                .seek(&self.config.topics.orders_topic, partition, Offset::Offset(offset), KAFKA_CALL_TIMEOUT)
+                .context(format!("rewinding partition {partition} to offset {offset}"))?;
+            return Ok(());
+        }
+        if !self.tasks.contains_key(&partition) {
             // A record fetched just before its partition was revoked.
             tracing::debug!(partition, offset, "record for a partition this thread does not own; skipped");
             return Ok(());
