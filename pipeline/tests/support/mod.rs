@@ -113,29 +113,20 @@ impl TestEnv {
         if n == 0 {
             return self.spawn_dev_materiels(incarnation);
         }
-        let mut command = Command::new(env!("CARGO_BIN_EXE_dev-materiels"));
-        command
-            .arg("--brokers")
-            .arg(&self.kafka.brokers)
-            .arg("--partitions")
-            .arg(self.topics.partitions.to_string())
-            .arg("--application-id")
-            .arg(&self.application_id)
-            .arg("--instance-id")
-            .arg(format!("instance-{n}"))
-            .arg("--state-dir")
-            .arg(self.dir.path().join(format!("dev-materiels-{n}")))
-            .arg("--prepare-after-ms")
-            .arg(PREPARE_AFTER_MS.to_string())
-            .arg("--ship-after-ms")
-            .arg(SHIP_AFTER_MS.to_string())
-            .arg("--session-timeout-ms")
-            .arg("6000");
+        let command =
+            self.dev_materiels_command(&format!("instance-{n}"), &self.dir.path().join(format!("dev-materiels-{n}")));
         self.spawn(command, &format!("dev-materiels-i{n}-{incarnation}"))
     }
 
     /// Starts dev-materiels with extra environment variables.
     pub fn spawn_dev_materiels_with(&self, incarnation: usize, env: &[(&str, &str)]) -> DevMateriels {
+        let mut command = self.dev_materiels_command("instance-0", &self.dev_state_dir());
+        command.arg("--http-listen").arg(format!("127.0.0.1:{}", self.dev_port)).envs(env.iter().copied());
+        self.spawn(command, &format!("dev-materiels-{incarnation}"))
+    }
+
+    /// The dev-materiels command line shared by every instance of a test.
+    fn dev_materiels_command(&self, instance_id: &str, state_dir: &Path) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dev-materiels"));
         command
             .arg("--brokers")
@@ -147,19 +138,16 @@ impl TestEnv {
             .arg("--application-id")
             .arg(&self.application_id)
             .arg("--instance-id")
-            .arg("instance-0")
+            .arg(instance_id)
             .arg("--state-dir")
-            .arg(self.dev_state_dir())
+            .arg(state_dir)
             .arg("--prepare-after-ms")
             .arg(PREPARE_AFTER_MS.to_string())
             .arg("--ship-after-ms")
             .arg(SHIP_AFTER_MS.to_string())
             .arg("--session-timeout-ms")
-            .arg("6000")
-            .arg("--http-listen")
-            .arg(format!("127.0.0.1:{}", self.dev_port))
-            .envs(env.iter().copied());
-        self.spawn(command, &format!("dev-materiels-{incarnation}"))
+            .arg("6000");
+        command
     }
 
     /// Starts a service process with the test's token, logging to `<name>.log`.
