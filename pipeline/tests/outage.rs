@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use state::{Command, CommandEnvelope, OrderLine, PlaceOrder};
 use support::http::{Http, TOKEN};
-use support::{compare_view, model, rules, TestEnv};
+use support::{compare_view, converge_with, model, TestEnv};
 
 /// What the test sent for one order, and how it went.
 struct Placed {
@@ -85,18 +85,10 @@ fn wait_drained(direct: &Http, dev: &mut support::DevMateriels, timeout: Duratio
 
 fn check_exactly_once(env: &TestEnv, placed: &[Placed]) -> model::ModelReport {
     let commands: Vec<CommandEnvelope> = placed.iter().map(|p| p.envelope.clone()).collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let report = model::check(&commands, &env.updates(), &rules());
-        let diffs = compare_view(&env.wagon_lits_view(), &report.expected);
-        if (report.lost_commands == 0 && report.unsettled == 0 && diffs.is_empty()) || Instant::now() > deadline {
-            assert!(diffs.is_empty(), "view differs from the model: {:#?}", &diffs[..diffs.len().min(10)]);
-            assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
-            assert_eq!(report.unsettled, 0, "{}", report.summary());
-            return report;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    let report = converge_with(env, &commands, |expected| compare_view(&env.wagon_lits_view(), expected));
+    assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
+    assert_eq!(report.unsettled, 0, "{}", report.summary());
+    report
 }
 
 #[test]

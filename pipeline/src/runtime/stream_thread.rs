@@ -138,7 +138,6 @@ fn bump(counter: &AtomicU64) {
 struct DeliveryTracker {
     changelog: String,
     last_offsets: Mutex<HashMap<i32, i64>>,
-    failures: AtomicU64,
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -157,7 +156,6 @@ impl ProducerContext for DeliveryTracker {
             Ok(_) => {}
             Err((err, message)) => {
                 // The transaction will fail to commit; this only says why.
-                self.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(topic = message.topic(), partition = message.partition(), error = %err, "a record of the transaction was not delivered");
             }
         }
@@ -445,11 +443,7 @@ fn create_producer(config: &StreamConfig, changelog: &str) -> Result<Arc<BasePro
         .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
         // Java's partitioner: the same key lands on the same partition whoever produces it.
         .set("partitioner", "murmur2_random");
-    let tracker = DeliveryTracker {
-        changelog: changelog.to_string(),
-        last_offsets: Mutex::default(),
-        failures: AtomicU64::new(0),
-    };
+    let tracker = DeliveryTracker { changelog: changelog.to_string(), last_offsets: Mutex::default() };
     let producer: BaseProducer<DeliveryTracker> =
         config.kafka.finish(p).create_with_context(tracker).context("creating the transactional producer")?;
     producer.init_transactions(KAFKA_CALL_TIMEOUT).context("initialising transactions")?;

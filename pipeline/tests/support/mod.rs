@@ -559,10 +559,19 @@ pub fn print_path(label: &str, path: &Path) {
 /// Reads `order-updates` until the model finds every command applied and the view agrees with
 /// it; returns the last report.
 pub fn converge(env: &TestEnv, view: &ViewRunner, sent: &[state::CommandEnvelope]) -> model::ModelReport {
+    converge_with(env, sent, |expected| compare_view(&view.view, expected))
+}
+
+/// [`converge`], with the view compared by `diffs` (for a view held by another process).
+pub fn converge_with(
+    env: &TestEnv,
+    sent: &[state::CommandEnvelope],
+    diffs: impl Fn(&BTreeMap<String, (u64, Option<OrderStatus>)>) -> Vec<String>,
+) -> model::ModelReport {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let report = model::check(sent, &env.updates(), &rules());
-        let diffs = compare_view(&view.view, &report.expected);
+        let diffs = diffs(&report.expected);
         let done = report.lost_commands == 0 && report.unsettled == 0 && diffs.is_empty();
         if done || Instant::now() > deadline {
             assert!(
