@@ -43,19 +43,35 @@ impl Client {
 
     /// Sends `body` as JSON and returns the status and body of the answer.
     pub async fn post_json(&self, url: &str, body: Vec<u8>) -> Result<(StatusCode, Bytes), ClientError> {
-        self.call(Method::POST, url, Some(body)).await
+        self.call(Method::POST, url, Some(body), &[]).await
+    }
+
+    /// [`Client::post_json`] with extra headers (an `Idempotency-Key`, typically).
+    pub async fn post_json_with(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.call(Method::POST, url, Some(body), headers).await
     }
 
     pub async fn get(&self, url: &str) -> Result<(StatusCode, Bytes), ClientError> {
-        self.call(Method::GET, url, None).await
+        self.call(Method::GET, url, None, &[]).await
     }
 
     /// One request, tried a second time if it failed before any answer (a pooled connection the
     /// server had just closed, typically). Safe here: the services' commands are idempotent by
     /// command id.
-    async fn call(&self, method: Method, url: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), ClientError> {
-        match self.call_once(method.clone(), url, body.clone()).await {
-            Err(ClientError::Request { .. }) => self.call_once(method, url, body).await,
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        match self.call_once(method.clone(), url, body.clone(), headers).await {
+            Err(ClientError::Request { .. }) => self.call_once(method, url, body, headers).await,
             other => other,
         }
     }
@@ -65,6 +81,7 @@ impl Client {
         method: Method,
         url: &str,
         body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| ClientError::Url {
             url: url.to_string(),
@@ -80,6 +97,9 @@ impl Client {
         }
         if body.is_some() {
             request = request.header(CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))

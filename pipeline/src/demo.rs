@@ -134,6 +134,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         session_timeout_ms: 10_000,
         transaction_timeout_ms: 10_000,
         create_topics,
+        standby: false,
     };
     let metrics = Arc::new(StreamMetrics::default());
     let processor = {

@@ -67,6 +67,10 @@ pub struct DevMaterielsArgs {
     /// compacted changelog). Turn off where topics are managed elsewhere.
     #[arg(long, env = "CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_topics: bool,
+    /// Keep a warm copy of every partition this instance does not own (standby tasks), by
+    /// tailing the changelog: a failover then restores seconds of changelog, not all of it.
+    #[arg(long, env = "STANDBY")]
+    pub standby: bool,
 }
 
 impl DevMaterielsArgs {
@@ -93,6 +97,7 @@ impl DevMaterielsArgs {
             session_timeout: Duration::from_millis(self.session_timeout_ms),
             transaction_timeout: Duration::from_millis(self.transaction_timeout_ms),
             create_topics: self.create_topics,
+            standby: self.standby,
         })
     }
 }

@@ -7,11 +7,13 @@
 //! - each state change is also written to the store's **changelog** topic (compacted, one
 //!   partition per `orders` partition), from which a task is **restored** ([`restore`]);
 //! - order timers fire as **punctuations**, every commit interval;
-//! - invalid input goes to the **dead-letter topic** ([`dlq`]).
+//! - invalid input goes to the **dead-letter topic** ([`dlq`]);
+//! - optionally, **standby tasks** ([`standby`]) keep warm copies of the other partitions.
 
 pub mod direct;
 pub mod dlq;
 pub mod restore;
+pub mod standby;
 pub mod stream_thread;
 pub mod task;
 
@@ -46,6 +48,8 @@ pub struct StreamConfig {
     pub transaction_timeout: Duration,
     /// Create missing topics at start.
     pub create_topics: bool,
+    /// Keep standby copies of the partitions not owned ([`standby`]).
+    pub standby: bool,
 }
 
 impl StreamConfig {

@@ -48,6 +48,7 @@ use state::{decode_command, validate_envelope};
 use super::direct::{DirectRefusal, DirectReply, DirectRequest, QueryReply};
 use super::dlq::{dead_letter_headers, Source};
 use super::restore::restore;
+use super::standby::Standbys;
 use super::task::{Direct, Output, Task};
 use super::{KafkaContext, RuntimeError, StreamConfig};
 use crate::kafka_config::{KAFKA_CALL_TIMEOUT, MAX_MESSAGE_BYTES};
@@ -92,6 +93,10 @@ pub struct StreamMetrics {
     pub outbox_published: AtomicU64,
     /// Decisions taken over HTTP still waiting in the outbox.
     pub outbox_pending: AtomicU64,
+    /// Changelog records applied to standby copies.
+    pub standby_records: AtomicU64,
+    /// Partitions kept as standby copies.
+    pub standby_partitions: AtomicU64,
 }
 
 impl StreamMetrics {
@@ -109,6 +114,8 @@ impl StreamMetrics {
             direct_commands: get(&self.direct_commands),
             outbox_published: get(&self.outbox_published),
             outbox_pending: get(&self.outbox_pending),
+            standby_records: get(&self.standby_records),
+            standby_partitions: get(&self.standby_partitions),
         }
     }
 }
@@ -127,6 +134,8 @@ pub struct StreamStats {
     pub direct_commands: u64,
     pub outbox_published: u64,
     pub outbox_pending: u64,
+    pub standby_records: u64,
+    pub standby_partitions: u64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -217,6 +226,8 @@ struct Engine {
     producer: Arc<BaseProducer<DeliveryTracker>>,
     committer: Committer,
     restore_consumer: BaseConsumer<RestoreContext>,
+    /// Warm copies of the partitions not owned here (`--standby`).
+    standbys: Option<Standbys>,
     tasks: BTreeMap<i32, Task>,
     /// Partitions assigned but not restored yet.
     to_restore: BTreeSet<i32>,
@@ -343,6 +354,7 @@ pub fn run(
             Some(Err(_)) => {}
         }
         engine.serve_direct();
+        engine.poll_standbys()?;
         if !engine.is_settling() {
             // (While the committer thread commits, it serves the producer's events itself.)
             engine.producer.poll(Duration::ZERO);
@@ -479,6 +491,7 @@ impl Engine {
             RuntimeError::Config(format!("cannot create state directory {}: {e}", config.state_dir.display()))
         })?;
         let committer = Committer::start(Arc::clone(&producer))?;
+        let standbys = if config.standby { Some(Standbys::new(&config, &changelog)?) } else { None };
         Ok(Engine {
             config,
             changelog,
@@ -486,6 +499,7 @@ impl Engine {
             producer,
             committer,
             restore_consumer,
+            standbys,
             tasks: BTreeMap::new(),
             to_restore: BTreeSet::new(),
             detached: BTreeSet::new(),
@@ -501,6 +515,29 @@ impl Engine {
 
     fn is_settling(&self) -> bool {
         self.txn.as_ref().is_some_and(|t| t.phase != Phase::Open)
+    }
+
+    /// Standby copies of every partition not processed here (nor waiting for a restore, nor
+    /// kept detached).
+    fn refresh_standbys(&mut self) {
+        let Some(standbys) = &mut self.standbys else { return };
+        let wanted: BTreeSet<i32> = (0..self.partitions)
+            .filter(|p| !self.tasks.contains_key(p) && !self.to_restore.contains(p) && !self.detached.contains(p))
+            .collect();
+        if let Err(err) = standbys.set(&wanted) {
+            tracing::error!(error = %err, "could not set up the standby copies");
+            self.fatal.get_or_insert(err);
+        }
+        self.metrics.standby_partitions.store(standbys.partitions().len() as u64, Ordering::Relaxed);
+    }
+
+    /// Applies what the changelog has for the standby copies, without waiting.
+    fn poll_standbys(&mut self) -> Result<(), RuntimeError> {
+        if let Some(standbys) = &mut self.standbys {
+            let applied = standbys.poll()?;
+            self.metrics.standby_records.fetch_add(applied as u64, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn update_gauges(&self) {
@@ -970,6 +1007,7 @@ impl Engine {
         for partition in partitions {
             self.tasks.remove(partition);
         }
+        self.refresh_standbys();
         self.update_gauges();
     }
 
@@ -987,6 +1025,8 @@ impl Engine {
         }
         self.detached.clear();
         self.to_restore.extend(partitions.iter().copied());
+        // Before the restores open their stores: a standby copy of an assigned partition closes.
+        self.refresh_standbys();
         self.update_gauges();
     }
 }

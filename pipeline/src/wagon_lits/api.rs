@@ -87,14 +87,18 @@ fn check_id(field: &str, value: &str) -> Result<(), Problem> {
 impl Api {
     async fn route(&self, request: Request) -> Response {
         let path = request.uri().path().to_string();
+        let key = match idempotency_key(&request) {
+            Ok(key) => key,
+            Err(problem) => return problem.into_response(),
+        };
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let result = match (request.method(), segments.as_slice()) {
-            (&Method::POST, ["orders"]) => self.place(request.body()).await,
+            (&Method::POST, ["orders"]) => self.place(request.body(), key).await,
             (&Method::GET, ["orders"]) => self.list(request.uri().query().unwrap_or_default()),
             (&Method::GET, ["orders", "counts"]) => Ok(self.counts()),
             (&Method::GET, ["orders", id]) => self.get(id),
-            (&Method::POST, ["orders", id, "cancel"]) => self.cancel(id, request.body()).await,
-            (&Method::POST, ["orders", id, "confirm-delivery"]) => self.confirm(id).await,
+            (&Method::POST, ["orders", id, "cancel"]) => self.cancel(id, request.body(), key).await,
+            (&Method::POST, ["orders", id, "confirm-delivery"]) => self.confirm(id, key).await,
             (&Method::GET, ["status"]) => Ok(self.status()),
             (&Method::GET, ["healthz"]) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
             (&Method::GET, ["readyz"]) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ready"}))),
@@ -110,7 +114,7 @@ impl Api {
         result.unwrap_or_else(Problem::into_response)
     }
 
-    async fn place(&self, body: &[u8]) -> Result<Response, Problem> {
+    async fn place(&self, body: &[u8], key: Option<String>) -> Result<Response, Problem> {
         let request: PlaceOrderRequest = parse(body)?;
         let order_id = request.order_id.unwrap_or_else(|| format!("ORD-{}", uuid::Uuid::new_v4()));
         check_id("order_id", &order_id)?;
@@ -120,21 +124,21 @@ impl Api {
             return Err(Problem::new(StatusCode::CONFLICT, "order-exists", format!("order {order_id} already exists")));
         }
         let place = PlaceOrder { wagon_id: request.wagon_id, requested_by: request.requested_by, lines: request.lines };
-        self.send(order_id, Command::PlaceOrder(place)).await
+        self.send(order_id, Command::PlaceOrder(place), key).await
     }
 
-    async fn cancel(&self, order_id: &str, body: &[u8]) -> Result<Response, Problem> {
+    async fn cancel(&self, order_id: &str, body: &[u8], key: Option<String>) -> Result<Response, Problem> {
         let request: CancelRequest = parse(body)?;
         check_id("reason", &request.reason)?;
         let command = Command::CancelOrder { reason: request.reason };
         self.check_transition(order_id, &command)?;
-        self.send(order_id.to_string(), command).await
+        self.send(order_id.to_string(), command, key).await
     }
 
-    async fn confirm(&self, order_id: &str) -> Result<Response, Problem> {
+    async fn confirm(&self, order_id: &str, key: Option<String>) -> Result<Response, Problem> {
         let command = Command::ConfirmDelivery {};
         self.check_transition(order_id, &command)?;
-        self.send(order_id.to_string(), command).await
+        self.send(order_id.to_string(), command, key).await
     }
 
     /// Refuses, before anything is sent, a command the view says cannot apply.
@@ -149,8 +153,10 @@ impl Api {
         Ok(())
     }
 
-    async fn send(&self, order_id: String, command: Command) -> Result<Response, Problem> {
-        let envelope = CommandEnvelope::new(uuid::Uuid::new_v4().to_string(), order_id, now_ms(), command);
+    /// Sends a command under the caller's idempotency key, or a new id.
+    async fn send(&self, order_id: String, command: Command, key: Option<String>) -> Result<Response, Problem> {
+        let command_id = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let envelope = CommandEnvelope::new(command_id, order_id, now_ms(), command);
         match self.sender.send(&envelope).await {
             Ok(sent) => Ok(json(
                 StatusCode::ACCEPTED,
@@ -219,6 +225,16 @@ impl Api {
             }),
         )
     }
+}
+
+/// The `Idempotency-Key` header, if any: it becomes the command id, so a client that retries a
+/// command after a lost answer (a timeout, a restart of wagon-lits) sends the same command again,
+/// and dev-materiels applies it once.
+fn idempotency_key(request: &Request) -> Result<Option<String>, Problem> {
+    let Some(value) = request.headers().get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().map_err(|_| Problem::bad_request("Idempotency-Key is not visible ASCII"))?;
+    check_id("Idempotency-Key", key)?;
+    Ok(Some(key.to_string()))
 }
 
 fn internal(err: state::StoreError) -> Problem {

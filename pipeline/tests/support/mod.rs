@@ -52,6 +52,10 @@ pub struct TestEnv {
     pub topics: TopicArgs,
     pub application_id: String,
     pub dir: tempfile::TempDir,
+    /// dev-materiels' preparation and shipping delays (the model's rules assume the defaults).
+    pub timers_ms: (u64, u64),
+    /// Extra arguments for every dev-materiels started from now on.
+    pub dev_args: Vec<String>,
 }
 
 impl TestEnv {
@@ -85,6 +89,8 @@ impl TestEnv {
             topics,
             application_id: format!("dev-materiels-{name}"),
             dir: tempfile::Builder::new().prefix(&format!("rail-test-{name}-")).tempdir().expect("tempdir"),
+            timers_ms: (PREPARE_AFTER_MS, SHIP_AFTER_MS),
+            dev_args: Vec::new(),
         };
         ensure_service_topics(&env.kafka, &env.topics).expect("creating topics");
         env
@@ -142,11 +148,12 @@ impl TestEnv {
             .arg("--state-dir")
             .arg(state_dir)
             .arg("--prepare-after-ms")
-            .arg(PREPARE_AFTER_MS.to_string())
+            .arg(self.timers_ms.0.to_string())
             .arg("--ship-after-ms")
-            .arg(SHIP_AFTER_MS.to_string())
+            .arg(self.timers_ms.1.to_string())
             .arg("--session-timeout-ms")
-            .arg("6000");
+            .arg("6000")
+            .args(&self.dev_args);
         command
     }
 
@@ -372,6 +379,11 @@ impl DevMateriels {
         false
     }
 
+    /// Whether the process has exited by itself (it was neither killed nor stopped here).
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     pub fn assert_running(&mut self) {
         if let Some(child) = &mut self.child {
             if let Ok(Some(status)) = child.try_wait() {
@@ -397,6 +409,21 @@ impl DevMateriels {
             .lines()
             .filter(|l| l.contains("restore complete"))
             .filter_map(|l| Some((field(l, "partition")?.parse().ok()?, field(l, "records")?.parse().ok()?)))
+            .collect()
+    }
+
+    /// The `restore complete` lines this process logged: (partition, records, milliseconds).
+    pub fn restore_times(&self) -> Vec<(i32, u64, u64)> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("restore complete"))
+            .filter_map(|l| {
+                Some((
+                    field(l, "partition")?.parse().ok()?,
+                    field(l, "records")?.parse().ok()?,
+                    field(l, "elapsed_ms")?.parse().ok()?,
+                ))
+            })
             .collect()
     }
 
@@ -568,9 +595,20 @@ pub fn converge_with(
     sent: &[state::CommandEnvelope],
     diffs: impl Fn(&BTreeMap<String, (u64, Option<OrderStatus>)>) -> Vec<String>,
 ) -> model::ModelReport {
+    converge_uncertain(env, sent, &HashSet::new(), diffs)
+}
+
+/// [`converge_with`], where the commands in `uncertain` may or may not have been sent
+/// ([`model::check_uncertain`]).
+pub fn converge_uncertain(
+    env: &TestEnv,
+    sent: &[state::CommandEnvelope],
+    uncertain: &HashSet<String>,
+    diffs: impl Fn(&BTreeMap<String, (u64, Option<OrderStatus>)>) -> Vec<String>,
+) -> model::ModelReport {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        let report = model::check(sent, &env.updates(), &rules());
+        let report = model::check_uncertain(sent, uncertain, &env.updates(), &rules());
         let diffs = diffs(&report.expected);
         let done = report.lost_commands == 0 && report.unsettled == 0 && diffs.is_empty();
         if done || Instant::now() > deadline {

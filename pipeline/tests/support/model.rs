@@ -69,6 +69,18 @@ impl ModelReport {
 /// Checks `updates` (as read from the topic, in offset order per partition) against `commands`
 /// (in the order they were sent).
 pub fn check(commands: &[CommandEnvelope], updates: &[OrderUpdate], rules: &Rules) -> ModelReport {
+    check_uncertain(commands, &HashSet::new(), updates, rules)
+}
+
+/// [`check`], where the commands whose ids are in `uncertain` may or may not have been sent (a
+/// client whose request got no answer, then a refusal on retry): each may be applied once or not
+/// at all, and is counted lost by neither.
+pub fn check_uncertain(
+    commands: &[CommandEnvelope],
+    uncertain: &HashSet<String>,
+    updates: &[OrderUpdate],
+    rules: &Rules,
+) -> ModelReport {
     let mut report = ModelReport { updates_seen: updates.len(), ..ModelReport::default() };
     let mut sent: HashMap<&str, Vec<&CommandEnvelope>> = HashMap::new();
     for c in commands {
@@ -129,6 +141,11 @@ pub fn check(commands: &[CommandEnvelope], updates: &[OrderUpdate], rules: &Rule
                         next_command += 1;
                         match decide(state.as_ref(), c, rules, u.timestamp_ms) {
                             Decision::Nothing => continue,
+                            _ if Some(c.command_id.as_str()) != u.command_id.as_deref()
+                                && uncertain.contains(&c.command_id) =>
+                            {
+                                continue
+                            }
                             decision => {
                                 if Some(c.command_id.as_str()) != u.command_id.as_deref() {
                                     report.lost_commands += 1;
@@ -170,6 +187,9 @@ pub fn check(commands: &[CommandEnvelope], updates: &[OrderUpdate], rules: &Rule
         }
         // What is left must change nothing.
         for c in &commands[next_command..] {
+            if uncertain.contains(&c.command_id) {
+                continue;
+            }
             if let Decision::Update { state: next, .. } = decide(state.as_ref(), c, rules, u64::MAX / 2) {
                 report.lost_commands += 1;
                 report.note(format!("{order}: command {} was never applied", c.command_id));
