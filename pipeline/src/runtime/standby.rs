@@ -25,6 +25,9 @@ use state::{OrderStore, StoreOptions};
 use super::stream_thread::RestoreContext;
 use super::{KafkaContext, RuntimeError, StreamConfig};
 
+/// Changelog records (key, value; `None` a tombstone) read for one partition.
+type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// Changelog records applied per call of [`Standbys::poll`], at most.
 const MAX_PER_POLL: usize = 2_000;
 
@@ -96,7 +99,7 @@ impl Standbys {
         if self.stores.is_empty() {
             return Ok(0);
         }
-        let mut batches: HashMap<i32, (Vec<(Vec<u8>, Option<Vec<u8>>)>, i64)> = HashMap::new();
+        let mut batches: HashMap<i32, (Records, i64)> = HashMap::new();
         let mut read = 0;
         while read < MAX_PER_POLL {
             match self.consumer.poll(Duration::ZERO) {

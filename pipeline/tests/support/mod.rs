@@ -412,6 +412,14 @@ impl DevMateriels {
             .collect()
     }
 
+    /// The partitions of the last assignment this process logged.
+    pub fn assigned(&self) -> Vec<i32> {
+        let text = self.log_text();
+        let Some(line) = text.lines().filter(|l| l.contains("partitions assigned")).last() else { return Vec::new() };
+        let list = line.rsplit_once('[').and_then(|(_, rest)| rest.split_once(']')).map_or("", |(list, _)| list);
+        list.split(',').filter_map(|p| p.trim().parse().ok()).collect()
+    }
+
     /// The `restore complete` lines this process logged: (partition, records, milliseconds).
     pub fn restore_times(&self) -> Vec<(i32, u64, u64)> {
         self.log_text()
