@@ -63,7 +63,8 @@ fn measure(standby: bool, orders: usize) -> Measure {
     loop {
         let (owned_a, owned_b) = (a.assigned(), b.assigned());
         let owned: BTreeSet<i32> = owned_a.iter().chain(owned_b.iter()).copied().collect();
-        if owned.len() == PARTITIONS as usize && owned_a.len() + owned_b.len() == PARTITIONS as usize {
+        let shared = !owned_a.is_empty() && !owned_b.is_empty();
+        if shared && owned.len() == PARTITIONS as usize && owned_a.len() + owned_b.len() == PARTITIONS as usize {
             break;
         }
         a.assert_running();

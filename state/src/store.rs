@@ -16,7 +16,12 @@
 //!
 //! With the outbox, the store may be ahead of its changelog (never behind what it acknowledged):
 //! a restore therefore never replaces a state with an older version, and drops the outbox
-//! entries that the changelog shows were published.
+//! entries that the changelog shows were published (their command is in a state it holds).
+//!
+//! One case breaks "ahead": another instance owned the partition meanwhile, and the changelog
+//! holds a history of the order that never saw an outbox entry's command. Then that history wins:
+//! the restore takes it, and marks the order's outbox entries *superseded*; their commands are
+//! decided again, on the changelog's state, by the next transaction.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,13 +30,21 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Op
 
 use serde::{Deserialize, Serialize};
 
-use crate::order::{OrderState, OrderUpdate, Timer};
+use crate::order::{CommandEnvelope, OrderState, OrderUpdate, Timer};
 
 /// A decision taken over HTTP, waiting to be published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
     pub update: OrderUpdate,
     pub state: OrderState,
+    /// The command that was decided, to decide again if the entry is superseded, or to hand to
+    /// the partition's new owner.
+    #[serde(default)]
+    pub command: Option<CommandEnvelope>,
+    /// The changelog holds another history of this order: publish nothing, decide the command
+    /// again.
+    #[serde(default)]
+    pub superseded: bool,
 }
 
 const CF_ORDERS: &str = "orders";
@@ -294,13 +307,15 @@ impl OrderStore {
     /// Applies changelog records read during a restore: `records` are (key, value) in changelog
     /// order, a `None` value being a tombstone; `next_position` is the offset after the last one.
     /// A record older than the stored state (the store got ahead through the outbox) is skipped;
-    /// outbox entries the records show as published are dropped. Returns how many records were
-    /// read.
+    /// outbox entries the records show as published are dropped; a record of another history
+    /// (see the module's documentation) replaces the state and supersedes the order's entries.
+    /// Returns how many records were read.
     pub fn restore(&self, records: &[(Vec<u8>, Option<Vec<u8>>)], next_position: i64) -> Result<usize, StoreError> {
         let mut batch = StoreBatch::new();
         // State as this batch leaves it, for keys it touched twice: (version, timer).
         let mut in_batch: HashMap<&[u8], Option<(u64, Option<Timer>)>> = HashMap::new();
-        let outbox = if records.is_empty() { Vec::new() } else { self.outbox()? };
+        let mut outbox = if records.is_empty() { Vec::new() } else { self.outbox()? };
+        let mut changed_entries = std::collections::BTreeSet::new();
         for (key, value) in records {
             let order_id = String::from_utf8_lossy(key);
             let current = match in_batch.get(key.as_slice()) {
@@ -315,12 +330,29 @@ impl OrderStore {
                         key: order_id.to_string(),
                         reason: format!("changelog record: {e}"),
                     })?;
-                    for (seq, entry) in &outbox {
-                        if entry.state.order_id == state.order_id && entry.state.version <= state.version {
+                    let mut other_history = false;
+                    for (seq, entry) in outbox.iter_mut() {
+                        if entry.state.order_id != state.order_id || entry.superseded {
+                            continue;
+                        }
+                        let applied = entry.update.command_id.as_deref().is_some_and(|c| state.has_seen(c));
+                        if applied && entry.state.version <= state.version {
                             self.delete_outbox(&mut batch, *seq)?;
+                            entry.superseded = true; // gone; not to be looked at again
+                            changed_entries.remove(seq);
+                        } else if !applied && entry.state.version <= state.version {
+                            other_history = true;
                         }
                     }
-                    if current.is_some_and(|(version, _)| version > state.version) {
+                    if other_history {
+                        for (seq, entry) in outbox.iter_mut() {
+                            if entry.state.order_id == state.order_id && !entry.superseded {
+                                entry.superseded = true;
+                                changed_entries.insert(*seq);
+                            }
+                        }
+                    }
+                    if !other_history && current.is_some_and(|(version, _)| version > state.version) {
                         continue;
                     }
                     self.put(&mut batch, &state, bytes, old_timer)?;
@@ -330,6 +362,11 @@ impl OrderStore {
                     self.delete(&mut batch, &order_id, old_timer)?;
                     in_batch.insert(key.as_slice(), None);
                 }
+            }
+        }
+        for (seq, entry) in &outbox {
+            if changed_entries.contains(seq) {
+                self.put_outbox(&mut batch, *seq, entry)?;
             }
         }
         batch.set_position(next_position);
@@ -430,18 +467,32 @@ mod tests {
         for v in [3, 4] {
             let s = state("a", v, None);
             store.put(&mut batch, &s, &encode_state(&s), None).expect("put");
-            store.put_outbox(&mut batch, v, &OutboxEntry { update: update(v), state: s }).expect("outbox");
+            let entry = OutboxEntry { update: update(v), state: s, command: None, superseded: false };
+            store.put_outbox(&mut batch, v, &entry).expect("outbox");
         }
         store.write(batch).expect("write");
-        // The changelog holds v2 (older) and v3 (published from the outbox).
+        // The changelog holds v2 (older) and v3 (published from the outbox: it has seen c3).
+        let published = OrderState { seen_commands: vec!["c3".into()], ..state("a", 3, None) };
         let records = vec![
             (b"a".to_vec(), Some(encode_state(&state("a", 2, None)))),
-            (b"a".to_vec(), Some(encode_state(&state("a", 3, None)))),
+            (b"a".to_vec(), Some(encode_state(&published))),
         ];
         store.restore(&records, 10).expect("restore");
         assert_eq!(store.get("a").expect("get").map(|s| s.version), Some(4), "the store never goes back");
         let left: Vec<u64> = store.outbox().expect("outbox").into_iter().map(|(seq, _)| seq).collect();
         assert_eq!(left, vec![4], "v3 was published, v4 was not");
+
+        // Another instance owned the partition meanwhile, from v3: its v4 never saw c4. Its
+        // history wins, and the order's entry is superseded (to be decided again).
+        let other = OrderState { seen_commands: vec!["c3".into(), "d4".into()], ..state("a", 4, None) };
+        store.restore(&[(b"a".to_vec(), Some(encode_state(&other)))], 11).expect("restore");
+        assert_eq!(store.get("a").expect("get"), Some(other.clone()), "the changelog's history replaces the store's");
+        let left: Vec<(u64, bool)> =
+            store.outbox().expect("outbox").into_iter().map(|(seq, e)| (seq, e.superseded)).collect();
+        assert_eq!(left, vec![(4, true)]);
+        // Older records of that history do not undo it.
+        store.restore(&[(b"a".to_vec(), Some(encode_state(&published)))], 12).expect("restore");
+        assert_eq!(store.get("a").expect("get"), Some(other));
     }
 
     #[test]

@@ -517,6 +517,29 @@ impl Engine {
         self.txn.as_ref().is_some_and(|t| t.phase != Phase::Open)
     }
 
+    /// Stores of partitions this instance no longer owns that still hold decisions taken over
+    /// HTTP, never published (it lost the partition while Kafka was away, or died before it could
+    /// publish and the partition went elsewhere): the commands go back to `orders`, for the owner
+    /// to decide (a command it has already applied changes nothing), and the local copy is
+    /// dropped, to be restored afresh if the partition comes back.
+    fn hand_over_orphans(&mut self, assigned: &[i32]) {
+        let standby: BTreeSet<i32> = self.standbys.as_ref().map(|s| s.partitions().into_iter().collect()).unwrap_or_default();
+        for partition in 0..self.partitions {
+            if assigned.contains(&partition) || standby.contains(&partition) || self.tasks.contains_key(&partition) {
+                continue;
+            }
+            let dir = self.config.state_dir.join(format!("partition-{partition}"));
+            if !dir.exists() {
+                continue;
+            }
+            match hand_over(&self.config, &dir) {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(partition, commands = n, "partition owned elsewhere now: its unpublished HTTP decisions were handed over to orders as commands, and the local copy dropped"),
+                Err(err) => tracing::warn!(partition, error = %err, "could not hand over the unpublished HTTP decisions of a partition owned elsewhere; trying again at the next rebalance"),
+            }
+        }
+    }
+
     /// Standby copies of every partition not processed here (nor waiting for a restore, nor
     /// kept detached).
     fn refresh_standbys(&mut self) {
@@ -643,8 +666,9 @@ impl Engine {
         self.producer.begin_transaction().context("beginning a transaction")?;
         self.txn = Some(Txn { phase: Phase::Open, first_offsets: BTreeMap::new() });
         let mut drained = Vec::new();
+        let now = now_ms();
         for (partition, task) in &mut self.tasks {
-            for output in task.drain_outbox() {
+            for output in task.drain_outbox(&self.config.rules, now)? {
                 drained.push((*partition, output));
             }
         }
@@ -992,6 +1016,12 @@ impl Engine {
             return;
         }
         tracing::info!(?partitions, "partitions revoked: settling the open transaction");
+        // Decisions taken over HTTP go out with it, before another member owns their partitions.
+        if partitions.iter().any(|p| self.tasks.get(p).is_some_and(|t| t.outbox_len() > 0)) {
+            if let Err(err) = self.begin() {
+                tracing::error!(error = %err, "could not publish the outbox before the partitions were revoked");
+            }
+        }
         match self.settle(consumer, SETTLE_TIMEOUT) {
             Ok(Settled::Yes) => {}
             Ok(Settled::NotYet) => {
@@ -1024,11 +1054,42 @@ impl Engine {
             self.tasks.remove(&partition);
         }
         self.detached.clear();
+        self.hand_over_orphans(partitions);
         self.to_restore.extend(partitions.iter().copied());
         // Before the restores open their stores: a standby copy of an assigned partition closes.
         self.refresh_standbys();
         self.update_gauges();
     }
+}
+
+/// Sends the commands of the outbox in the store at `dir` back to `orders`, then deletes the
+/// store. Returns how many commands were sent.
+fn hand_over(config: &StreamConfig, dir: &std::path::Path) -> Result<usize, RuntimeError> {
+    let commands: Vec<state::CommandEnvelope> = {
+        let store = state::OrderStore::open(dir, &config.store)?;
+        let outbox = store.outbox()?;
+        if outbox.is_empty() {
+            return Ok(0);
+        }
+        outbox.into_iter().filter_map(|(_, entry)| entry.command).collect()
+    };
+    let failed = |e: &dyn std::fmt::Display| RuntimeError::Config(format!("handing over to orders: {e}"));
+    let producer =
+        crate::wagon_lits::CommandProducer::new(&config.kafka, &config.topics.orders_topic, KAFKA_CALL_TIMEOUT)
+            .map_err(|e| failed(&e))?;
+    let mut deliveries = Vec::with_capacity(commands.len());
+    for command in &commands {
+        deliveries.push(producer.send(command).map_err(|e| failed(&e))?);
+    }
+    for delivery in futures::executor::block_on(futures::future::join_all(deliveries)) {
+        match delivery {
+            Ok(Ok(_)) => {}
+            Ok(Err((err, _))) => return Err(failed(&err)),
+            Err(_) => return Err(failed(&"delivery cancelled")),
+        }
+    }
+    std::fs::remove_dir_all(dir).map_err(|e| RuntimeError::Config(format!("removing {}: {e}", dir.display())))?;
+    Ok(commands.len())
 }
 
 /// Sends a record, waiting while the producer's queue is full.

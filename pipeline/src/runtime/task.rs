@@ -105,7 +105,7 @@ impl Task {
             return Ok(Direct::Nothing);
         };
         let seq = self.outbox.keys().next_back().map_or(1, |last| last + 1);
-        let entry = OutboxEntry { update: update.clone(), state };
+        let entry = OutboxEntry { update: update.clone(), state, command: Some(envelope.clone()), superseded: false };
         let mut batch = StoreBatch::new();
         self.store.put(&mut batch, &entry.state, &encode_state(&entry.state), old_timer)?;
         self.store.put_outbox(&mut batch, seq, &entry)?;
@@ -116,15 +116,27 @@ impl Task {
     }
 
     /// The outbox entries not yet in a transaction, in order, marked as now in the open one.
-    pub fn drain_outbox(&mut self) -> Vec<Output> {
+    /// A superseded entry (the changelog holds another history of its order, written by another
+    /// owner) publishes nothing of its own: its command is decided again, on that history.
+    pub fn drain_outbox(&mut self, rules: &Rules, now_ms: u64) -> Result<Vec<Output>, StoreError> {
         let mut out = Vec::new();
-        for (seq, entry) in &self.outbox {
-            if !self.outbox_in_txn.contains(seq) {
-                self.outbox_in_txn.push(*seq);
+        let waiting: Vec<u64> = self.outbox.keys().filter(|seq| !self.outbox_in_txn.contains(seq)).copied().collect();
+        for seq in waiting {
+            self.outbox_in_txn.push(seq);
+            let Some(entry) = self.outbox.get(&seq) else { continue };
+            if !entry.superseded {
                 out.push(Output { update: entry.update.clone(), state: encode_state(&entry.state) });
+                continue;
+            }
+            match entry.command.clone() {
+                Some(command) => {
+                    tracing::warn!(partition = self.partition, order_id = %command.order_id, command_id = %command.command_id, "a decision taken over HTTP was superseded by another owner's; deciding its command again");
+                    out.extend(self.process(&command, rules, now_ms)?);
+                }
+                None => tracing::error!(partition = self.partition, order_id = %entry.update.order_id, "a superseded outbox entry has no command to decide again; dropped"),
             }
         }
-        out
+        Ok(out)
     }
 
     /// Whether the open transaction carries anything of this task's to write after the commit.
@@ -217,5 +229,55 @@ impl Task {
         self.pending.clear();
         self.outbox_in_txn.clear();
         self.reload()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use state::{Catalogue, Command, Decision, OrderLine, Outcome, PlaceOrder};
+
+    fn rules() -> Rules {
+        Rules {
+            catalogue: Catalogue::default(),
+            prepare_after: std::time::Duration::from_secs(60),
+            ship_after: std::time::Duration::from_secs(60),
+        }
+    }
+
+    fn place(command_id: &str, quantity: u32) -> CommandEnvelope {
+        let order = PlaceOrder {
+            wagon_id: "WL-1".into(),
+            requested_by: "agent".into(),
+            lines: vec![OrderLine { sku: state::catalogue::DEFAULT_SKUS[0].into(), quantity }],
+        };
+        CommandEnvelope::new(command_id, "ORD-1", 1, Command::PlaceOrder(order))
+    }
+
+    #[test]
+    fn a_decision_superseded_by_another_owner_is_decided_again_on_its_history() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut task = Task::open(0, dir.path(), &StoreOptions::default()).expect("open");
+        let rules = rules();
+        // Over HTTP, this instance placed the order (c1) while Kafka was away.
+        assert!(matches!(task.process_direct(&place("c1", 2), &rules, 10).expect("direct"), Direct::Applied(_)));
+        assert_eq!(task.outbox_len(), 1);
+        // Meanwhile another owner placed it with other content (d1): that is the changelog's history.
+        let Decision::Update { state: other, .. } = state::decide(None, &place("d1", 5), &rules, 20) else {
+            panic!("d1 places the order")
+        };
+        task.store().restore(&[(b"ORD-1".to_vec(), Some(encode_state(&other)))], 7).expect("restore");
+        task.reload().expect("reload");
+        assert_eq!(task.query("ORD-1").expect("query"), Some(other));
+        // The next transaction publishes no update of c1's own: it decides c1 again, on d1's
+        // state, where it is a conflicting PlaceOrder, refused at version 2.
+        let out = task.drain_outbox(&rules, 30).expect("drain");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].update.version, 2);
+        assert_eq!(out[0].update.command_id.as_deref(), Some("c1"));
+        assert_eq!(out[0].update.outcome, Outcome::Refused);
+        task.flush(8).expect("flush");
+        assert_eq!(task.outbox_len(), 0);
+        assert!(task.store().outbox().expect("outbox").is_empty());
     }
 }

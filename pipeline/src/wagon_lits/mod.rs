@@ -116,9 +116,11 @@ pub struct WagonLitsArgs {
     /// Where the view lives.
     #[arg(long, env = "STATE_DIR", default_value = "./state/wagon-lits")]
     pub state_dir: PathBuf,
-    /// Base URL of dev-materiels' HTTP endpoint, used when Kafka is unreachable.
-    #[arg(long, env = "DEV_MATERIELS_URL")]
-    pub dev_materiels_url: Option<String>,
+    /// Base URLs of dev-materiels' HTTP endpoints (comma-separated, one per instance), used when
+    /// Kafka is unreachable. A command goes to the instance that owns its partition: the others
+    /// answer "not owner" and the next URL is tried.
+    #[arg(long, env = "DEV_MATERIELS_URL", value_delimiter = ',')]
+    pub dev_materiels_url: Vec<String>,
     /// How long a command may wait for Kafka before it goes over HTTP instead.
     #[arg(long, env = "DELIVERY_TIMEOUT_MS", default_value_t = 2_000)]
     pub delivery_timeout_ms: u64,
@@ -152,10 +154,12 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
     let delivery_timeout = Duration::from_millis(args.delivery_timeout_ms);
     let producer = CommandProducer::new(&args.kafka, &args.topics.orders_topic, delivery_timeout)?;
     let token = args.http.secret().context("loading the token")?;
-    let fallback = args
-        .dev_materiels_url
-        .clone()
-        .map(|url| (url, http_fallback::Client::new(token.clone(), Duration::from_millis(args.fallback_timeout_ms))));
+    let fallback = (!args.dev_materiels_url.is_empty()).then(|| {
+        (
+            args.dev_materiels_url.clone(),
+            http_fallback::Client::new(token.clone(), Duration::from_millis(args.fallback_timeout_ms)),
+        )
+    });
     let sender = Arc::new(CommandSender::new(producer, delivery_timeout, fallback, Arc::clone(&view)));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

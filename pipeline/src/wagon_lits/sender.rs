@@ -209,7 +209,8 @@ pub struct CommandSender {
     producer: CommandProducer,
     delivery_timeout: Duration,
     client: Option<http_fallback::Client>,
-    dev_materiels_url: Option<String>,
+    /// dev-materiels' instances, by base URL.
+    dev_materiels_urls: Vec<String>,
     view: Arc<ViewStore>,
     pub breaker: Arc<Breaker>,
     pub metrics: SenderMetrics,
@@ -219,18 +220,20 @@ impl CommandSender {
     pub fn new(
         producer: CommandProducer,
         delivery_timeout: Duration,
-        dev_materiels: Option<(String, http_fallback::Client)>,
+        dev_materiels: Option<(Vec<String>, http_fallback::Client)>,
         view: Arc<ViewStore>,
     ) -> CommandSender {
-        let (dev_materiels_url, client) = match dev_materiels {
-            Some((url, client)) => (Some(url.trim_end_matches('/').to_string()), Some(client)),
-            None => (None, None),
+        let (dev_materiels_urls, client) = match dev_materiels {
+            Some((urls, client)) => {
+                (urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect(), Some(client))
+            }
+            None => (Vec::new(), None),
         };
         CommandSender {
             producer,
             delivery_timeout,
             client,
-            dev_materiels_url,
+            dev_materiels_urls,
             view,
             breaker: Arc::new(Breaker::default()),
             metrics: SenderMetrics::default(),
@@ -273,16 +276,18 @@ impl CommandSender {
     }
 
     async fn via_http(&self, envelope: &CommandEnvelope) -> Result<Sent, SendError> {
-        let (Some(client), Some(base)) = (&self.client, &self.dev_materiels_url) else {
+        let Some(client) = self.client.as_ref().filter(|_| !self.dev_materiels_urls.is_empty()) else {
             return Err(SendError::Unavailable("Kafka is unreachable and no --dev-materiels-url is set".into()));
         };
-        let url = format!("{base}/v1/commands");
         let body = serde_json::to_vec(envelope).unwrap_or_default();
         let mut last = String::new();
-        for attempt in 0..6u64 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+        // Each round asks every instance in turn; only the owner of the partition takes it.
+        for (attempt, base) in self.dev_materiels_urls.iter().cycle().take(6 * self.dev_materiels_urls.len()).enumerate() {
+            let round = (attempt / self.dev_materiels_urls.len()) as u64;
+            if round > 0 && attempt % self.dev_materiels_urls.len() == 0 {
+                tokio::time::sleep(Duration::from_millis(100 * round)).await;
             }
+            let url = format!("{base}/v1/commands");
             match client.post_json(&url, body.clone()).await {
                 Ok((StatusCode::OK, bytes)) => {
                     let reply: DirectReply = serde_json::from_slice(&bytes)
