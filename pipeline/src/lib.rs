@@ -7,6 +7,7 @@
 //! - [`workload`]: reproducible order traffic for the demo, tests and benches;
 //! - [`demo`]: the whole flow in one process.
 
+pub mod dead_letters;
 pub mod demo;
 pub mod dev_materiels;
 pub mod http_args;

@@ -101,6 +101,58 @@ fn poison_messages_go_to_the_dead_letter_topic_with_their_reason() {
     assert!(reasons.iter().any(|r| r.contains("Teleport")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("missing field")), "{reasons:?}");
 
+    // An operator lists the dead letters, fails to replay one as it is, and replays it fixed.
+    let wagon_lits = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wagon-lits"))
+            .args(args)
+            .args(["--brokers", &env.kafka.brokers])
+            .output()
+            .expect("running wagon-lits dlq")
+    };
+    let listed = wagon_lits(&["dlq", "list", "--limit", "100"]);
+    assert!(listed.status.success(), "dlq list: {}", String::from_utf8_lossy(&listed.stderr));
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(listed.len(), bad_count, "dlq list shows every dead letter");
+    let mut listed_kinds: Vec<&str> = listed.iter().map(|l| l["kind"].as_str().unwrap_or_default()).collect();
+    let mut sent_kinds: Vec<&str> = expected.values().map(|(kind, _)| *kind).collect();
+    listed_kinds.sort_unstable();
+    sent_kinds.sort_unstable();
+    assert_eq!(listed_kinds, sent_kinds);
+    let bad_2 = letters.iter().find(|l| l.key.as_deref() == Some(b"BAD-2".as_slice())).expect("BAD-2's dead letter");
+    let offset = bad_2.offset.to_string();
+    let partition = bad_2.partition.to_string();
+    let as_is = wagon_lits(&["dlq", "replay", "--partition", &partition, "--offset", &offset]);
+    let as_is_err = String::from_utf8_lossy(&as_is.stderr);
+    assert!(!as_is.status.success(), "a dead letter still invalid is not replayed");
+    assert!(as_is_err.contains("still not a valid command") && as_is_err.contains("99"), "{as_is_err}");
+    let fixed = state::CommandEnvelope {
+        order_id: "DLQ-FIXED-2".into(),
+        command_id: "DLQ-FIXED-2:c".into(),
+        schema_version: 1,
+        ..before[0].clone()
+    };
+    let fixed_file = env.dir.path().join("fixed.json");
+    std::fs::write(&fixed_file, serde_json::to_vec(&fixed).expect("json")).expect("write the fix");
+    let fixed_file = fixed_file.to_string_lossy().into_owned();
+    let replayed =
+        wagon_lits(&["dlq", "replay", "--partition", &partition, "--offset", &offset, "--value-file", &fixed_file]);
+    let replayed_out = String::from_utf8_lossy(&replayed.stdout);
+    assert!(replayed.status.success(), "dlq replay: {}", String::from_utf8_lossy(&replayed.stderr));
+    assert!(replayed_out.contains("DLQ-FIXED-2"), "{replayed_out}");
+    assert!(view.wait_until(&["DLQ-FIXED-2".to_string()], Duration::from_secs(60), settled).is_empty());
+    let on_orders = env.read_all(&env.topics.orders_topic);
+    let copy =
+        on_orders.iter().find(|r| r.key.as_deref() == Some(b"DLQ-FIXED-2".as_slice())).expect("the replayed record");
+    assert_eq!(
+        copy.headers[pipeline::dead_letters::REPLAYED_FROM],
+        format!("{}/{partition}/{offset}", env.topics.dlq_topic)
+    );
+    let mut good = good.clone();
+    good.push(fixed);
+
     dev.assert_running();
     let report = converge(&env, &view, &good);
     dev.terminate();

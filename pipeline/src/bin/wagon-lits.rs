@@ -118,6 +118,43 @@ enum Cmd {
         #[command(flatten)]
         view: ViewDir,
     },
+    /// The dead-letter topic: list its records with their reasons, or replay one to `orders`.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCmd {
+    /// List the last dead letters, as JSON lines: where each is, why it was refused, where it
+    /// came from, and its key and value (cut to 200 characters).
+    List {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        topics: TopicArgs,
+        /// How many of the last records of each partition.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Replay one dead letter to `orders`, as it is or with a fixed value. It must decode as a
+    /// valid command now; it is keyed by its order id and carries a `dlq.replayed.from` header.
+    Replay {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        topics: TopicArgs,
+        /// Partition of the dead letter.
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        /// Offset of the dead letter (from `dlq list`).
+        #[arg(long)]
+        offset: i64,
+        /// A file with the fixed value (a command as JSON) to send instead of the original.
+        #[arg(long)]
+        value_file: Option<PathBuf>,
+    },
 }
 
 fn parse_line(s: &str) -> Result<OrderLine, String> {
@@ -198,6 +235,43 @@ fn run(command: Cmd) -> anyhow::Result<()> {
                 }
                 println!("the rebuilt view equals the live one");
             }
+            Ok(())
+        }
+        Cmd::Dlq { command: DlqCmd::List { kafka, topics, limit } } => {
+            kafka.check(Duration::from_secs(15))?;
+            for letter in pipeline::dead_letters::list(&kafka, &topics.dlq_topic, limit)? {
+                let (key, value) = letter.preview(200);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "partition": letter.partition,
+                        "offset": letter.offset,
+                        "kind": letter.kind(),
+                        "error": letter.error(),
+                        "source": letter.source(),
+                        "key": key,
+                        "value": value,
+                    })
+                );
+            }
+            Ok(())
+        }
+        Cmd::Dlq { command: DlqCmd::Replay { kafka, topics, partition, offset, value_file } } => {
+            kafka.check(Duration::from_secs(15))?;
+            let letter = pipeline::dead_letters::fetch(&kafka, &topics.dlq_topic, partition, offset)?;
+            let fixed = match &value_file {
+                Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+                None => None,
+            };
+            let replayed = pipeline::dead_letters::replay(
+                &kafka,
+                &topics.dlq_topic,
+                &topics.orders_topic,
+                &letter,
+                fixed.as_deref(),
+            )
+            .with_context(|| format!("replaying {}/{partition}/{offset}", topics.dlq_topic))?;
+            println!("{}", serde_json::to_string(&replayed)?);
             Ok(())
         }
         Cmd::Counts { view } => {

@@ -523,7 +523,8 @@ impl Engine {
     /// to decide (a command it has already applied changes nothing), and the local copy is
     /// dropped, to be restored afresh if the partition comes back.
     fn hand_over_orphans(&mut self, assigned: &[i32]) {
-        let standby: BTreeSet<i32> = self.standbys.as_ref().map(|s| s.partitions().into_iter().collect()).unwrap_or_default();
+        let standby: BTreeSet<i32> =
+            self.standbys.as_ref().map(|s| s.partitions().into_iter().collect()).unwrap_or_default();
         for partition in 0..self.partitions {
             if assigned.contains(&partition) || standby.contains(&partition) || self.tasks.contains_key(&partition) {
                 continue;

@@ -133,7 +133,9 @@ impl Task {
                     tracing::warn!(partition = self.partition, order_id = %command.order_id, command_id = %command.command_id, "a decision taken over HTTP was superseded by another owner's; deciding its command again");
                     out.extend(self.process(&command, rules, now_ms)?);
                 }
-                None => tracing::error!(partition = self.partition, order_id = %entry.update.order_id, "a superseded outbox entry has no command to decide again; dropped"),
+                None => {
+                    tracing::error!(partition = self.partition, order_id = %entry.update.order_id, "a superseded outbox entry has no command to decide again; dropped")
+                }
             }
         }
         Ok(out)

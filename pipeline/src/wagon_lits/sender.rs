@@ -224,9 +224,7 @@ impl CommandSender {
         view: Arc<ViewStore>,
     ) -> CommandSender {
         let (dev_materiels_urls, client) = match dev_materiels {
-            Some((urls, client)) => {
-                (urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect(), Some(client))
-            }
+            Some((urls, client)) => (urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect(), Some(client)),
             None => (Vec::new(), None),
         };
         CommandSender {
@@ -282,7 +280,9 @@ impl CommandSender {
         let body = serde_json::to_vec(envelope).unwrap_or_default();
         let mut last = String::new();
         // Each round asks every instance in turn; only the owner of the partition takes it.
-        for (attempt, base) in self.dev_materiels_urls.iter().cycle().take(6 * self.dev_materiels_urls.len()).enumerate() {
+        for (attempt, base) in
+            self.dev_materiels_urls.iter().cycle().take(6 * self.dev_materiels_urls.len()).enumerate()
+        {
             let round = (attempt / self.dev_materiels_urls.len()) as u64;
             if round > 0 && attempt % self.dev_materiels_urls.len() == 0 {
                 tokio::time::sleep(Duration::from_millis(100 * round)).await;
