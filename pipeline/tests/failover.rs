@@ -31,6 +31,9 @@ const PARTITIONS: i32 = 4;
 
 struct Measure {
     pause: Duration,
+    /// From the kill to the survivor's new assignment: the group noticing (the session timeout,
+    /// counted from the dead member's last heartbeat).
+    detected: Duration,
     /// Changelog records the survivor read to take over, and how long that took (the restores
     /// of its new partitions run one after the other).
     restored_records: u64,
@@ -101,10 +104,14 @@ fn measure(standby: bool, orders: usize) -> Measure {
     a.kill();
     let mut sent = 0;
     let mut pending = Vec::new();
+    let mut detected = None;
     let pause = loop {
         if sent < probes.len() {
             pending.push(producer.send(&probes[sent]).expect("queue a probe"));
             sent += 1;
+        }
+        if detected.is_none() && b.assigned().iter().any(|p| a_partitions.contains(p)) {
+            detected = Some(killed.elapsed());
         }
         if watcher.poll(Duration::from_millis(10)).iter().any(|id| id.starts_with("PROBE-")) {
             break killed.elapsed();
@@ -128,6 +135,7 @@ fn measure(standby: bool, orders: usize) -> Measure {
     b.terminate();
     Measure {
         pause,
+        detected: detected.unwrap_or(pause),
         restored_records: taken_over.iter().map(|(_, r, _)| r).sum(),
         restore_ms: taken_over.iter().map(|(_, _, ms)| ms).sum(),
         fill_seconds,
@@ -197,8 +205,10 @@ fn failover_pause_with_and_without_standby_copies() {
     let warm = measure(true, orders);
     for (label, m) in [("without standby", &cold), ("with standby", &warm)] {
         eprintln!(
-            "failover: orders={orders} {label}: pause={} ms (session timeout 6000 ms + takeover), survivor restored {} records in {} ms (fill took {:.1} s)",
+            "failover: orders={orders} {label}: pause={} ms = detection {} ms (session timeout 6000 ms after the last heartbeat) + takeover {} ms; survivor restored {} records in {} ms (fill took {:.1} s)",
             m.pause.as_millis(),
+            m.detected.as_millis(),
+            (m.pause - m.detected).as_millis(),
             m.restored_records,
             m.restore_ms,
             m.fill_seconds

@@ -415,7 +415,7 @@ impl DevMateriels {
     /// The partitions of the last assignment this process logged.
     pub fn assigned(&self) -> Vec<i32> {
         let text = self.log_text();
-        let Some(line) = text.lines().filter(|l| l.contains("partitions assigned")).last() else { return Vec::new() };
+        let Some(line) = text.lines().rev().find(|l| l.contains("partitions assigned")) else { return Vec::new() };
         let list = line.rsplit_once('[').and_then(|(_, rest)| rest.split_once(']')).map_or("", |(list, _)| list);
         list.split(',').filter_map(|p| p.trim().parse().ok()).collect()
     }
