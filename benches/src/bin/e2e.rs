@@ -1,0 +1,675 @@
+//! The end-to-end bench, on a real single-node Kafka broker (started here unless `--brokers` is
+//! given): for each contender, N orders are placed on `orders` as fast as the broker takes them,
+//! then the contender processes them under exactly-once into `order-updates`, and wagon-lits
+//! materialises them into its view. The contenders:
+//!
+//! - `rust`: dev-materiels, this project;
+//! - `passthrough`: the ceiling, a consume-transform-produce loop under the same transactions and
+//!   commit interval, with no state and no logic (`src/bin/passthrough.rs`);
+//! - `streams`: the peer, the same topology with Apache Kafka Streams (`peers/kafka-streams/`).
+//!
+//! Reported per contender: sustained throughput (committed by the processor, and in the view),
+//! the CPU seconds per million orders and the peak RSS of the processor and of the view, and the
+//! end-to-end latency (command produced → its update committed on `order-updates`, where the view
+//! reads it) p50/p99/p999 at fixed offered rates. `--check` verifies that every order got exactly
+//! one update and exits non-zero otherwise. Timings are reported, never asserted.
+//!
+//! ```text
+//! bash scripts/bench.sh                  # builds everything, then runs this with its defaults
+//! target/release/e2e --orders 20000 --rates 2000 --latency-seconds 3 --check
+//! ```
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use comfy_table::Table;
+use kafka_harness::{Cluster, ClusterConfig};
+use pipeline::kafka_config::KafkaArgs;
+use pipeline::topics::{ensure_topics, TopicSpec};
+use pipeline::wagon_lits::CommandProducer;
+use pipeline::workload::{Mix, Workload};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+/// End-to-end throughput, CPU, memory and latency of dev-materiels beside a pass-through ceiling
+/// and a Kafka Streams peer, on a real broker.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Orders placed for the throughput run.
+    #[arg(long, default_value_t = 1_000_000)]
+    orders: usize,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Offered rates of the latency runs, in orders per second.
+    #[arg(long, value_delimiter = ',', default_values_t = [5_000u64, 20_000])]
+    rates: Vec<u64>,
+    /// Length of each latency run.
+    #[arg(long, default_value_t = 20)]
+    latency_seconds: u64,
+    /// Contenders to run, among rust, passthrough, streams.
+    #[arg(long, value_delimiter = ',', default_values_t = ["rust".to_string(), "passthrough".to_string(), "streams".to_string()])]
+    contenders: Vec<String>,
+    /// A broker to use; a single-node broker is started (from the Maven jars) otherwise.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Commit interval of every contender.
+    #[arg(long, default_value_t = 100)]
+    commit_interval_ms: u64,
+    /// Java heap of the Kafka Streams peer (-Xmx).
+    #[arg(long, default_value = "1g")]
+    peer_heap: String,
+    /// Check that every order got exactly one update; exit non-zero otherwise.
+    #[arg(long)]
+    check: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+const TOKEN: &str = "bench-token";
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A service process, its log, and its resource use read from /proc.
+struct Service {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    fn spawn(name: &str, mut command: Command, dir: &Path) -> anyhow::Result<Service> {
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log)?;
+        command.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).env("RAIL_TOKEN", TOKEN);
+        let child = command.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Service { name: name.to_string(), child, log })
+    }
+
+    /// User + system CPU seconds so far (/proc/<pid>/stat, in USER_HZ = 100 ticks a second).
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        (ticks(11) + ticks(12)) as f64 / 100.0
+    }
+
+    /// Peak resident set size so far, in MiB (VmHWM).
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            bail!(
+                "{} exited with {status}; its log ends:\n{}",
+                self.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    fn stop(mut self) {
+        let _ = nix_kill(self.child.id());
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// SIGTERM, through `kill(1)` (no libc binding needed for one call).
+fn nix_kill(pid: u32) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill").arg("-TERM").arg(pid.to_string()).status()
+}
+
+/// A sibling executable of this one (the workspace's binaries are built side by side).
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().map(|d| d.join(name)).unwrap_or_else(|| PathBuf::from(name));
+    if !path.exists() {
+        bail!(
+            "{} not found: build the workspace's binaries first (cargo build --release --workspace --bins; scripts/bench.sh does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Compiles the Kafka Streams peer with Maven if it is not built yet; returns its classpath.
+fn peer_classpath() -> anyhow::Result<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers").join("kafka-streams");
+    let classes = dir.join("target").join("classes");
+    let deps = dir.join("target").join("dependency");
+    if !classes.join("rail/peer/Main.class").exists() || !deps.exists() {
+        eprintln!("building the Kafka Streams peer with Maven...");
+        let status = Command::new("mvn")
+            .args(["-B", "-q", "-f"])
+            .arg(dir.join("pom.xml"))
+            .args(["package", "dependency:copy-dependencies"])
+            .status()
+            .context("running mvn (scripts/setup.sh installs Maven)")?;
+        if !status.success() {
+            bail!("building the Kafka Streams peer failed ({status})");
+        }
+    }
+    Ok(format!("{}:{}/*", classes.display(), deps.display()))
+}
+
+/// The names one contender's run uses.
+struct Names {
+    orders: String,
+    updates: String,
+    dlq: String,
+    group: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+struct Latency {
+    rate: u64,
+    sent: usize,
+    received: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+struct Outcome {
+    contender: String,
+    orders: usize,
+    produce_per_sec: f64,
+    /// Orders per second committed by the processor (input offsets committed), after its start-up.
+    processed_per_sec: f64,
+    /// Orders per second reaching the view, after its first one.
+    viewed_per_sec: f64,
+    processor_cpu_s: f64,
+    processor_cpu_s_per_million: f64,
+    processor_peak_rss_mib: f64,
+    view_cpu_s_per_million: f64,
+    view_peak_rss_mib: f64,
+    latency: Vec<Latency>,
+    checked: bool,
+    missing: usize,
+    duplicated: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    pipeline::logging::init(pipeline::logging::LogFormat::Plain, "warn,librdkafka=error,rdkafka=error");
+    match run(&args) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("e2e: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<bool> {
+    let work = tempfile::Builder::new().prefix("rail-e2e-").tempdir()?;
+    let _cluster;
+    let brokers = match &args.brokers {
+        Some(b) => b.clone(),
+        None => {
+            eprintln!("starting a single-node Kafka {} broker...", kafka_harness::KAFKA_VERSION);
+            let cluster = Cluster::start(ClusterConfig { heap: "1g".into(), ..ClusterConfig::default() })?;
+            let b = cluster.bootstrap_servers();
+            _cluster = cluster;
+            b
+        }
+    };
+    let kafka = KafkaArgs::new(&brokers);
+    let run_id = now_ms() % 1_000_000_000;
+    let mut outcomes = Vec::new();
+    for contender in &args.contenders {
+        eprintln!("== {contender}");
+        let outcome = run_contender(args, &kafka, contender, run_id, work.path())
+            .with_context(|| format!("running {contender}"))?;
+        eprintln!("{contender}: {}", serde_json::to_string(&outcome)?);
+        outcomes.push(outcome);
+    }
+    print_table(args, &outcomes);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&outcomes)?)?;
+    }
+    Ok(outcomes.iter().all(|o| o.missing == 0 && o.duplicated == 0))
+}
+
+fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, work: &Path) -> anyhow::Result<Outcome> {
+    let names = Names {
+        orders: format!("orders-{contender}-{run_id}"),
+        updates: format!("order-updates-{contender}-{run_id}"),
+        dlq: format!("orders.dlq-{contender}-{run_id}"),
+        group: format!("bench-{contender}-{run_id}"),
+    };
+    let dir = work.join(contender);
+    std::fs::create_dir_all(&dir)?;
+    ensure_topics(
+        kafka,
+        &[
+            TopicSpec::new(&names.orders, args.partitions, 1),
+            TopicSpec::new(&names.updates, args.partitions, 1),
+            TopicSpec::new(&names.dlq, 1, 1),
+        ],
+    )?;
+
+    // The orders, placed as fast as the broker takes them.
+    let producer = CommandProducer::new(kafka, &names.orders, Duration::from_secs(120))?;
+    let mut workload = Workload::new(run_id, format!("E2E-{contender}"), now_ms());
+    let commands = workload.place_phase(args.orders, Mix::CLEAN);
+    let started = Instant::now();
+    for chunk in commands.chunks(50_000) {
+        let futures = chunk.iter().map(|c| producer.send(c)).collect::<Result<Vec<_>, _>>()?;
+        for delivery in futures::executor::block_on(futures::future::join_all(futures)) {
+            match delivery {
+                Ok(Ok(_)) => {}
+                Ok(Err((err, _))) => bail!("placing orders: {err}"),
+                Err(_) => bail!("placing orders: delivery cancelled"),
+            }
+        }
+    }
+    let produce_per_sec = args.orders as f64 / started.elapsed().as_secs_f64();
+    eprintln!("placed {} orders at {produce_per_sec:.0}/s", args.orders);
+
+    // The view, then the processor.
+    let api_port = kafka_harness::free_port()?;
+    let mut view_command = Command::new(sibling("wagon-lits")?);
+    view_command
+        .arg("serve")
+        .args(["--brokers", &kafka.brokers, "--orders-topic", &names.orders, "--updates-topic", &names.updates])
+        .args(["--dlq-topic", &names.dlq, "--partitions", &args.partitions.to_string()])
+        .arg("--state-dir")
+        .arg(dir.join("wagon-lits"))
+        .args(["--http-listen", &format!("127.0.0.1:{api_port}")])
+        .env("RUST_LOG", "warn");
+    let mut view = Service::spawn("wagon-lits", view_command, &dir)?;
+    let commit = args.commit_interval_ms.to_string();
+    let processor_command = match contender {
+        "rust" => {
+            let mut c = Command::new(sibling("dev-materiels")?);
+            c.args(["--brokers", &kafka.brokers, "--orders-topic", &names.orders, "--updates-topic", &names.updates])
+                .args(["--dlq-topic", &names.dlq, "--partitions", &args.partitions.to_string()])
+                .args(["--application-id", &names.group, "--instance-id", "bench-0"])
+                .args(["--commit-interval-ms", &commit, "--prepare-after-ms", "3600000", "--ship-after-ms", "3600000"])
+                .arg("--state-dir")
+                .arg(dir.join("dev-materiels"))
+                .env("RUST_LOG", "warn");
+            c
+        }
+        "passthrough" => {
+            let mut c = Command::new(sibling("passthrough")?);
+            c.args(["--brokers", &kafka.brokers, "--input", &names.orders, "--output", &names.updates]).args([
+                "--group",
+                &names.group,
+                "--commit-interval-ms",
+                &commit,
+            ]);
+            c
+        }
+        "streams" => {
+            let mut c = Command::new("java");
+            c.arg(format!("-Xmx{}", args.peer_heap))
+                .arg("-cp")
+                .arg(peer_classpath()?)
+                .arg("rail.peer.Main")
+                .args(["--bootstrap", &kafka.brokers, "--application-id", &names.group])
+                .args(["--orders-topic", &names.orders, "--updates-topic", &names.updates, "--dlq-topic", &names.dlq])
+                .args(["--commit-interval-ms", &commit, "--prepare-after-ms", "3600000", "--ship-after-ms", "3600000"])
+                .arg("--state-dir")
+                .arg(dir.join("kafka-streams"));
+            c
+        }
+        other => bail!("unknown contender {other:?} (rust, passthrough, streams)"),
+    };
+    let mut processor = Service::spawn(contender, processor_command, &dir)?;
+
+    // Throughput: committed input offsets of the processor's group, and the view's count.
+    let progress = indicatif::ProgressBar::new(args.orders as u64).with_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} in the view ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    progress.set_message(contender.to_string());
+    let offsets = OffsetReader::new(kafka, &names.group, &names.orders, args.partitions)?;
+    let client = ViewClient::new(api_port)?;
+    let (mut first_processed, mut first_viewed): (Option<(Instant, u64)>, Option<(Instant, u64)>) = (None, None);
+    let (mut processed_at, mut viewed_at) = (None, None);
+    let mut processor_cpu = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(3_600);
+    while viewed_at.is_none() || processed_at.is_none() {
+        processor.check_running()?;
+        view.check_running()?;
+        if Instant::now() > deadline {
+            bail!("not done after an hour");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if processed_at.is_none() {
+            let done = offsets.committed();
+            if done > 0 && first_processed.is_none() {
+                first_processed = Some((Instant::now(), done));
+            }
+            if done >= args.orders as u64 {
+                processed_at = Some(Instant::now());
+                processor_cpu = processor.cpu_seconds();
+            }
+        }
+        let viewed = client.count();
+        progress.set_position(viewed);
+        if viewed > 0 && first_viewed.is_none() {
+            first_viewed = Some((Instant::now(), viewed));
+        }
+        if viewed >= args.orders as u64 && viewed_at.is_none() {
+            viewed_at = Some(Instant::now());
+        }
+    }
+    progress.finish_and_clear();
+    let rate = |first: Option<(Instant, u64)>, done: Option<Instant>| match (first, done) {
+        (Some((t0, n0)), Some(t1)) if t1 > t0 => (args.orders as u64 - n0) as f64 / (t1 - t0).as_secs_f64(),
+        // Everything arrived between two looks: at least that fast.
+        (Some((t0, _)), Some(_)) => args.orders as f64 / Duration::from_millis(100).max(t0.elapsed()).as_secs_f64(),
+        _ => 0.0,
+    };
+    let processed_per_sec = rate(first_processed, processed_at);
+    let viewed_per_sec = rate(first_viewed, viewed_at);
+    let view_cpu = view.cpu_seconds();
+
+    // Latency at fixed offered rates.
+    let mut latency = Vec::new();
+    let mut sent_ids: Vec<String> = commands.iter().map(|c| c.order_id.clone()).collect();
+    for (i, rate) in args.rates.iter().enumerate() {
+        let mut workload = Workload::new(run_id + 1 + i as u64, format!("LAT{rate}-{contender}"), now_ms());
+        let n = (*rate * args.latency_seconds) as usize;
+        let commands = workload.place_phase(n, Mix::CLEAN);
+        sent_ids.extend(commands.iter().map(|c| c.order_id.clone()));
+        latency.push(measure_latency(kafka, &names.updates, &producer, &commands, *rate)?);
+        processor.check_running()?;
+    }
+    let million = 1_000_000.0 / args.orders as f64;
+    let mut outcome = Outcome {
+        contender: contender.to_string(),
+        orders: args.orders,
+        produce_per_sec,
+        processed_per_sec,
+        viewed_per_sec,
+        processor_cpu_s: processor_cpu,
+        processor_cpu_s_per_million: processor_cpu * million,
+        processor_peak_rss_mib: processor.peak_rss_mib(),
+        view_cpu_s_per_million: view_cpu * million,
+        view_peak_rss_mib: view.peak_rss_mib(),
+        latency,
+        ..Outcome::default()
+    };
+    processor.stop();
+    view.stop();
+    if args.check {
+        let (missing, duplicated) = check_exactly_once(kafka, &names.updates, &sent_ids)?;
+        outcome.checked = true;
+        outcome.missing = missing;
+        outcome.duplicated = duplicated;
+        eprintln!("{contender}: {} orders checked: missing={missing} duplicated={duplicated}", sent_ids.len());
+    }
+    Ok(outcome)
+}
+
+/// Sum of the committed offsets of a group on a topic (records consumed and committed, since the
+/// commands are produced without transactions: no markers).
+struct OffsetReader {
+    consumer: BaseConsumer,
+    wanted: TopicPartitionList,
+}
+
+impl OffsetReader {
+    fn new(kafka: &KafkaArgs, group: &str, topic: &str, partitions: i32) -> anyhow::Result<OffsetReader> {
+        let mut config = kafka.base();
+        config.set("group.id", group).set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = kafka.finish(config).create()?;
+        let mut wanted = TopicPartitionList::new();
+        for p in 0..partitions {
+            wanted.add_partition(topic, p);
+        }
+        Ok(OffsetReader { consumer, wanted })
+    }
+
+    fn committed(&self) -> u64 {
+        match self.consumer.committed_offsets(self.wanted.clone(), Duration::from_secs(5)) {
+            Ok(tpl) => tpl
+                .elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) if o > 0 => o as u64,
+                    _ => 0,
+                })
+                .sum(),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// Reads the view's order count through its API.
+struct ViewClient {
+    runtime: tokio::runtime::Runtime,
+    client: http_fallback::Client,
+    url: String,
+}
+
+impl ViewClient {
+    fn new(port: u16) -> anyhow::Result<ViewClient> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let client = http_fallback::Client::new(Some(http_fallback::Secret::new(TOKEN)?), Duration::from_secs(5));
+        Ok(ViewClient { runtime, client, url: format!("http://127.0.0.1:{port}/orders/counts") })
+    }
+
+    fn count(&self) -> u64 {
+        match self.runtime.block_on(self.client.get(&self.url)) {
+            Ok((status, body)) if status.is_success() => {
+                serde_json::from_slice::<HashMap<String, u64>>(&body).map(|counts| counts.values().sum()).unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// Produces `commands` at `rate` per second and times each one to its update, read with
+/// read_committed from `updates`.
+fn measure_latency(
+    kafka: &KafkaArgs,
+    updates: &str,
+    producer: &CommandProducer,
+    commands: &[state::CommandEnvelope],
+    rate: u64,
+) -> anyhow::Result<Latency> {
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(commands.len())));
+    let mut config = kafka.base();
+    config.set("group.id", "e2e-latency").set("enable.auto.commit", "false").set("isolation.level", "read_committed");
+    let consumer: BaseConsumer = kafka.finish(config).create()?;
+    let metadata = consumer.fetch_metadata(Some(updates), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (_, high) = consumer.fetch_watermarks(updates, p.id(), Duration::from_secs(10))?;
+        tpl.add_partition_offset(updates, p.id(), Offset::Offset(high))?;
+    }
+    consumer.assign(&tpl)?;
+    let done = Arc::new(AtomicBool::new(false));
+    let expected = commands.len();
+    let reader = {
+        let sent = Arc::clone(&sent);
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut latencies = Vec::with_capacity(expected);
+            let idle_deadline = || Instant::now() + Duration::from_secs(30);
+            let mut give_up = idle_deadline();
+            while latencies.len() < expected && !(done.load(Ordering::Relaxed) && Instant::now() > give_up) {
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => {
+                        let at = Instant::now();
+                        let id = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                        if let Some(t) = sent.lock().ok().and_then(|mut s| s.remove(&id)) {
+                            latencies.push(at.duration_since(t));
+                            give_up = idle_deadline();
+                        }
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+                    Some(Err(_)) => {}
+                }
+            }
+            latencies
+        })
+    };
+    let start = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut deliveries = Vec::with_capacity(commands.len());
+    for (i, command) in commands.iter().enumerate() {
+        if let Some(wait) = (start + period * i as u32).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if let Ok(mut s) = sent.lock() {
+            s.insert(command.order_id.clone(), Instant::now());
+        }
+        deliveries.push(producer.send(command)?);
+    }
+    for delivery in futures::executor::block_on(futures::future::join_all(deliveries)) {
+        if !matches!(delivery, Ok(Ok(_))) {
+            bail!("a latency probe was not delivered");
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut latencies = reader.join().map_err(|_| anyhow::anyhow!("latency reader panicked"))?;
+    latencies.sort_unstable();
+    let pick = |q: f64| {
+        latencies
+            .get(
+                ((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1).min(latencies.len().saturating_sub(1)),
+            )
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    eprintln!(
+        "latency at {rate}/s: {} of {} timed; p50 {:.1} ms p99 {:.1} ms p999 {:.1} ms",
+        latencies.len(),
+        commands.len(),
+        pick(0.5),
+        pick(0.99),
+        pick(0.999)
+    );
+    Ok(Latency {
+        rate,
+        sent: commands.len(),
+        received: latencies.len(),
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        p999_ms: pick(0.999),
+    })
+}
+
+/// Reads all of `updates` (read_committed): every id in `ids` must have exactly one update.
+fn check_exactly_once(kafka: &KafkaArgs, updates: &str, ids: &[String]) -> anyhow::Result<(usize, usize)> {
+    let mut config = kafka.base();
+    config.set("group.id", "e2e-check").set("enable.auto.commit", "false").set("isolation.level", "read_committed");
+    let consumer: BaseConsumer = kafka.finish(config).create()?;
+    let metadata = consumer.fetch_metadata(Some(updates), Duration::from_secs(10))?;
+    let mut ends = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (_, high) = consumer.fetch_watermarks(updates, p.id(), Duration::from_secs(10))?;
+        ends.insert(p.id(), high);
+        tpl.add_partition_offset(updates, p.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut counts: HashMap<Vec<u8>, usize> = HashMap::with_capacity(ids.len());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    // The writers are stopped: read until the position passes each partition's end (markers
+    // included).
+    loop {
+        let reached = consumer.position()?.elements().iter().all(|e| match e.offset() {
+            Offset::Offset(o) => o >= ends.get(&e.partition()).copied().unwrap_or(0),
+            _ => ends.get(&e.partition()).copied().unwrap_or(0) == 0,
+        });
+        if reached {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("reading {updates} did not reach its end");
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => *counts.entry(m.key().unwrap_or_default().to_vec()).or_default() += 1,
+            Some(Err(err)) => bail!("reading {updates}: {err}"),
+            None => {}
+        }
+    }
+    let missing = ids.iter().filter(|id| !counts.contains_key(id.as_bytes())).count();
+    let duplicated = counts.values().filter(|n| **n > 1).map(|n| n - 1).sum();
+    Ok((missing, duplicated))
+}
+
+fn print_table(args: &Args, outcomes: &[Outcome]) {
+    let mut table = Table::new();
+    let mut header = vec![
+        "contender".to_string(),
+        "processed/s".into(),
+        "in view/s".into(),
+        "CPU s per 1M (processor)".into(),
+        "peak RSS MiB (processor)".into(),
+        "CPU s per 1M (view)".into(),
+        "peak RSS MiB (view)".into(),
+    ];
+    for rate in &args.rates {
+        header.push(format!("latency @{rate}/s p50/p99/p999 ms"));
+    }
+    header.push("exactly once".into());
+    table.set_header(header);
+    for o in outcomes {
+        let mut row = vec![
+            o.contender.clone(),
+            format!("{:.0}", o.processed_per_sec),
+            format!("{:.0}", o.viewed_per_sec),
+            format!("{:.1}", o.processor_cpu_s_per_million),
+            format!("{:.0}", o.processor_peak_rss_mib),
+            format!("{:.1}", o.view_cpu_s_per_million),
+            format!("{:.0}", o.view_peak_rss_mib),
+        ];
+        for l in &o.latency {
+            row.push(format!("{:.1} / {:.1} / {:.1}", l.p50_ms, l.p99_ms, l.p999_ms));
+        }
+        row.push(if o.checked { format!("missing {} dup {}", o.missing, o.duplicated) } else { "not checked".into() });
+        table.add_row(row);
+    }
+    println!("{} orders, {} partitions, commit interval {} ms", args.orders, args.partitions, args.commit_interval_ms);
+    println!("{table}");
+}
