@@ -6,6 +6,11 @@
 //!
 //! `cargo bench -p rail-benches --bench processing` (`BENCH_STATE_ORDERS` sets the state size).
 
+/// jemalloc for Rust and, unprefixed, for RocksDB and librdkafka too: less time in malloc and
+/// less fragmentation than glibc's allocator under this load (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};

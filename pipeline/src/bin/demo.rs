@@ -1,5 +1,10 @@
 //! The demo: the whole order flow in one process, on an embedded cluster or a real one.
 
+/// jemalloc for Rust and, unprefixed, for RocksDB and librdkafka too: less time in malloc and
+/// less fragmentation than glibc's allocator under this load (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::Parser;
 use pipeline::demo::{self, DemoArgs};
 use pipeline::logging::{self, LogFormat};

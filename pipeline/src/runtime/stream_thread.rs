@@ -668,7 +668,9 @@ impl Engine {
         self.txn = Some(Txn { phase: Phase::Open, first_offsets: BTreeMap::new() });
         let mut drained = Vec::new();
         let now = now_ms();
-        for (partition, task) in &mut self.tasks {
+        // Not a detached task's: its transaction would carry no offsets for its partition, so
+        // nothing would fence it if another member owns the partition now.
+        for (partition, task) in self.tasks.iter_mut().filter(|(p, _)| !self.detached.contains(p)) {
             for output in task.drain_outbox(&self.config.rules, now)? {
                 drained.push((*partition, output));
             }
@@ -812,7 +814,7 @@ impl Engine {
             return Ok(());
         }
         self.punctuate()?;
-        if self.tasks.values().any(|t| t.outbox_len() > 0) {
+        if self.tasks.iter().any(|(p, t)| t.outbox_len() > 0 && !self.detached.contains(p)) {
             self.begin()?;
         }
         match &mut self.txn {
@@ -825,10 +827,14 @@ impl Engine {
         Ok(())
     }
 
+    /// Fires the due timers of the tasks this thread owns. A detached task fires none: another
+    /// member may own its partition already, and its transaction would carry no offsets (no group
+    /// generation) for it, so nothing would fence a zombie's timer updates. The chaos runner found
+    /// this: the same timer fired by the new owner and by the detached task, both committed.
     fn punctuate(&mut self) -> Result<(), RuntimeError> {
         let now = now_ms();
         let mut fired = Vec::new();
-        for (partition, task) in &mut self.tasks {
+        for (partition, task) in self.tasks.iter_mut().filter(|(p, _)| !self.detached.contains(p)) {
             for output in task.punctuate(&self.config.rules, now)? {
                 fired.push((*partition, output));
             }
