@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libclang-dev pkg-config cmake make g++ zlib1g-dev libssl-dev maven openjdk-17-jre-headless; do
+for pkg in libclang-dev pkg-config cmake make g++ zlib1g-dev libssl-dev maven openjdk-17-jdk-headless; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -41,7 +41,7 @@ use pipeline::workload::{Mix, Workload};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use state::{Command, CommandEnvelope};
-use support::{compare_view, converge_uncertain, now_ms, DevMateriels, TestEnv};
+use support::{compare_view, converge_report, now_ms, DevMateriels, TestEnv};
 
 const INSTANCES: usize = 3;
 const BROKERS: u32 = 3;
@@ -308,6 +308,51 @@ impl Services<'_> {
     }
 }
 
+/// On a failure: the model's examples, every update and every command of the orders involved,
+/// and the services' logs copied to `/tmp/chaos-failure-<seed>/` (the test's directory goes away).
+fn dump_failure(
+    env: &TestEnv,
+    seed: u64,
+    report: &support::model::ModelReport,
+    diffs: &[String],
+    sent: &[(CommandEnvelope, Fate)],
+) {
+    let out = std::path::PathBuf::from(format!("/tmp/chaos-failure-{seed}"));
+    let _ = std::fs::create_dir_all(&out);
+    let mut text = format!("{}\nexamples: {:#?}\nview diffs: {:#?}\n", report.summary(), report.examples, diffs);
+    let orders: HashSet<String> = report
+        .examples
+        .iter()
+        .chain(diffs.iter())
+        .filter_map(|e| e.split(|c: char| c == ':' || c == ' ').next().map(str::to_string))
+        .take(30)
+        .collect();
+    let records = env.read_all(&env.topics.updates_topic);
+    for order in &orders {
+        text.push_str(&format!("\n== {order}\n"));
+        for (command, fate) in sent.iter().filter(|(c, _)| &c.order_id == order) {
+            text.push_str(&format!("sent {fate:?}: {}\n", serde_json::to_string(command).unwrap_or_default()));
+        }
+        for r in records.iter().filter(|r| r.key.as_deref() == Some(order.as_bytes())) {
+            text.push_str(&format!(
+                "update p{} o{}: {}\n",
+                r.partition,
+                r.offset,
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+            ));
+        }
+    }
+    let _ = std::fs::write(out.join("report.txt"), &text);
+    if let Ok(entries) = std::fs::read_dir(env.dir.path()) {
+        for entry in entries.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                let _ = std::fs::copy(entry.path(), out.join(entry.file_name()));
+            }
+        }
+    }
+    eprintln!("chaos: failure details in {}", out.display());
+}
+
 #[test]
 fn chaos_loses_and_doubles_nothing() {
     let seed = env_u64("CHAOS_SEED", now_ms() % 1_000_000);
@@ -446,7 +491,7 @@ fn chaos_loses_and_doubles_nothing() {
     eprintln!("chaos: {accepted} commands accepted, {refused} refused, {uncertain_n} uncertain; {orders_accepted} orders placed; {reads} view reads");
 
     let view_dir = wagon_lits_dir.join("view");
-    let report = converge_uncertain(&env, &commands, &uncertain, |expected| {
+    let (report, view_diffs) = converge_report(&env, &commands, &uncertain, |expected| {
         match state::ViewStore::open_read_only(&view_dir, &state::StoreOptions::default()) {
             Ok(view) => compare_view(&view, expected),
             Err(e) => vec![format!("cannot open the view: {e}")],
@@ -481,6 +526,15 @@ fn chaos_loses_and_doubles_nothing() {
         report.version_gaps,
         went_back.len(),
         if replay_equal { "equal" } else { "DIFFERENT" },
+    );
+    if !report.is_exactly_once() || !view_diffs.is_empty() || !went_back.is_empty() {
+        dump_failure(&env, seed, &report, &view_diffs, &sent);
+    }
+    assert!(
+        view_diffs.is_empty(),
+        "the view differs from the model in {} orders: {:#?}",
+        view_diffs.len(),
+        &view_diffs[..view_diffs.len().min(10)]
     );
     assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
     assert!(went_back.is_empty(), "the view went back: {went_back:#?}");

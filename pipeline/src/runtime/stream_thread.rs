@@ -696,8 +696,9 @@ impl Engine {
                 .context(format!("rewinding partition {partition} to offset {offset}"))?;
             return Ok(());
         }
-        if !self.tasks.contains_key(&partition) {
-            // A record fetched just before its partition was revoked.
+        if !self.tasks.contains_key(&partition) || self.detached.contains(&partition) {
+            // A record fetched just before its partition was revoked, or lost: a detached task
+            // takes no record (its transaction would not be fenced; the next owner reads it).
             tracing::debug!(partition, offset, "record for a partition this thread does not own; skipped");
             return Ok(());
         }

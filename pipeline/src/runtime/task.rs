@@ -107,6 +107,8 @@ impl Task {
         let seq = self.outbox.keys().next_back().map_or(1, |last| last + 1);
         let entry = OutboxEntry { update: update.clone(), state, command: Some(envelope.clone()), superseded: false };
         let mut batch = StoreBatch::new();
+        // The only copy of this decision until Kafka has it: through the log, synced.
+        batch.make_durable();
         self.store.put(&mut batch, &entry.state, &encode_state(&entry.state), old_timer)?;
         self.store.put_outbox(&mut batch, seq, &entry)?;
         self.store.write(batch)?;

@@ -614,20 +614,32 @@ pub fn converge_uncertain(
     uncertain: &HashSet<String>,
     diffs: impl Fn(&BTreeMap<String, (u64, Option<OrderStatus>)>) -> Vec<String>,
 ) -> model::ModelReport {
+    let (report, diffs) = converge_report(env, sent, uncertain, diffs);
+    assert!(
+        diffs.is_empty(),
+        "view differs from the model in {} orders, e.g. {:#?}\n{}",
+        diffs.len(),
+        &diffs[..diffs.len().min(10)],
+        report.summary()
+    );
+    report
+}
+
+/// Waits (up to 4 minutes) until the model finds every command applied and the view agrees;
+/// returns the last report and the view's differences, without judging them.
+pub fn converge_report(
+    env: &TestEnv,
+    sent: &[state::CommandEnvelope],
+    uncertain: &HashSet<String>,
+    diffs: impl Fn(&BTreeMap<String, (u64, Option<OrderStatus>)>) -> Vec<String>,
+) -> (model::ModelReport, Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let report = model::check_uncertain(sent, uncertain, &env.updates(), &rules());
         let diffs = diffs(&report.expected);
         let done = report.lost_commands == 0 && report.unsettled == 0 && diffs.is_empty();
         if done || Instant::now() > deadline {
-            assert!(
-                diffs.is_empty(),
-                "view differs from the model in {} orders, e.g. {:#?}\n{}",
-                diffs.len(),
-                &diffs[..diffs.len().min(10)],
-                report.summary()
-            );
-            return report;
+            return (report, diffs);
         }
         std::thread::sleep(Duration::from_secs(2));
     }
