@@ -268,6 +268,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         outcomes.push(outcome);
     }
     print_table(args, &outcomes);
+    if std::env::var_os("E2E_KEEP").is_some() {
+        eprintln!("work directory (logs, state) kept: {}", work.keep().display());
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&outcomes)?)?;
     }
@@ -518,7 +521,11 @@ fn measure_latency(
 ) -> anyhow::Result<Latency> {
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(commands.len())));
     let mut config = kafka.base();
-    config.set("group.id", "e2e-latency").set("enable.auto.commit", "false").set("isolation.level", "read_committed");
+    config
+        .set("group.id", "e2e-latency")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10");
     let consumer: BaseConsumer = kafka.finish(config).create()?;
     let metadata = consumer.fetch_metadata(Some(updates), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();

@@ -2,6 +2,10 @@
 //! exactly-once transactions and commit interval as dev-materiels, with no state and no logic.
 //! Each record of the input topic becomes one update on the output topic, made from its key
 //! alone (the value is not even parsed), so the view can count it.
+//!
+//! With `PASSTHROUGH_TIMINGS` set, it prints how long each `send_offsets_to_transaction` and
+//! `commit_transaction` took (this is how the ~100 ms commit of librdkafka in
+//! docs/benchmarks.md was seen).
 
 /// jemalloc for Rust and, unprefixed, for RocksDB and librdkafka too: less time in malloc and
 /// less fragmentation than glibc's allocator under this load (see docs/benchmarks.md).
@@ -120,7 +124,12 @@ fn commit(
         offsets.add_partition_offset(input, *partition, Offset::Offset(*offset))?;
     }
     let group = consumer.group_metadata().context("group metadata")?;
+    let started = Instant::now();
     producer.send_offsets_to_transaction(&offsets, &group, TIMEOUT).context("send offsets")?;
+    let offsets_sent = started.elapsed();
     producer.commit_transaction(TIMEOUT).context("commit")?;
+    if std::env::var_os("PASSTHROUGH_TIMINGS").is_some() {
+        eprintln!("commit: send offsets {offsets_sent:?}, commit {:?}", started.elapsed() - offsets_sent);
+    }
     Ok(())
 }

@@ -438,7 +438,11 @@ fn consumer_config(config: &StreamConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "50");
+        .set("fetch.wait.max.ms", "50")
+        // librdkafka prefetches up to 64 MiB per consumer by default; 8 MiB still holds several
+        // commit intervals of records. (Peak RSS in the end-to-end bench: 277 MiB before, 278
+        // after: the memory is elsewhere, see docs/benchmarks.md.)
+        .set("queued.max.messages.kbytes", "8192");
     config.kafka.finish(c)
 }
 
