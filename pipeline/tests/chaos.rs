@@ -324,7 +324,7 @@ fn dump_failure(
         .examples
         .iter()
         .chain(diffs.iter())
-        .filter_map(|e| e.split(|c: char| c == ':' || c == ' ').next().map(str::to_string))
+        .filter_map(|e| e.split([':', ' ']).next().map(str::to_string))
         .take(30)
         .collect();
     let records = env.read_all(&env.topics.updates_topic);

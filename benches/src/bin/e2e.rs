@@ -364,6 +364,7 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
         other => bail!("unknown contender {other:?} (rust, passthrough, streams)"),
     };
     let mut processor = Service::spawn(contender, processor_command, &dir)?;
+    let processor_started = Instant::now();
 
     // Throughput: committed input offsets of the processor's group, and the view's count.
     let progress = indicatif::ProgressBar::new(args.orders as u64).with_style(
@@ -373,7 +374,9 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
     progress.set_message(contender.to_string());
     let offsets = OffsetReader::new(kafka, &names.group, &names.orders, args.partitions)?;
     let client = ViewClient::new(api_port)?;
-    let (mut first_processed, mut first_viewed): (Option<(Instant, u64)>, Option<(Instant, u64)>) = (None, None);
+    // (when, how many) at the first look that found progress.
+    type FirstSeen = Option<(Instant, u64)>;
+    let (mut first_processed, mut first_viewed): (FirstSeen, FirstSeen) = (None, None);
     let (mut processed_at, mut viewed_at) = (None, None);
     let mut processor_cpu = 0.0;
     let deadline = Instant::now() + Duration::from_secs(3_600);
@@ -404,10 +407,12 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
         }
     }
     progress.finish_and_clear();
-    let rate = |first: Option<(Instant, u64)>, done: Option<Instant>| match (first, done) {
-        (Some((t0, n0)), Some(t1)) if t1 > t0 => (args.orders as u64 - n0) as f64 / (t1 - t0).as_secs_f64(),
-        // Everything arrived between two looks: at least that fast.
-        (Some((t0, _)), Some(_)) => args.orders as f64 / Duration::from_millis(100).max(t0.elapsed()).as_secs_f64(),
+    let rate = |first: FirstSeen, done: Option<Instant>| match (first, done) {
+        (Some((t0, n0)), Some(t1)) if n0 < args.orders as u64 && t1 > t0 => {
+            (args.orders as u64 - n0) as f64 / (t1 - t0).as_secs_f64()
+        }
+        // Everything arrived before the second look (small runs): count from the start.
+        (Some(_), Some(t1)) => args.orders as f64 / t1.duration_since(processor_started).as_secs_f64(),
         _ => 0.0,
     };
     let processed_per_sec = rate(first_processed, processed_at);
