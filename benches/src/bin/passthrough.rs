@@ -44,6 +44,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    pipeline::logging::init(pipeline::logging::LogFormat::Plain, "warn");
     let stop = pipeline::shutdown::on_signal()?;
     let mut c = args.kafka.base();
     c.set("group.id", &args.group)
