@@ -11,11 +11,11 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use pipeline::runtime::task::Task;
-use rail_benches::{command_batch, placed_states, rules};
+use rail_benches::{command_batch, now_ms, placed_states, rules, state_orders};
 use state::store::encode_state;
 use state::{decode_command, StoreOptions};
 
@@ -23,14 +23,6 @@ use state::{decode_command, StoreOptions};
 const BATCH: usize = 20_000;
 /// Records per transaction: a commit every 100 ms at about 50,000 records per second.
 const PER_COMMIT: usize = 5_000;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn state_orders() -> usize {
-    std::env::var("BENCH_STATE_ORDERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
-}
 
 fn processing(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");

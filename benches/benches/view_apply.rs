@@ -10,20 +10,16 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use pipeline::workload::{Mix, Workload};
-use rail_benches::{placed_states, rules};
+use rail_benches::{now_ms, placed_states, rules, state_orders};
 use state::{decide, fire_timer, Decision, OrderUpdate, StoreOptions, ViewRecord, ViewStore};
 
 /// Updates per batch measured, and per apply (the materialiser's `max_batch`).
 const BATCH: usize = 20_000;
 const PER_APPLY: usize = 5_000;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 fn first_update(state: &state::OrderState) -> OrderUpdate {
     OrderUpdate {
@@ -43,7 +39,7 @@ fn first_update(state: &state::OrderState) -> OrderUpdate {
 fn view_apply(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("open the view");
-    let orders: usize = std::env::var("BENCH_STATE_ORDERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let orders = state_orders();
     let now = now_ms();
     let started = Instant::now();
     let states: Vec<state::OrderState> = placed_states(orders, now).collect();

@@ -6,7 +6,7 @@
 //!   real broker, with the pass-through ceiling (`src/bin/passthrough.rs`) and the Kafka Streams
 //!   peer (`peers/kafka-streams/`).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pipeline::workload::{Mix, Workload};
 use state::{decide, Catalogue, CommandEnvelope, Decision, OrderState, Rules};
@@ -19,6 +19,16 @@ pub fn rules() -> Rules {
         prepare_after: Duration::from_secs(3_600),
         ship_after: Duration::from_secs(3_600),
     }
+}
+
+/// Milliseconds since the epoch, as the services stamp them.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The state size of the criterion benches: `BENCH_STATE_ORDERS`, 1,000,000 by default.
+pub fn state_orders() -> usize {
+    std::env::var("BENCH_STATE_ORDERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
 }
 
 /// Orders already placed, as their states: what a store holds after `orders` orders.

@@ -65,18 +65,12 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     })
 }
 
-/// A valid order with one field replaced, removed or added.
-fn order_body() -> impl Strategy<Value = Vec<u8>> {
-    const FIELDS: &[&str] = &["order_id", "wagon_id", "requested_by", "lines", "extra"];
-    (prop::sample::select(FIELDS), json_value(), 0..4u8).prop_map(|(field, value, change)| {
-        let mut order = serde_json::json!({
-            "order_id": "ORD-FUZZ",
-            "wagon_id": "WL-1",
-            "requested_by": "agent",
-            "lines": [{"sku": "BRAKE-PAD-UIC", "quantity": 2}],
-        });
-        // One time in four, the valid order itself.
-        if let Some(map) = order.as_object_mut() {
+/// `valid` as it is (one time in four), or with one of `fields` removed or replaced by arbitrary
+/// JSON.
+fn one_field_changed(valid: serde_json::Value, fields: &'static [&'static str]) -> impl Strategy<Value = Vec<u8>> {
+    (prop::sample::select(fields), json_value(), 0..4u8).prop_map(move |(field, value, change)| {
+        let mut body = valid.clone();
+        if let Some(map) = body.as_object_mut() {
             match change {
                 0 => {}
                 1 => {
@@ -87,34 +81,31 @@ fn order_body() -> impl Strategy<Value = Vec<u8>> {
                 }
             }
         }
-        order.to_string().into_bytes()
+        body.to_string().into_bytes()
     })
 }
 
-/// A valid command envelope (as dev-materiels takes it) with one field replaced or removed.
+/// A valid order, as wagon-lits takes it, with one field removed, replaced or added.
+fn order_body() -> impl Strategy<Value = Vec<u8>> {
+    let order = serde_json::json!({
+        "order_id": "ORD-FUZZ",
+        "wagon_id": "WL-1",
+        "requested_by": "agent",
+        "lines": [{"sku": "BRAKE-PAD-UIC", "quantity": 2}],
+    });
+    one_field_changed(order, &["order_id", "wagon_id", "requested_by", "lines", "extra"])
+}
+
+/// A valid command envelope, as dev-materiels takes it, with one field removed, replaced or added.
 fn envelope_body() -> impl Strategy<Value = Vec<u8>> {
-    const FIELDS: &[&str] = &["schema_version", "command_id", "issued_at_ms", "order_id", "command", "extra"];
-    (prop::sample::select(FIELDS), json_value(), 0..4u8).prop_map(|(field, value, change)| {
-        let mut envelope = serde_json::json!({
-            "schema_version": 1,
-            "command_id": "c-1",
-            "issued_at_ms": 1,
-            "order_id": "ORD-FUZZ",
-            "command": {"type": "CancelOrder", "reason": "fuzz"},
-        });
-        if let Some(map) = envelope.as_object_mut() {
-            match change {
-                0 => {}
-                1 => {
-                    map.remove(field);
-                }
-                _ => {
-                    map.insert(field.to_string(), value);
-                }
-            }
-        }
-        envelope.to_string().into_bytes()
-    })
+    let envelope = serde_json::json!({
+        "schema_version": 1,
+        "command_id": "c-1",
+        "issued_at_ms": 1,
+        "order_id": "ORD-FUZZ",
+        "command": {"type": "CancelOrder", "reason": "fuzz"},
+    });
+    one_field_changed(envelope, &["schema_version", "command_id", "issued_at_ms", "order_id", "command", "extra"])
 }
 
 fn body() -> impl Strategy<Value = Vec<u8>> {

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -35,6 +35,7 @@ use pipeline::kafka_config::KafkaArgs;
 use pipeline::topics::{ensure_topics, TopicSpec};
 use pipeline::wagon_lits::CommandProducer;
 use pipeline::workload::{Mix, Workload};
+use rail_benches::now_ms;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -79,10 +80,6 @@ struct Args {
 }
 
 const TOKEN: &str = "bench-token";
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// A service process, its log, and its resource use read from /proc.
 struct Service {

@@ -405,11 +405,7 @@ impl DevMateriels {
 
     /// The `restore complete` lines this process logged: (partition, records replayed).
     pub fn restores(&self) -> Vec<(i32, u64)> {
-        self.log_text()
-            .lines()
-            .filter(|l| l.contains("restore complete"))
-            .filter_map(|l| Some((field(l, "partition")?.parse().ok()?, field(l, "records")?.parse().ok()?)))
-            .collect()
+        self.restore_times().into_iter().map(|(partition, records, _)| (partition, records)).collect()
     }
 
     /// The partitions of the last assignment this process logged.
