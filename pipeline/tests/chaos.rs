@@ -40,7 +40,7 @@ use kafka_harness::ClusterConfig;
 use pipeline::workload::{Mix, Workload};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use state::{Command, CommandEnvelope};
+use state::{Command, CommandEnvelope, OrderUpdate};
 use support::{compare_view, converge_report, now_ms, DevMateriels, TestEnv};
 
 const INSTANCES: usize = 3;
@@ -320,14 +320,25 @@ fn dump_failure(
     let out = std::path::PathBuf::from(format!("/tmp/chaos-failure-{seed}"));
     let _ = std::fs::create_dir_all(&out);
     let mut text = format!("{}\nexamples: {:#?}\nview diffs: {:#?}\n", report.summary(), report.examples, diffs);
-    let orders: HashSet<String> = report
-        .examples
-        .iter()
-        .chain(diffs.iter())
-        .filter_map(|e| e.split([':', ' ']).next().map(str::to_string))
-        .take(30)
-        .collect();
     let records = env.read_all(&env.topics.updates_topic);
+    // Orders with a duplicated version first (the examples list may have no room for them).
+    let mut versions: HashMap<(String, u64), usize> = HashMap::new();
+    for r in &records {
+        if let Some(u) = r.value.as_deref().and_then(|v| serde_json::from_slice::<OrderUpdate>(v).ok()) {
+            *versions.entry((u.order_id, u.version)).or_default() += 1;
+        }
+    }
+    let duplicated = versions.into_iter().filter(|(_, n)| *n > 1).map(|((order, _), _)| order).take(10);
+    let orders: HashSet<String> = duplicated
+        .chain(
+            report
+                .examples
+                .iter()
+                .chain(diffs.iter())
+                .filter_map(|e| e.split([':', ' ']).next().map(str::to_string))
+                .take(30),
+        )
+        .collect();
     for order in &orders {
         text.push_str(&format!("\n== {order}\n"));
         for (command, fate) in sent.iter().filter(|(c, _)| &c.order_id == order) {

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use pipeline::runtime::stream_thread::CRASH_AFTER_COMMITS_ENV;
+use pipeline::runtime::stream_thread::{CRASH_AFTER_COMMITS_ENV, WEDGE_SEND_OFFSETS_ENV};
 use pipeline::workload::{Mix, Workload};
 use rand::{Rng, SeedableRng};
 use support::{converge, now_ms, send_paced, settled, TestEnv};
@@ -133,4 +133,33 @@ fn a_crash_between_the_kafka_commit_and_the_store_write_replays_only_what_was_mi
     assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
     let changelog_end = env.read_all(&env.changelog()).len() as u64;
     assert!(replayed * 10 < changelog_end, "replayed {replayed} of {changelog_end}");
+}
+
+#[test]
+fn a_transactional_call_that_never_returns_is_left_behind_and_nothing_is_lost_or_doubled() {
+    const ORDERS: usize = 3_000;
+    let env = TestEnv::start("wedge", 2);
+    let view = env.start_view("main");
+    let producer = env.producer();
+    let mut workload = Workload::new(23, "WEDGE", now_ms());
+    let ids: Vec<String> = (0..ORDERS).map(|i| workload.order_id(i)).collect();
+    let sent = workload.place_phase(ORDERS, Mix::REALISTIC);
+
+    // The 10th send_offsets_to_transaction never returns (librdkafka#5456 after a coordinator
+    // went away): the stream thread must give up on it, fence the stuck producer with a new one
+    // and process that transaction again, in the same process.
+    let mut dev = env.spawn_dev_materiels_with(0, &[(WEDGE_SEND_OFFSETS_ENV, "10")]);
+    dev.wait_restored(env.topics.partitions, Duration::from_secs(60));
+    send_paced(&producer, &sent, 1_000);
+    assert!(view.wait_until(&ids, Duration::from_secs(120), settled).is_empty(), "orders did not settle");
+    let report = converge(&env, &view, &sent);
+    dev.assert_running();
+    let log = dev.log_text();
+    dev.terminate();
+    assert!(log.contains("fault injection"), "the fault was not injected; log:\n{log}");
+    assert!(
+        log.contains("send_offsets_to_transaction has not returned") && log.contains("starting a new producer"),
+        "the stuck call was not left behind; log:\n{log}"
+    );
+    assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
 }

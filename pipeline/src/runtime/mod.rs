@@ -82,6 +82,11 @@ pub enum RuntimeError {
     MissingChangelogOffset { partition: i32 },
     #[error(transparent)]
     Connect(#[from] crate::kafka_config::ConnectError),
+    #[error(
+        "the transactional call {call} has not returned for {stuck:?}, past its own timeout; whether the transaction \
+         committed is unknown, so the stream thread stops and a restart restores from what Kafka holds"
+    )]
+    Wedged { call: &'static str, stuck: Duration },
     #[error("{0}")]
     Config(String),
 }

@@ -60,7 +60,25 @@ pub fn restore<C: ConsumerContext>(
     assignment.add_partition_offset(changelog, partition, from.map_or(Offset::Beginning, Offset::Offset))?;
     consumer.assign(&assignment)?;
     tracing::debug!(partition, from = ?from, high_watermark = high, "restoring from changelog");
+    let read = read_to_end(consumer, changelog, task, from);
+    // Whatever happened, the restore consumer lets the partition go: a failed attempt must not
+    // leave it fetching for the next one.
+    let unassigned = consumer.unassign();
+    let (position, records) = read?;
+    unassigned?;
+    task.reload()?;
+    Ok(RestoreStats { partition, from, to: position, records, elapsed: started.elapsed() })
+}
 
+/// Reads the assigned changelog partition from `from` to its end into `task`'s store; returns
+/// the position reached and the records applied.
+fn read_to_end<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    changelog: &str,
+    task: &mut Task,
+    from: Option<i64>,
+) -> Result<(i64, u64), RuntimeError> {
+    let partition = task.partition;
     let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(RESTORE_BATCH);
     let mut total = 0u64;
     let mut next = from.unwrap_or(0);
@@ -106,7 +124,5 @@ pub fn restore<C: ConsumerContext>(
         .unwrap_or(next)
         .max(next);
     total += task.store().restore(&records, position)? as u64;
-    consumer.unassign()?;
-    task.reload()?;
-    Ok(RestoreStats { partition, from, to: position, records: total, elapsed: started.elapsed() })
+    Ok((position, total))
 }

@@ -67,6 +67,11 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Nth transaction commit succeeds and before the state stores are written, the one moment at
 /// which Kafka is ahead of RocksDB. A restart must then replay exactly what was missed.
 pub const CRASH_AFTER_COMMITS_ENV: &str = "RAIL_FAULT_CRASH_AFTER_COMMITS";
+/// Fault injection for tests: with this variable set to N, the Nth `send_offsets_to_transaction`
+/// of the process never returns, as librdkafka's does when the group coordinator it cached went
+/// away, and the watchdog gives up on it after [`WEDGED_AFTER_INJECTED`] instead of
+/// [`WEDGED_AFTER`].
+pub const WEDGE_SEND_OFFSETS_ENV: &str = "RAIL_FAULT_WEDGE_SEND_OFFSETS";
 /// A dead letter whose value does not fit is cut to this many bytes.
 const DLQ_TRUNCATE: usize = 64 << 10;
 
@@ -97,6 +102,8 @@ pub struct StreamMetrics {
     pub standby_records: AtomicU64,
     /// Partitions kept as standby copies.
     pub standby_partitions: AtomicU64,
+    /// Transactional producers replaced after a fatal error or a stuck call.
+    pub producers_replaced: AtomicU64,
 }
 
 impl StreamMetrics {
@@ -116,6 +123,7 @@ impl StreamMetrics {
             outbox_pending: get(&self.outbox_pending),
             standby_records: get(&self.standby_records),
             standby_partitions: get(&self.standby_partitions),
+            producers_replaced: get(&self.producers_replaced),
         }
     }
 }
@@ -136,6 +144,7 @@ pub struct StreamStats {
     pub outbox_pending: u64,
     pub standby_records: u64,
     pub standby_partitions: u64,
+    pub producers_replaced: u64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -575,29 +584,43 @@ impl Engine {
     }
 
     /// Restores the tasks of newly assigned partitions, before any of their records is processed.
+    /// Each partition resumes as soon as its own restore completes; one that fails (a leader
+    /// moving, a broker restarting: not a reason to stop) waits, paused and without a task, and
+    /// is tried again at the next turn.
     fn restore_assigned(&mut self, consumer: &BaseConsumer<StreamContext>) -> Result<(), RuntimeError> {
         if self.to_restore.is_empty() {
             return Ok(());
         }
         let partitions: Vec<i32> = self.to_restore.iter().copied().collect();
-        match self.try_restore(consumer, &partitions) {
-            Ok(()) => {
-                for partition in &partitions {
-                    self.to_restore.remove(partition);
+        let failure = match self.committed_inputs(consumer, &partitions) {
+            Ok(committed) => {
+                let mut failure = None;
+                for partition in partitions {
+                    match self.restore_one(partition, &committed) {
+                        Ok(()) => {
+                            self.to_restore.remove(&partition);
+                            self.resume(consumer, &[partition]);
+                        }
+                        Err(RuntimeError::Kafka { context, source }) => {
+                            failure = Some((context, source));
+                            break;
+                        }
+                        Err(other) => return Err(other),
+                    }
                 }
-                self.resume(consumer, &partitions);
-                Ok(())
+                failure
             }
-            // Leaders moving, a broker restarting: not a reason to stop. The partitions wait,
-            // paused, and the restore is tried again at the next turn.
-            Err(RuntimeError::Kafka { context, source }) => {
-                tracing::warn!(%context, error = %source, ?partitions, "restore failed; retrying shortly");
-                self.pause(consumer, &partitions);
-                std::thread::sleep(Duration::from_millis(500));
-                Ok(())
-            }
-            Err(other) => Err(other),
+            Err(RuntimeError::Kafka { context, source }) => Some((context, source)),
+            Err(other) => return Err(other),
+        };
+        self.update_gauges();
+        if let Some((context, source)) = failure {
+            let waiting: Vec<i32> = self.to_restore.iter().copied().collect();
+            tracing::warn!(%context, error = %source, partitions = ?waiting, "restore failed; retrying shortly");
+            self.pause(consumer, &waiting);
+            std::thread::sleep(Duration::from_millis(500));
         }
+        Ok(())
     }
 
     fn partition_list(&self, partitions: &[i32]) -> TopicPartitionList {
@@ -620,45 +643,49 @@ impl Engine {
         }
     }
 
-    fn try_restore(&mut self, consumer: &BaseConsumer<StreamContext>, partitions: &[i32]) -> Result<(), RuntimeError> {
-        let partitions: Vec<i32> = partitions.to_vec();
-        // The committed offsets, asked for with read_committed: the broker answers only once no
-        // transaction that carries offsets for these partitions is pending (KIP-447), so a zombie
-        // cannot commit changelog records after the restore below has read to the end.
-        let mut wanted = TopicPartitionList::new();
-        for p in &partitions {
-            wanted.add_partition(&self.config.topics.orders_topic, *p);
-        }
-        let committed = consumer.committed_offsets(wanted, KAFKA_CALL_TIMEOUT).context("reading committed offsets")?;
-        for partition in partitions {
-            // A task kept through a lost assignment is caught up, not reopened.
-            let mut task = match self.tasks.remove(&partition) {
-                Some(task) => task,
-                None => {
-                    let dir = self.config.state_dir.join(format!("partition-{partition}"));
-                    Task::open(partition, &dir, &self.config.store)?
-                }
-            };
-            let stats = restore(&self.restore_consumer, &self.changelog, &mut task)?;
-            tracing::info!(
-                partition,
-                from = stats.from.unwrap_or(-1),
-                to = stats.to,
-                records = stats.records,
-                elapsed_ms = stats.elapsed.as_millis() as u64,
-                pending_timers = task.pending_timers(),
-                outbox = task.outbox_len(),
-                "restore complete"
-            );
-            task.next_input_offset =
-                committed.find_partition(&self.config.topics.orders_topic, partition).and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                });
-            self.metrics.restored_records.fetch_add(stats.records, Ordering::Relaxed);
-            self.tasks.insert(partition, task);
-        }
-        self.update_gauges();
+    /// The committed offsets of `partitions` of `orders`, asked for with read_committed: the
+    /// broker answers only once no transaction that carries offsets for these partitions is
+    /// pending (KIP-447), so a zombie cannot commit changelog records after a restore has read to
+    /// the end.
+    fn committed_inputs(
+        &self,
+        consumer: &BaseConsumer<StreamContext>,
+        partitions: &[i32],
+    ) -> Result<TopicPartitionList, RuntimeError> {
+        consumer
+            .committed_offsets(self.partition_list(partitions), KAFKA_CALL_TIMEOUT)
+            .context("reading committed offsets")
+    }
+
+    /// Restores one partition's task and makes it active. On failure the task is closed (a
+    /// detached one too: its store keeps what it holds, outbox included, for the next attempt).
+    fn restore_one(&mut self, partition: i32, committed: &TopicPartitionList) -> Result<(), RuntimeError> {
+        // A task kept through a lost assignment is caught up, not reopened.
+        let mut task = match self.tasks.remove(&partition) {
+            Some(task) => task,
+            None => {
+                let dir = self.config.state_dir.join(format!("partition-{partition}"));
+                Task::open(partition, &dir, &self.config.store)?
+            }
+        };
+        let stats = restore(&self.restore_consumer, &self.changelog, &mut task)?;
+        tracing::info!(
+            partition,
+            from = stats.from.unwrap_or(-1),
+            to = stats.to,
+            records = stats.records,
+            elapsed_ms = stats.elapsed.as_millis() as u64,
+            pending_timers = task.pending_timers(),
+            outbox = task.outbox_len(),
+            "restore complete"
+        );
+        task.next_input_offset =
+            committed.find_partition(&self.config.topics.orders_topic, partition).and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        self.metrics.restored_records.fetch_add(stats.records, Ordering::Relaxed);
+        self.tasks.insert(partition, task);
         Ok(())
     }
 
@@ -674,7 +701,9 @@ impl Engine {
         let now = now_ms();
         // Not a detached task's: its transaction would carry no offsets for its partition, so
         // nothing would fence it if another member owns the partition now.
-        for (partition, task) in self.tasks.iter_mut().filter(|(p, _)| !self.detached.contains(p)) {
+        for (partition, task) in
+            self.tasks.iter_mut().filter(|(p, _)| !self.detached.contains(p) && !self.to_restore.contains(p))
+        {
             for output in task.drain_outbox(&self.config.rules, now)? {
                 drained.push((*partition, output));
             }
@@ -819,7 +848,11 @@ impl Engine {
             return Ok(());
         }
         self.punctuate()?;
-        if self.tasks.iter().any(|(p, t)| t.outbox_len() > 0 && !self.detached.contains(p)) {
+        if self
+            .tasks
+            .iter()
+            .any(|(p, t)| t.outbox_len() > 0 && !self.detached.contains(p) && !self.to_restore.contains(p))
+        {
             self.begin()?;
         }
         match &mut self.txn {
@@ -839,7 +872,9 @@ impl Engine {
     fn punctuate(&mut self) -> Result<(), RuntimeError> {
         let now = now_ms();
         let mut fired = Vec::new();
-        for (partition, task) in self.tasks.iter_mut().filter(|(p, _)| !self.detached.contains(p)) {
+        for (partition, task) in
+            self.tasks.iter_mut().filter(|(p, _)| !self.detached.contains(p) && !self.to_restore.contains(p))
+        {
             for output in task.punctuate(&self.config.rules, now)? {
                 fired.push((*partition, output));
             }
@@ -887,7 +922,12 @@ impl Engine {
             };
             self.committer.submit(op)?;
         }
-        let Some((kind, result)) = self.committer.result(wait)? else { return Ok(Settled::NotYet) };
+        let Some((kind, result)) = self.committer.result(wait)? else {
+            return match self.committer.wedged() {
+                Some((call, stuck)) => self.unwedge(consumer, call, stuck),
+                None => Ok(Settled::NotYet),
+            };
+        };
         match (kind, result) {
             // Committed (even if an abort was asked for meanwhile: it was too late for that).
             (OpKind::Commit, Ok(())) => {
@@ -903,6 +943,7 @@ impl Engine {
             }
             (_, Err(err)) if is_fatal(&err) => {
                 self.replace_producer(consumer, &err)?;
+                bump(&self.metrics.producers_replaced);
                 Ok(Settled::Yes)
             }
             (OpKind::Commit, Err(err)) => {
@@ -927,7 +968,9 @@ impl Engine {
     ) -> Result<Option<(TopicPartitionList, ConsumerGroupMetadata)>, RuntimeError> {
         let mut offsets = TopicPartitionList::new();
         for (partition, task) in &self.tasks {
-            if let (Some(next), false) = (task.next_input_offset, self.detached.contains(partition)) {
+            if let (Some(next), false) =
+                (task.next_input_offset, self.detached.contains(partition) || self.to_restore.contains(partition))
+            {
                 offsets.add_partition_offset(&self.config.topics.orders_topic, *partition, Offset::Offset(next))?;
             }
         }
@@ -976,7 +1019,7 @@ impl Engine {
     fn replace_producer(
         &mut self,
         consumer: &BaseConsumer<StreamContext>,
-        err: &KafkaError,
+        err: &dyn std::fmt::Display,
     ) -> Result<(), RuntimeError> {
         tracing::error!(error = %err, "the transactional producer failed fatally; its transaction is lost; starting a new producer");
         self.after_abort(consumer)?;
@@ -984,6 +1027,27 @@ impl Engine {
         self.committer = Committer::start(Arc::clone(&producer))?;
         self.producer = producer;
         Ok(())
+    }
+
+    /// The committer thread is stuck in a call that will not return (see [`WEDGED_AFTER`]).
+    /// Stuck before the commit was asked for (sending the offsets) or while aborting, the
+    /// transaction cannot have committed: the stuck producer is left behind, fenced by a new one
+    /// (whose initialisation makes the coordinator abort what the old one left open), and the
+    /// transaction is processed again. Stuck in the commit itself, the outcome is unknown: the
+    /// thread stops, and the restart restores from what Kafka holds.
+    fn unwedge(
+        &mut self,
+        consumer: &BaseConsumer<StreamContext>,
+        call: Call,
+        stuck: Duration,
+    ) -> Result<Settled, RuntimeError> {
+        if call == Call::Commit {
+            return Err(RuntimeError::Wedged { call: call.name(), stuck });
+        }
+        let why = format!("{} has not returned for {} s, past its own timeout", call.name(), stuck.as_secs());
+        self.replace_producer(consumer, &why)?;
+        bump(&self.metrics.producers_replaced);
+        Ok(Settled::Yes)
     }
 
     /// After Kafka aborted: the caches are dropped and the consumer goes back to the first record
@@ -1139,42 +1203,100 @@ enum OpKind {
 /// A transactional call that finished, and how.
 type Finished = (OpKind, Result<(), KafkaError>);
 
+/// The transactional call the committer thread is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    SendOffsets,
+    Commit,
+    Abort,
+}
+
+impl Call {
+    fn name(self) -> &'static str {
+        match self {
+            Call::SendOffsets => "send_offsets_to_transaction",
+            Call::Commit => "commit_transaction",
+            Call::Abort => "abort_transaction",
+        }
+    }
+}
+
+/// A transactional call that has not returned this long after its own timeout is stuck in
+/// librdkafka, not waiting for Kafka: `send_offsets_to_transaction` never gives up when the group
+/// coordinator it cached went away (confluentinc/librdkafka#5456, #5511; the chaos runner hit it
+/// after a broker kill).
+const WEDGED_AFTER: Duration = Duration::from_secs(KAFKA_CALL_TIMEOUT.as_secs() + 30);
+/// The watchdog's patience when [`WEDGE_SEND_OFFSETS_ENV`] injects the fault.
+const WEDGED_AFTER_INJECTED: Duration = Duration::from_secs(3);
+
+/// `send_offsets_to_transaction` calls made by this process (for [`WEDGE_SEND_OFFSETS_ENV`]).
+static SEND_OFFSETS_CALLS: AtomicU64 = AtomicU64::new(0);
+
+fn wedge_injected_at() -> Option<u64> {
+    std::env::var(WEDGE_SEND_OFFSETS_ENV).ok().and_then(|v| v.parse().ok())
+}
+
 /// Runs the blocking transactional calls (send offsets, commit, abort) on a thread of their own.
 /// librdkafka may block in them far longer than the timeout it is given when the broker stops
-/// answering; the stream thread meanwhile keeps answering the HTTP path.
+/// answering; the stream thread meanwhile keeps answering the HTTP path, and watches for a call
+/// that never returns.
 struct Committer {
     ops: std::sync::mpsc::Sender<TxnOp>,
     results: Receiver<Result<(), KafkaError>>,
     in_flight: Option<OpKind>,
+    /// The call under way on the committer thread, and since when.
+    current: Arc<Mutex<Option<(Call, Instant)>>>,
+    wedged_after: Duration,
 }
 
 impl Committer {
     fn start(producer: Arc<BaseProducer<DeliveryTracker>>) -> Result<Committer, RuntimeError> {
         let (ops, op_rx) = std::sync::mpsc::channel::<TxnOp>();
         let (result_tx, results) = std::sync::mpsc::channel();
+        let current = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&current);
+        let inject = wedge_injected_at();
         std::thread::Builder::new()
             .name("committer".into())
             .spawn(move || {
                 for op in op_rx {
                     let p = &producer;
+                    let slot = &slot;
                     let result = match op {
                         TxnOp::Commit { offsets } => offsets
                             .as_ref()
                             .map_or(Ok(()), |(tpl, group)| {
-                                until_settled(p, || p.send_offsets_to_transaction(tpl, group, KAFKA_CALL_TIMEOUT))
+                                until_settled(p, slot, Call::SendOffsets, || {
+                                    let n = SEND_OFFSETS_CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+                                    if inject == Some(n) {
+                                        tracing::error!("fault injection ({WEDGE_SEND_OFFSETS_ENV}): this send_offsets_to_transaction never returns");
+                                        loop {
+                                            std::thread::park();
+                                        }
+                                    }
+                                    p.send_offsets_to_transaction(tpl, group, KAFKA_CALL_TIMEOUT)
+                                })
                             })
-                            .and_then(|()| until_settled(p, || p.commit_transaction(KAFKA_CALL_TIMEOUT))),
+                            .and_then(|()| {
+                                until_settled(p, slot, Call::Commit, || p.commit_transaction(KAFKA_CALL_TIMEOUT))
+                            }),
                         // Short attempts: an abort waits for the delivery reports of the purged
                         // records, which only polling the producer (between attempts) serves.
-                        TxnOp::Abort => until_settled(p, || p.abort_transaction(Duration::from_millis(500))),
+                        TxnOp::Abort => until_settled(p, slot, Call::Abort, || {
+                            p.abort_transaction(Duration::from_millis(500))
+                        }),
                     };
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    // The stream thread gave up on this committer (its call was wedged): stop,
+                    // and let the producer go.
                     if result_tx.send(result).is_err() {
                         break;
                     }
                 }
             })
             .map_err(|e| RuntimeError::Config(format!("cannot start the committer thread: {e}")))?;
-        Ok(Committer { ops, results, in_flight: None })
+        let wedged_after = if inject.is_some() { WEDGED_AFTER_INJECTED } else { WEDGED_AFTER };
+        Ok(Committer { ops, results, in_flight: None, current, wedged_after })
     }
 
     fn submit(&mut self, op: TxnOp) -> Result<(), RuntimeError> {
@@ -1201,20 +1323,31 @@ impl Committer {
             }
         }
     }
+
+    /// The call in flight, if it has been stuck for longer than [`WEDGED_AFTER`].
+    fn wedged(&self) -> Option<(Call, Duration)> {
+        self.in_flight?;
+        let current = *self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.map(|(call, since)| (call, since.elapsed())).filter(|(_, stuck)| *stuck > self.wedged_after)
+    }
 }
 
 /// Repeats a transactional call while it fails only for lack of time (Kafka away): librdkafka
-/// resumes the same call where it was. Between attempts, serves the producer's events.
+/// resumes the same call where it was. Between attempts, serves the producer's events. Each
+/// attempt is recorded in `slot` for the watchdog.
 fn until_settled(
     producer: &BaseProducer<DeliveryTracker>,
+    slot: &Mutex<Option<(Call, Instant)>>,
+    what: Call,
     mut call: impl FnMut() -> Result<(), KafkaError>,
 ) -> Result<(), KafkaError> {
     let mut logged = false;
     loop {
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((what, Instant::now()));
         match call() {
             Err(err) if is_retriable(&err) => {
                 if !logged {
-                    tracing::warn!(error = %err, "transaction call timed out; retrying until Kafka answers");
+                    tracing::warn!(call = what.name(), error = %err, "transaction call timed out; retrying until Kafka answers");
                     logged = true;
                 }
                 producer.poll(Duration::from_millis(100));
