@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libclang-dev pkg-config cmake make g++ zlib1g-dev libssl-dev maven openjdk-17-jdk-headless; do
+# docker-compose (1.x, Python) validates docker-compose.yml offline; python3-yaml reads it in the
+# tests; chromium drives the operations page's browser test.
+for pkg in libclang-dev pkg-config cmake make g++ zlib1g-dev libssl-dev maven openjdk-17-jdk-headless \
+           docker-compose python3-yaml chromium chromium-driver; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

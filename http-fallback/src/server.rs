@@ -29,6 +29,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::metrics::HttpMetrics;
 use crate::problem::Problem;
 use crate::secret::Secret;
 
@@ -50,17 +51,35 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Where answered requests are counted, if anywhere.
+    pub metrics: Option<HttpMetrics>,
+    /// Pages for browsers, which cannot send the bearer header: requests under `prefix` may
+    /// carry the token in the [`TOKEN_COOKIE`] cookie instead, and are sent to `login` (a public
+    /// path that sets it) when they carry neither.
+    pub browser: Option<BrowserPages>,
 }
+
+/// See [`ServerConfig::browser`].
+#[derive(Debug, Clone)]
+pub struct BrowserPages {
+    pub prefix: String,
+    pub login: String,
+}
+
+/// The cookie that carries the token for [`BrowserPages`].
+pub const TOKEN_COOKIE: &str = "rail_token";
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             token: None,
-            public_paths: vec!["/healthz".into(), "/readyz".into()],
+            public_paths: vec!["/healthz".into(), "/readyz".into(), "/metrics".into()],
             max_body_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
+            metrics: None,
+            browser: None,
         }
     }
 }
@@ -125,6 +144,19 @@ pub async fn serve(
 }
 
 async fn handle(req: hyper::Request<Incoming>, peer: SocketAddr, config: &ServerConfig, handler: Handler) -> Response {
+    let started = std::time::Instant::now();
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let response = checked(req, peer, config, handler).await;
+    tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    if let Some(metrics) = &config.metrics {
+        metrics.observe(&method, &path, response.status(), started.elapsed());
+    }
+    response
+}
+
+/// The checks of the module's description, then the handler.
+async fn checked(req: hyper::Request<Incoming>, peer: SocketAddr, config: &ServerConfig, handler: Handler) -> Response {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if let Some(token) = &config.token {
@@ -135,7 +167,17 @@ async fn handle(req: hyper::Request<Incoming>, peer: SocketAddr, config: &Server
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or_default();
-            if !token.matches(presented) {
+            let browser = config.browser.as_ref().filter(|b| path.starts_with(&b.prefix));
+            let from_cookie = browser.is_some() && cookie(&req, TOKEN_COOKIE).is_some_and(|c| token.matches(c));
+            if !token.matches(presented) && !from_cookie {
+                if let Some(browser) = browser {
+                    let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                    *response.status_mut() = StatusCode::SEE_OTHER;
+                    if let Ok(login) = HeaderValue::from_str(&browser.login) {
+                        response.headers_mut().insert(hyper::header::LOCATION, login);
+                    }
+                    return response;
+                }
                 tracing::debug!(%peer, %method, %path, "rejected: missing or wrong bearer token");
                 let mut response =
                     Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
@@ -158,13 +200,22 @@ async fn handle(req: hyper::Request<Incoming>, peer: SocketAddr, config: &Server
         Err(err) => return Problem::bad_request(format!("could not read the request body: {err}")).into_response(),
     };
     let request = hyper::Request::from_parts(parts, body);
-    let started = std::time::Instant::now();
-    let response = match tokio::time::timeout(config.request_timeout, handler(request)).await {
+    match tokio::time::timeout(config.request_timeout, handler(request)).await {
         Ok(response) => response,
         Err(_) => Problem::unavailable(format!("no answer within {:?}", config.request_timeout)).into_response(),
-    };
-    tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
-    response
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'r>(req: &'r hyper::Request<Incoming>, name: &str) -> Option<&'r str> {
+    req.headers()
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 fn too_large(limit: usize) -> Response {

@@ -200,6 +200,13 @@ pub struct TopicArgs {
     /// Replication factor of the topics the service creates.
     #[arg(long, env = "TOPIC_REPLICATION_FACTOR", default_value_t = 1)]
     pub replication_factor: i32,
+    /// How long `orders` and `order-updates` keep their records (the view and the replay
+    /// command read `order-updates` from its beginning: keep it long enough to rebuild).
+    #[arg(long, env = "TOPIC_RETENTION_MS", default_value_t = 7 * 24 * 3_600_000)]
+    pub retention_ms: i64,
+    /// How long the dead-letter topic keeps its records.
+    #[arg(long, env = "DLQ_RETENTION_MS", default_value_t = 30 * 24 * 3_600_000)]
+    pub dlq_retention_ms: i64,
 }
 
 impl Default for TopicArgs {
@@ -210,6 +217,8 @@ impl Default for TopicArgs {
             dlq_topic: "orders.dlq".into(),
             partitions: 4,
             replication_factor: 1,
+            retention_ms: 7 * 24 * 3_600_000,
+            dlq_retention_ms: 30 * 24 * 3_600_000,
         }
     }
 }

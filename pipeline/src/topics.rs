@@ -1,14 +1,18 @@
-//! Creating the topics at start when they are missing, and checking the ones that exist.
+//! The topics of the system: creating them when they are missing, and checking the ones that
+//! exist against what they should be (`dev-materiels topics check|apply`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::kafka_config::{KafkaArgs, MAX_MESSAGE_BYTES};
+use crate::kafka_config::{KafkaArgs, TopicArgs, MAX_MESSAGE_BYTES};
 
 /// A topic the service needs.
 #[derive(Debug, Clone)]
@@ -18,19 +22,93 @@ pub struct TopicSpec {
     pub replication_factor: i32,
     /// A compacted topic (a changelog) rather than a deleted-by-time one.
     pub compacted: bool,
+    /// How long a deleted-by-time topic keeps its records; the broker's default if `None`.
+    pub retention_ms: Option<i64>,
 }
 
 impl TopicSpec {
     pub fn new(name: impl Into<String>, partitions: i32, replication_factor: i32) -> TopicSpec {
-        TopicSpec { name: name.into(), partitions, replication_factor, compacted: false }
+        TopicSpec { name: name.into(), partitions, replication_factor, compacted: false, retention_ms: None }
     }
 
     pub fn compacted(mut self) -> TopicSpec {
         self.compacted = true;
         self
     }
+
+    pub fn retention_ms(mut self, retention_ms: i64) -> TopicSpec {
+        self.retention_ms = Some(retention_ms);
+        self
+    }
+
+    /// The topic-level settings it must have.
+    pub fn configs(&self) -> Vec<(&'static str, String)> {
+        let mut configs = vec![
+            ("cleanup.policy", if self.compacted { "compact" } else { "delete" }.to_string()),
+            ("max.message.bytes", MAX_MESSAGE_BYTES.to_string()),
+            // With three replicas, a write needs two: one broker may go, none is lost.
+            ("min.insync.replicas", if self.replication_factor >= 3 { "2" } else { "1" }.to_string()),
+        ];
+        if let (false, Some(ms)) = (self.compacted, self.retention_ms) {
+            configs.push(("retention.ms", ms.to_string()));
+        }
+        configs
+    }
 }
 
+/// The topics of the system as `topics` describes them: `orders`, `order-updates`, the
+/// dead-letter topic (one partition) and dev-materiels' compacted changelog `changelog` (as many
+/// partitions as `orders`).
+pub fn system_topics(topics: &TopicArgs, changelog: &str) -> Vec<TopicSpec> {
+    let mut specs = service_topics(topics);
+    specs.push(changelog_topic(topics, changelog, topics.partitions));
+    specs
+}
+
+/// The topics both services use: `orders`, `order-updates` and the dead-letter topic.
+pub fn service_topics(topics: &TopicArgs) -> Vec<TopicSpec> {
+    let rf = topics.replication_factor;
+    vec![
+        TopicSpec::new(&topics.orders_topic, topics.partitions, rf).retention_ms(topics.retention_ms),
+        TopicSpec::new(&topics.updates_topic, topics.partitions, rf).retention_ms(topics.retention_ms),
+        TopicSpec::new(&topics.dlq_topic, 1, rf).retention_ms(topics.dlq_retention_ms),
+    ]
+}
+
+/// dev-materiels' compacted changelog, with `partitions` (those of `orders`).
+pub fn changelog_topic(topics: &TopicArgs, name: &str, partitions: i32) -> TopicSpec {
+    TopicSpec::new(name, partitions, topics.replication_factor).compacted()
+}
+
+/// How a topic differs from its [`TopicSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    Missing {
+        topic: String,
+    },
+    /// A setting with another value than the spec's. `fixable`: `apply` can change it (topic
+    /// configuration); partitions and replication need an operator's decision.
+    Drift {
+        topic: String,
+        setting: String,
+        actual: String,
+        expected: String,
+        fixable: bool,
+    },
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finding::Missing { topic } => write!(f, "{topic}: missing"),
+            Finding::Drift { topic, setting, actual, expected, fixable } => write!(
+                f,
+                "{topic}: {setting} is {actual}, expected {expected}{}",
+                if *fixable { "" } else { " (not changed by apply: decide and change it by hand)" }
+            ),
+        }
+    }
+}
 /// A topic problem that stops a service from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -47,17 +125,15 @@ pub enum TopicError {
 /// Creates the topics that do not exist yet. Existing topics are left as they are.
 pub fn ensure_topics(kafka: &KafkaArgs, specs: &[TopicSpec]) -> Result<(), TopicError> {
     let admin: AdminClient<DefaultClientContext> = kafka.finish(kafka.base()).create()?;
-    let max_bytes = MAX_MESSAGE_BYTES.to_string();
+    let configs: Vec<Vec<(&'static str, String)>> = specs.iter().map(TopicSpec::configs).collect();
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
-        .map(|spec| {
-            let topic = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor))
-                .set("max.message.bytes", &max_bytes);
-            if spec.compacted {
-                topic.set("cleanup.policy", "compact")
-            } else {
-                topic
-            }
+        .zip(&configs)
+        .map(|(spec, configs)| {
+            configs.iter().fold(
+                NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor)),
+                |topic, (key, value)| topic.set(key, value),
+            )
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -88,4 +164,101 @@ pub fn partition_count(kafka: &KafkaArgs, topic: &str, timeout: Duration) -> Res
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Compares the topics of the cluster with `specs`. A changelog (compacted spec) is expected to
+/// have as many partitions as the first spec's topic has in fact (`orders`), when it exists.
+pub fn check_topics(kafka: &KafkaArgs, specs: &[TopicSpec]) -> Result<Vec<Finding>, TopicError> {
+    let consumer: BaseConsumer = kafka.finish(kafka.base()).create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(30))?;
+    let layout: BTreeMap<&str, (i32, i32)> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| {
+            let replicas = t.partitions().iter().map(|p| p.replicas().len() as i32).min().unwrap_or(0);
+            (t.name(), (t.partitions().len() as i32, replicas))
+        })
+        .collect();
+    let admin: AdminClient<DefaultClientContext> = kafka.finish(kafka.base()).create()?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let mut findings = Vec::new();
+    let inputs = specs.first().and_then(|first| layout.get(first.name.as_str())).map(|(p, _)| *p);
+    for spec in specs {
+        let Some((partitions, replicas)) = layout.get(spec.name.as_str()).copied() else {
+            findings.push(Finding::Missing { topic: spec.name.clone() });
+            continue;
+        };
+        let expected_partitions = if spec.compacted { inputs.unwrap_or(spec.partitions) } else { spec.partitions };
+        let mut drift = |setting: &str, actual: String, expected: String, fixable: bool| {
+            if actual != expected {
+                findings.push(Finding::Drift {
+                    topic: spec.name.clone(),
+                    setting: setting.into(),
+                    actual,
+                    expected,
+                    fixable,
+                });
+            }
+        };
+        drift("partitions", partitions.to_string(), expected_partitions.to_string(), false);
+        drift("replication factor", replicas.to_string(), spec.replication_factor.to_string(), false);
+        let described =
+            futures::executor::block_on(admin.describe_configs(&[ResourceSpecifier::Topic(&spec.name)], &options))?;
+        let resource = match described.into_iter().next() {
+            Some(Ok(resource)) => resource,
+            Some(Err(code)) => return Err(TopicError::Create { topic: spec.name.clone(), code }),
+            None => return Err(TopicError::Missing(spec.name.clone())),
+        };
+        for (key, expected) in spec.configs() {
+            let actual = resource.get(key).and_then(|e| e.value.clone()).unwrap_or_default();
+            drift(key, actual, expected, true);
+        }
+    }
+    Ok(findings)
+}
+
+/// Creates the missing topics and sets the topic configuration that drifted (keeping the other
+/// settings set on the topic). Returns what it found, before fixing it.
+pub fn apply_topics(kafka: &KafkaArgs, specs: &[TopicSpec]) -> Result<Vec<Finding>, TopicError> {
+    let findings = check_topics(kafka, specs)?;
+    let missing: Vec<TopicSpec> = specs
+        .iter()
+        .filter(|s| findings.iter().any(|f| matches!(f, Finding::Missing { topic } if *topic == s.name)))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        ensure_topics(kafka, &missing)?;
+    }
+    let admin: AdminClient<DefaultClientContext> = kafka.finish(kafka.base()).create()?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    for spec in specs {
+        let drifted =
+            findings.iter().any(|f| matches!(f, Finding::Drift { topic, fixable: true, .. } if *topic == spec.name));
+        if !drifted {
+            continue;
+        }
+        // AlterConfigs replaces the topic's whole configuration: start from what is set on it.
+        let described =
+            futures::executor::block_on(admin.describe_configs(&[ResourceSpecifier::Topic(&spec.name)], &options))?;
+        let mut settings: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(Ok(resource)) = described.into_iter().next() {
+            for entry in resource.entries.iter().filter(|e| e.source == ConfigSource::DynamicTopic) {
+                if let Some(value) = &entry.value {
+                    settings.insert(entry.name.clone(), value.clone());
+                }
+            }
+        }
+        for (key, value) in spec.configs() {
+            settings.insert(key.to_string(), value);
+        }
+        let alter =
+            settings.iter().fold(AlterConfig::new(ResourceSpecifier::Topic(&spec.name)), |a, (k, v)| a.set(k, v));
+        for result in futures::executor::block_on(admin.alter_configs(&[alter], &options))? {
+            if let Err((_, code)) = result {
+                return Err(TopicError::Create { topic: spec.name.clone(), code });
+            }
+        }
+    }
+    Ok(findings)
 }

@@ -194,7 +194,8 @@ fn wagon_lits_api_answers_every_request_with_a_documented_status() {
     let kafka = KafkaArgs::new("127.0.0.1:9");
     let producer = CommandProducer::new(&kafka, "orders", Duration::from_millis(30)).expect("producer");
     let sender = Arc::new(CommandSender::new(producer, Duration::from_millis(30), None, Arc::clone(&view)));
-    let handler = api::handler(Arc::new(Api { view, sender }));
+    let registry = Arc::new(prometheus_client::registry::Registry::default());
+    let handler = api::handler(Arc::new(Api { view, sender, registry, token: None, ops: None }));
     const PATHS: &[&str] = &[
         "/orders",
         "/orders/{id}",
@@ -212,7 +213,8 @@ fn dev_materiels_endpoint_answers_every_request_with_a_documented_status() {
     let (direct, requests) = DirectHandle::channel();
     // No stream thread: commands that get that far answer 503.
     drop(requests);
-    let handler = pipeline::dev_materiels::http::handler(direct, Arc::new(StreamMetrics::default()));
+    let registry = Arc::new(prometheus_client::registry::Registry::default());
+    let handler = pipeline::dev_materiels::http::handler(direct, Arc::new(StreamMetrics::default()), registry);
     const PATHS: &[&str] = &["/v1/commands", "/v1/orders/{id}", "/v1/status", "/readyz", "/v1/{id}"];
     fuzz("dev-materiels endpoint", handler, PATHS, &[400, 404, 405, 413, 422, 503]);
 }

@@ -18,6 +18,6 @@ pub use order::{
     InvalidCommand, OrderLine, OrderState, OrderStatus, OrderUpdate, Outcome, PlaceOrder, Rules, Timer, TimerKind,
     Trigger,
 };
-pub use store::{OrderStore, OutboxEntry, StoreBatch, StoreError, StoreOptions};
+pub use store::{OrderStore, OutboxEntry, StoreBatch, StoreError, StoreOptions, StoreSize};
 pub use timers::TimerQueue;
 pub use view::{ApplyStats, ViewRecord, ViewStore};

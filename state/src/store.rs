@@ -123,6 +123,29 @@ impl Default for StoreOptions {
 }
 
 /// Opens a RocksDB with the given column families.
+/// How big a store is: the entries of its main column family (RocksDB's estimate) and the bytes
+/// it holds in SST files and memtables, over all its column families.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreSize {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+pub(crate) fn store_size(db: &DB, families: &[&str], main: &str) -> StoreSize {
+    let property = |cf, name: &str| db.property_int_value_cf(cf, name).ok().flatten().unwrap_or(0);
+    let mut size = StoreSize::default();
+    for name in families {
+        if let Some(cf) = db.cf_handle(name) {
+            size.bytes +=
+                property(cf, "rocksdb.total-sst-files-size") + property(cf, "rocksdb.cur-size-all-mem-tables");
+            if *name == main {
+                size.keys = property(cf, "rocksdb.estimate-num-keys");
+            }
+        }
+    }
+    size
+}
+
 pub(crate) fn open_db(path: &Path, options: &StoreOptions, families: &[&str]) -> Result<DB, StoreError> {
     let db_options = options.rocks_options();
     let descriptors =
@@ -281,6 +304,11 @@ impl OrderStore {
     pub fn delete_outbox(&self, batch: &mut StoreBatch, seq: u64) -> Result<(), StoreError> {
         batch.batch.delete_cf(self.cf(CF_OUTBOX)?, seq.to_be_bytes());
         Ok(())
+    }
+
+    /// Orders held and bytes used (RocksDB's estimates, cheap).
+    pub fn size(&self) -> StoreSize {
+        store_size(&self.db, &[CF_ORDERS, CF_TIMERS, CF_META, CF_OUTBOX], CF_ORDERS)
     }
 
     /// Number of orders held (RocksDB's estimate, cheap).

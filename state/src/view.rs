@@ -124,6 +124,11 @@ impl ViewStore {
         &self.path
     }
 
+    /// Orders held and bytes used (RocksDB's estimates, cheap).
+    pub fn size(&self) -> crate::store::StoreSize {
+        crate::store::store_size(&self.db, &[CF_ORDERS, CF_BY_STATUS, CF_META], CF_ORDERS)
+    }
+
     fn err(&self, source: rocksdb::Error) -> StoreError {
         StoreError::Rocks { path: self.path.clone(), source }
     }

@@ -6,9 +6,10 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use pipeline::dev_materiels::{self, DevMaterielsArgs};
 use pipeline::logging::{self, LogFormat};
+use pipeline::topics::{apply_topics, check_topics, system_topics, Finding};
 
 /// dev-materiels: the exactly-once stateful processor of material orders.
 ///
@@ -17,19 +18,92 @@ use pipeline::logging::{self, LogFormat};
 /// `order-updates`; updates, changelog records and consumed offsets commit in one Kafka
 /// transaction. Invalid commands go to the dead-letter topic with their reason. SIGTERM or
 /// SIGINT commits what is open and stops.
+///
+/// `dev-materiels topics check|apply` checks (or creates and fixes) the topics of the system
+/// instead of running.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
     #[command(flatten)]
     args: DevMaterielsArgs,
     /// Log format (`RUST_LOG` sets the filter, e.g. `info,pipeline=debug`).
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain")]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", global = true)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The topics of the system: `orders`, `order-updates`, the dead-letter topic and the
+    /// compacted changelog, with the partitions, replication, retention and cleanup policy the
+    /// flags give.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum TopicsAction {
+    /// Report what is missing or differs (drift). Exits 1 if anything does.
+    Check,
+    /// Create the missing topics and set the topic settings that drifted (cleanup policy,
+    /// retention, min.insync.replicas, max.message.bytes). Partition counts and replication
+    /// factors are reported, never changed. Exits 1 if such drift remains.
+    Apply,
+}
+
+/// Runs `topics check|apply`; prints one line per finding.
+fn topics(args: &DevMaterielsArgs, action: TopicsAction) -> std::process::ExitCode {
+    let changelog = format!("{}-order-store-changelog", args.application_id);
+    let specs = system_topics(&args.topics, &changelog);
+    let result = match action {
+        TopicsAction::Check => check_topics(&args.kafka, &specs),
+        TopicsAction::Apply => apply_topics(&args.kafka, &specs),
+    };
+    let findings = match result {
+        Ok(findings) => findings,
+        Err(err) => {
+            eprintln!("dev-materiels topics: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let fixed = matches!(action, TopicsAction::Apply);
+    for spec in &specs {
+        let mine: Vec<&Finding> = findings.iter().filter(|f| finding_topic(f) == spec.name).collect();
+        if mine.is_empty() {
+            println!("{}: ok", spec.name);
+        }
+        for finding in mine {
+            let done = match finding {
+                Finding::Missing { .. } if fixed => " (created)",
+                Finding::Drift { fixable: true, .. } if fixed => " (set)",
+                _ => "",
+            };
+            println!("{finding}{done}");
+        }
+    }
+    let remaining = findings.iter().any(|f| !fixed || matches!(f, Finding::Drift { fixable: false, .. }));
+    if remaining {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+fn finding_topic(finding: &Finding) -> &str {
+    match finding {
+        Finding::Missing { topic } | Finding::Drift { topic, .. } => topic,
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, "info,librdkafka=warn,rdkafka=warn");
+    if let Some(Command::Topics { action }) = cli.command {
+        return topics(&cli.args, action);
+    }
     let shutdown = match pipeline::shutdown::on_signal() {
         Ok(flag) => flag,
         Err(err) => {

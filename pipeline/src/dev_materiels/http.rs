@@ -6,47 +6,79 @@
 //!   validation, 503 when the order's task is not here or its state is not settled yet.
 //! - `GET /v1/orders/{id}`: the order's state in its state store (404 if none).
 //! - `GET /v1/status`: the stream thread's counters (records, commits, outbox...).
-//! - `GET /healthz`, `GET /readyz` (ready once every assigned task is restored).
+//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]).
+//! - `GET /healthz` (the process answers), `GET /readyz` (ready once the group has assigned
+//!   partitions and every one of them is restored).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http_fallback::{json, Handler, Problem, Request, Response};
+use http_fallback::{json, metrics_response, Handler, Problem, Request, Response};
 use hyper::{Method, StatusCode};
+use prometheus_client::registry::Registry;
 use state::{validate_envelope, CommandEnvelope};
 
 use crate::runtime::direct::{DirectHandle, DirectRefusal};
 use crate::runtime::StreamMetrics;
 
-pub fn handler(direct: DirectHandle, metrics: Arc<StreamMetrics>) -> Handler {
+pub fn handler(direct: DirectHandle, metrics: Arc<StreamMetrics>, registry: Arc<Registry>) -> Handler {
     Arc::new(move |request: Request| {
         let direct = direct.clone();
         let metrics = Arc::clone(&metrics);
-        Box::pin(async move { route(request, direct, metrics).await })
+        let registry = Arc::clone(&registry);
+        Box::pin(async move { route(request, direct, metrics, &registry).await })
     })
 }
 
-async fn route(request: Request, direct: DirectHandle, metrics: Arc<StreamMetrics>) -> Response {
+/// The route template of a request, for the HTTP metrics.
+pub fn route_of(_: &Method, path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "commands"] => "/v1/commands",
+        ["v1", "orders", _] => "/v1/orders/{id}",
+        ["v1", "status"] => "/v1/status",
+        ["metrics"] => "/metrics",
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        _ => "other",
+    }
+}
+
+async fn route(request: Request, direct: DirectHandle, metrics: Arc<StreamMetrics>, registry: &Registry) -> Response {
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (request.method(), segments.as_slice()) {
-        (&Method::POST, ["v1", "commands"]) => command(request.body(), &direct).await,
+        (&Method::POST, ["v1", "commands"]) => {
+            let trace = request
+                .headers()
+                .get(crate::trace::TRACEPARENT)
+                .and_then(|v| crate::trace::TraceParent::from_bytes(v.as_bytes()));
+            if let Some(trace) = trace {
+                tracing::debug!(trace_id = %trace.trace_id(), "command over HTTP");
+            }
+            command(request.body(), &direct).await
+        }
         (&Method::GET, ["v1", "orders", id]) => query(id, &direct).await,
         (&Method::GET, ["v1", "status"]) => json(StatusCode::OK, &metrics.snapshot()),
+        (&Method::GET, ["metrics"]) => metrics_response(registry),
         (&Method::GET, ["healthz"]) => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, ["readyz"]) => {
-            if metrics.active_tasks.load(Ordering::Relaxed) > 0 {
+            if metrics.is_ready() {
                 json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
             } else {
-                Problem::unavailable("no task restored yet").into_response()
+                let restoring = metrics.partitions_restoring.load(Ordering::Relaxed);
+                Problem::unavailable(format!("not ready: no assignment yet, or {restoring} partition(s) restoring"))
+                    .into_response()
             }
         }
-        (_, ["v1", "commands"] | ["v1", "orders", _] | ["v1", "status"] | ["healthz"] | ["readyz"]) => Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            format!("{} is not allowed on {path}", request.method()),
-        )
-        .into_response(),
+        (_, ["v1", "commands"] | ["v1", "orders", _] | ["v1", "status"] | ["metrics"] | ["healthz"] | ["readyz"]) => {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                format!("{} is not allowed on {path}", request.method()),
+            )
+            .into_response()
+        }
         _ => Problem::not_found(format!("no route for {path}")).into_response(),
     }
 }

@@ -124,7 +124,18 @@ pub fn run(
     let server = match args.http.http_listen {
         None => None,
         Some(addr) => {
-            let server_config = args.http.server_config().map_err(|e| RuntimeError::Config(e.to_string()))?;
+            let mut server_config = args.http.server_config().map_err(|e| RuntimeError::Config(e.to_string()))?;
+            let collector = crate::metrics::DevMaterielsCollector {
+                metrics: Arc::clone(&metrics),
+                topics: crate::metrics::Topics {
+                    orders: config.topics.orders_topic.clone(),
+                    updates: config.topics.updates_topic.clone(),
+                    changelog: config.changelog_topic(),
+                    dlq: config.topics.dlq_topic.clone(),
+                },
+            };
+            let (registry, http_metrics) = crate::metrics::registry(collector, http::route_of);
+            server_config.metrics = Some(http_metrics);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("dev-materiels-http")
@@ -135,7 +146,7 @@ pub fn run(
                 .block_on(tokio::net::TcpListener::bind(addr))
                 .map_err(|e| RuntimeError::Config(format!("cannot listen on {addr}: {e}")))?;
             tracing::info!(%addr, auth = server_config.token.is_some(), "HTTP fallback endpoint listening");
-            let handler = http::handler(direct.clone(), Arc::clone(&metrics));
+            let handler = http::handler(direct.clone(), Arc::clone(&metrics), registry);
             let stop = Arc::clone(&shutdown);
             let task = runtime.spawn(http_fallback::serve(listener, server_config, handler, until_set(stop)));
             Some((runtime, task))

@@ -37,10 +37,11 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use state::{decode_command, validate_envelope};
@@ -53,7 +54,8 @@ use super::task::{Direct, Output, Task};
 use super::{KafkaContext, RuntimeError, StreamConfig};
 use crate::kafka_config::{KAFKA_CALL_TIMEOUT, MAX_MESSAGE_BYTES};
 use crate::partitioner::partition_for;
-use crate::topics::{ensure_topics, partition_count, TopicSpec};
+use crate::topics::{changelog_topic, ensure_topics, partition_count, service_topics};
+use crate::trace::{TraceParent, TRACEPARENT};
 
 /// How long one `poll` waits for a record (and so how long an HTTP request may wait for its
 /// turn on an idle thread).
@@ -76,8 +78,8 @@ pub const WEDGE_SEND_OFFSETS_ENV: &str = "RAIL_FAULT_WEDGE_SEND_OFFSETS";
 const DLQ_TRUNCATE: usize = 64 << 10;
 
 /// Live counters of one stream thread, readable from any thread (the demo's progress, health
-/// checks).
-#[derive(Debug, Default)]
+/// checks, `/metrics`).
+#[derive(Debug)]
 pub struct StreamMetrics {
     /// Records read from `orders`.
     pub records: AtomicU64,
@@ -104,6 +106,54 @@ pub struct StreamMetrics {
     pub standby_partitions: AtomicU64,
     /// Transactional producers replaced after a fatal error or a stuck call.
     pub producers_replaced: AtomicU64,
+    /// Partitions assigned and waiting for their restore.
+    pub partitions_restoring: AtomicU64,
+    /// Assignments received from the group.
+    pub assignments: AtomicU64,
+    /// Time from asking for a commit to Kafka's answer, in seconds.
+    pub commit_seconds: Histogram,
+    /// The same for aborts.
+    pub abort_seconds: Histogram,
+    /// Consumer lag of each assigned partition of `orders` (librdkafka's statistics, every few
+    /// seconds): records after the committed offset, up to the last stable offset.
+    pub consumer_lag: Mutex<BTreeMap<i32, i64>>,
+    /// Size of each task's state store, refreshed every few seconds.
+    pub stores: Mutex<BTreeMap<i32, state::StoreSize>>,
+}
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        StreamMetrics {
+            records: AtomicU64::default(),
+            updates: AtomicU64::default(),
+            unchanged: AtomicU64::default(),
+            dead_letters: AtomicU64::default(),
+            commits: AtomicU64::default(),
+            aborts: AtomicU64::default(),
+            restored_records: AtomicU64::default(),
+            active_tasks: AtomicU64::default(),
+            direct_commands: AtomicU64::default(),
+            outbox_published: AtomicU64::default(),
+            outbox_pending: AtomicU64::default(),
+            standby_records: AtomicU64::default(),
+            standby_partitions: AtomicU64::default(),
+            producers_replaced: AtomicU64::default(),
+            partitions_restoring: AtomicU64::default(),
+            assignments: AtomicU64::default(),
+            // 1 ms to about 16 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            abort_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            consumer_lag: Mutex::default(),
+            stores: Mutex::default(),
+        }
+    }
+}
+
+impl StreamMetrics {
+    /// Whether the thread has had an assignment and restored all of it.
+    pub fn is_ready(&self) -> bool {
+        self.assignments.load(Ordering::Relaxed) > 0 && self.partitions_restoring.load(Ordering::Relaxed) == 0
+    }
 }
 
 impl StreamMetrics {
@@ -255,9 +305,12 @@ struct Engine {
     crash_after_commits: Option<u64>,
 }
 
-/// The consumer's context: routes rebalance callbacks to the engine.
+/// The consumer's context: routes rebalance callbacks to the engine, and librdkafka's
+/// statistics to the metrics.
 struct StreamContext {
     engine: Arc<Mutex<Engine>>,
+    metrics: Arc<StreamMetrics>,
+    orders_topic: String,
 }
 
 fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
@@ -269,7 +322,13 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
     tpl.elements().iter().map(|e| e.partition()).collect()
 }
 
-impl ClientContext for StreamContext {}
+impl ClientContext for StreamContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Some(lag) = crate::metrics::consumer_lag(statistics, &self.orders_topic) {
+            *self.metrics.consumer_lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
+        }
+    }
+}
 
 impl ConsumerContext for StreamContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -319,7 +378,11 @@ pub fn run(
     let engine =
         Arc::new(Mutex::new(Engine::new(config.clone(), changelog, partitions, Arc::clone(&metrics), direct)?));
     let consumer: BaseConsumer<StreamContext> = consumer_config(&config)
-        .create_with_context(StreamContext { engine: Arc::clone(&engine) })
+        .create_with_context(StreamContext {
+            engine: Arc::clone(&engine),
+            metrics: Arc::clone(&metrics),
+            orders_topic: config.topics.orders_topic.clone(),
+        })
         .context("creating the orders consumer")?;
     consumer.subscribe(&[&config.topics.orders_topic]).context("subscribing to orders")?;
     tracing::info!(
@@ -330,6 +393,7 @@ pub fn run(
     );
 
     let mut last_report = Instant::now();
+    let mut last_sizes = Instant::now();
     let mut last_consumer_error: Option<Instant> = None;
     while !shutdown.load(Ordering::Relaxed) {
         // While a transaction settles, no record may join it: leave them in the consumer.
@@ -369,6 +433,10 @@ pub fn run(
             engine.producer.poll(Duration::ZERO);
         }
         engine.maybe_commit(&consumer)?;
+        if last_sizes.elapsed() > Duration::from_secs(5) {
+            engine.refresh_store_sizes();
+            last_sizes = Instant::now();
+        }
         if last_report.elapsed() > Duration::from_secs(10) {
             let s = engine.metrics.snapshot();
             tracing::info!(
@@ -399,23 +467,15 @@ pub fn run(
 /// partition, and returns that number.
 fn prepare_topics(config: &StreamConfig, changelog: &str) -> Result<i32, RuntimeError> {
     let t = &config.topics;
-    let rf = t.replication_factor;
     if !config.create_topics {
         let orders = partition_count(&config.kafka, &t.orders_topic, KAFKA_CALL_TIMEOUT)?;
         let changelog_partitions = partition_count(&config.kafka, changelog, KAFKA_CALL_TIMEOUT)?;
         check_changelog(changelog, changelog_partitions, orders, &t.orders_topic)?;
         return Ok(orders);
     }
-    ensure_topics(
-        &config.kafka,
-        &[
-            TopicSpec::new(&t.orders_topic, t.partitions, rf),
-            TopicSpec::new(&t.updates_topic, t.partitions, rf),
-            TopicSpec::new(&t.dlq_topic, 1, rf),
-        ],
-    )?;
+    ensure_topics(&config.kafka, &service_topics(t))?;
     let orders = partition_count(&config.kafka, &t.orders_topic, KAFKA_CALL_TIMEOUT)?;
-    ensure_topics(&config.kafka, &[TopicSpec::new(changelog, orders, rf).compacted()])?;
+    ensure_topics(&config.kafka, &[changelog_topic(t, changelog, orders)])?;
     let changelog_partitions = partition_count(&config.kafka, changelog, KAFKA_CALL_TIMEOUT)?;
     check_changelog(changelog, changelog_partitions, orders, &t.orders_topic)?;
     Ok(orders)
@@ -451,7 +511,9 @@ fn consumer_config(config: &StreamConfig) -> ClientConfig {
         // librdkafka prefetches up to 64 MiB per consumer by default; 8 MiB still holds several
         // commit intervals of records. (Peak RSS in the end-to-end bench: 277 MiB before, 278
         // after: the memory is elsewhere, see docs/benchmarks.md.)
-        .set("queued.max.messages.kbytes", "8192");
+        .set("queued.max.messages.kbytes", "8192")
+        // For the consumer lag of /metrics.
+        .set("statistics.interval.ms", "5000");
     config.kafka.finish(c)
 }
 
@@ -568,6 +630,12 @@ impl Engine {
         self.metrics.standby_partitions.store(standbys.partitions().len() as u64, Ordering::Relaxed);
     }
 
+    /// Refreshes the store sizes `/metrics` shows.
+    fn refresh_store_sizes(&self) {
+        let sizes = self.tasks.iter().map(|(partition, task)| (*partition, task.store().size())).collect();
+        *self.metrics.stores.lock().unwrap_or_else(|e| e.into_inner()) = sizes;
+    }
+
     /// Applies what the changelog has for the standby copies, without waiting.
     fn poll_standbys(&mut self) -> Result<(), RuntimeError> {
         if let Some(standbys) = &mut self.standbys {
@@ -579,6 +647,7 @@ impl Engine {
 
     fn update_gauges(&self) {
         self.metrics.active_tasks.store(self.tasks.len() as u64, Ordering::Relaxed);
+        self.metrics.partitions_restoring.store(self.to_restore.len() as u64, Ordering::Relaxed);
         let pending: usize = self.tasks.values().map(Task::outbox_len).sum();
         self.metrics.outbox_pending.store(pending as u64, Ordering::Relaxed);
     }
@@ -709,7 +778,7 @@ impl Engine {
             }
         }
         for (partition, output) in &drained {
-            self.emit(*partition, output)?;
+            self.emit(*partition, output, &TraceParent::root())?;
         }
         Ok(())
     }
@@ -740,17 +809,29 @@ impl Engine {
             txn.first_offsets.entry(partition).or_insert(offset);
         }
         bump(&self.metrics.records);
+        // The command's span, from its record (a new trace if it came without one).
+        let trace = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT).and_then(|h| h.value))
+            .and_then(TraceParent::from_bytes)
+            .unwrap_or_else(TraceParent::root);
         match decode_command(message.key(), message.payload()) {
             Ok(envelope) => {
                 let rules = &self.config.rules;
                 let Some(task) = self.tasks.get_mut(&partition) else { return Ok(()) };
                 match task.process(&envelope, rules, now_ms())? {
-                    Some(output) => self.emit(partition, &output)?,
-                    None => bump(&self.metrics.unchanged),
+                    Some(output) => {
+                        tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, trace_id = %trace.trace_id(), version = output.update.version, "command decided");
+                        self.emit(partition, &output, &trace)?
+                    }
+                    None => {
+                        tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, trace_id = %trace.trace_id(), "command already applied; nothing to do");
+                        bump(&self.metrics.unchanged)
+                    }
                 }
             }
             Err(invalid) => {
-                tracing::warn!(partition, offset, error = %invalid, "invalid command sent to the dead-letter topic");
+                tracing::warn!(partition, offset, error = %invalid, trace_id = %trace.trace_id(), "invalid command sent to the dead-letter topic");
                 self.dead_letter(message, &invalid)?;
             }
         }
@@ -760,11 +841,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Produces an update and its changelog record.
-    fn emit(&mut self, partition: i32, output: &Output) -> Result<(), RuntimeError> {
+    /// Produces an update and its changelog record. The update carries a child span of
+    /// `parent` (the command's, or a new trace for timers and the outbox).
+    fn emit(&mut self, partition: i32, output: &Output, parent: &TraceParent) -> Result<(), RuntimeError> {
         let update = serde_json::to_vec(&output.update).unwrap_or_default();
         let key = output.update.order_id.as_str();
-        send(&self.producer, BaseRecord::to(&self.config.topics.updates_topic).key(key).payload(&update))?;
+        let traceparent = parent.child().to_string();
+        let headers =
+            OwnedHeaders::new_with_capacity(1).insert(Header { key: TRACEPARENT, value: Some(traceparent.as_bytes()) });
+        send(
+            &self.producer,
+            BaseRecord::to(&self.config.topics.updates_topic).key(key).payload(&update).headers(headers),
+        )?;
         send(&self.producer, BaseRecord::to(&self.changelog).partition(partition).key(key).payload(&output.state))?;
         bump(&self.metrics.updates);
         Ok(())
@@ -884,7 +972,7 @@ impl Engine {
         }
         self.begin()?;
         for (partition, output) in &fired {
-            self.emit(*partition, output)?;
+            self.emit(*partition, output, &TraceParent::root())?;
         }
         Ok(())
     }
@@ -922,7 +1010,7 @@ impl Engine {
             };
             self.committer.submit(op)?;
         }
-        let Some((kind, result)) = self.committer.result(wait)? else {
+        let Some((kind, result, took)) = self.committer.result(wait)? else {
             return match self.committer.wedged() {
                 Some((call, stuck)) => self.unwedge(consumer, call, stuck),
                 None => Ok(Settled::NotYet),
@@ -931,6 +1019,7 @@ impl Engine {
         match (kind, result) {
             // Committed (even if an abort was asked for meanwhile: it was too late for that).
             (OpKind::Commit, Ok(())) => {
+                self.metrics.commit_seconds.observe(took.as_secs_f64());
                 self.after_commit()?;
                 Ok(Settled::Yes)
             }
@@ -950,6 +1039,7 @@ impl Engine {
                 Err(RuntimeError::Kafka { context: "committing the transaction".into(), source: err })
             }
             (OpKind::Abort, Ok(())) => {
+                self.metrics.abort_seconds.observe(took.as_secs_f64());
                 self.after_abort(consumer)?;
                 Ok(Settled::Yes)
             }
@@ -1120,6 +1210,7 @@ impl Engine {
     /// New partitions: restore them before processing; drop detached tasks that did not come back.
     fn on_assign(&mut self, partitions: &[i32]) {
         tracing::info!(?partitions, "partitions assigned");
+        bump(&self.metrics.assignments);
         let gone: Vec<i32> = self.detached.iter().copied().filter(|p| !partitions.contains(p)).collect();
         for partition in gone {
             tracing::warn!(
@@ -1200,8 +1291,8 @@ enum OpKind {
     Abort,
 }
 
-/// A transactional call that finished, and how.
-type Finished = (OpKind, Result<(), KafkaError>);
+/// A transactional call that finished, how, and how long it took.
+type Finished = (OpKind, Result<(), KafkaError>, Duration);
 
 /// The transactional call the committer thread is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1243,7 +1334,7 @@ fn wedge_injected_at() -> Option<u64> {
 struct Committer {
     ops: std::sync::mpsc::Sender<TxnOp>,
     results: Receiver<Result<(), KafkaError>>,
-    in_flight: Option<OpKind>,
+    in_flight: Option<(OpKind, Instant)>,
     /// The call under way on the committer thread, and since when.
     current: Arc<Mutex<Option<(Call, Instant)>>>,
     wedged_after: Duration,
@@ -1305,17 +1396,17 @@ impl Committer {
             TxnOp::Abort => OpKind::Abort,
         };
         self.ops.send(op).map_err(|_| RuntimeError::Config("the committer thread stopped".into()))?;
-        self.in_flight = Some(kind);
+        self.in_flight = Some((kind, Instant::now()));
         Ok(())
     }
 
     /// The result of the call in flight, if it came within `wait`.
     fn result(&mut self, wait: Duration) -> Result<Option<Finished>, RuntimeError> {
-        let Some(kind) = self.in_flight else { return Ok(None) };
+        let Some((kind, submitted)) = self.in_flight else { return Ok(None) };
         match self.results.recv_timeout(wait) {
             Ok(result) => {
                 self.in_flight = None;
-                Ok(Some((kind, result)))
+                Ok(Some((kind, result, submitted.elapsed())))
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {

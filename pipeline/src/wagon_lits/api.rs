@@ -4,13 +4,15 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http_fallback::{json, Handler, Problem, Request, Response};
+use http_fallback::{json, metrics_response, Handler, Problem, Request, Response};
 use hyper::{Method, StatusCode};
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use state::order::MAX_ID_LEN;
 use state::{status_refusal, Command, CommandEnvelope, OrderLine, OrderStatus, OrderUpdate, PlaceOrder, ViewStore};
 
 use super::sender::{BreakerState, CommandSender, Path, SendError};
+use crate::trace::{TraceParent, TRACEPARENT};
 
 /// Largest page of `GET /orders`.
 pub const MAX_PAGE: usize = 500;
@@ -54,6 +56,34 @@ struct Page {
 pub struct Api {
     pub view: Arc<ViewStore>,
     pub sender: Arc<CommandSender>,
+    /// What `GET /metrics` shows.
+    pub registry: Arc<Registry>,
+    /// The token, to check the operations page's sign-in form; `None` when auth is off.
+    pub token: Option<http_fallback::Secret>,
+    /// What the operations page (`/ops`) reads Kafka with; `None` turns the page off.
+    pub ops: Option<super::ops::OpsConfig>,
+}
+
+/// The route template of a request, for the HTTP metrics.
+pub fn route_of(_: &Method, path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["orders"] => "/orders",
+        ["orders", "counts"] => "/orders/counts",
+        ["orders", _] => "/orders/{id}",
+        ["orders", _, "cancel"] => "/orders/{id}/cancel",
+        ["orders", _, "confirm-delivery"] => "/orders/{id}/confirm-delivery",
+        ["status"] => "/status",
+        ["metrics"] => "/metrics",
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["ops"] => "/ops",
+        ["ops", "login"] => "/ops/login",
+        ["ops", "orders"] => "/ops/orders",
+        ["ops", "orders", _] => "/ops/orders/{id}",
+        ["ops", "dlq", "replay"] => "/ops/dlq/replay",
+        _ => "other",
+    }
 }
 
 pub fn handler(api: Arc<Api>) -> Handler {
@@ -91,30 +121,41 @@ impl Api {
             Ok(key) => key,
             Err(problem) => return problem.into_response(),
         };
+        // The command's span: a child of the caller's `traceparent`, or a new trace.
+        let trace = request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| TraceParent::from_bytes(v.as_bytes()))
+            .map_or_else(TraceParent::root, |parent| parent.child());
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if segments.first() == Some(&"ops") {
+            return self.ops(request, &segments).await;
+        }
         let result = match (request.method(), segments.as_slice()) {
-            (&Method::POST, ["orders"]) => self.place(request.body(), key).await,
+            (&Method::POST, ["orders"]) => self.place(request.body(), key, &trace).await,
             (&Method::GET, ["orders"]) => self.list(request.uri().query().unwrap_or_default()),
             (&Method::GET, ["orders", "counts"]) => Ok(self.counts()),
             (&Method::GET, ["orders", id]) => self.get(id),
-            (&Method::POST, ["orders", id, "cancel"]) => self.cancel(id, request.body(), key).await,
-            (&Method::POST, ["orders", id, "confirm-delivery"]) => self.confirm(id, key).await,
+            (&Method::POST, ["orders", id, "cancel"]) => self.cancel(id, request.body(), key, &trace).await,
+            (&Method::POST, ["orders", id, "confirm-delivery"]) => self.confirm(id, key, &trace).await,
             (&Method::GET, ["status"]) => Ok(self.status()),
+            (&Method::GET, ["metrics"]) => Ok(metrics_response(&self.registry)),
             (&Method::GET, ["healthz"]) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
             (&Method::GET, ["readyz"]) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ready"}))),
-            (_, ["orders"] | ["orders", _] | ["orders", _, "cancel" | "confirm-delivery"] | ["status"]) => {
-                Err(Problem::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method-not-allowed",
-                    format!("{} is not allowed on {path}", request.method()),
-                ))
-            }
+            (
+                _,
+                ["orders"] | ["orders", _] | ["orders", _, "cancel" | "confirm-delivery"] | ["status"] | ["metrics"],
+            ) => Err(Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                format!("{} is not allowed on {path}", request.method()),
+            )),
             _ => Err(Problem::not_found(format!("no route for {path}"))),
         };
         result.unwrap_or_else(Problem::into_response)
     }
 
-    async fn place(&self, body: &[u8], key: Option<String>) -> Result<Response, Problem> {
+    async fn place(&self, body: &[u8], key: Option<String>, trace: &TraceParent) -> Result<Response, Problem> {
         let request: PlaceOrderRequest = parse(body)?;
         let order_id = request.order_id.unwrap_or_else(|| format!("ORD-{}", uuid::Uuid::new_v4()));
         check_id("order_id", &order_id)?;
@@ -124,21 +165,27 @@ impl Api {
             return Err(Problem::new(StatusCode::CONFLICT, "order-exists", format!("order {order_id} already exists")));
         }
         let place = PlaceOrder { wagon_id: request.wagon_id, requested_by: request.requested_by, lines: request.lines };
-        self.send(order_id, Command::PlaceOrder(place), key).await
+        self.send(order_id, Command::PlaceOrder(place), key, trace).await
     }
 
-    async fn cancel(&self, order_id: &str, body: &[u8], key: Option<String>) -> Result<Response, Problem> {
+    async fn cancel(
+        &self,
+        order_id: &str,
+        body: &[u8],
+        key: Option<String>,
+        trace: &TraceParent,
+    ) -> Result<Response, Problem> {
         let request: CancelRequest = parse(body)?;
         check_id("reason", &request.reason)?;
         let command = Command::CancelOrder { reason: request.reason };
         self.check_transition(order_id, &command)?;
-        self.send(order_id.to_string(), command, key).await
+        self.send(order_id.to_string(), command, key, trace).await
     }
 
-    async fn confirm(&self, order_id: &str, key: Option<String>) -> Result<Response, Problem> {
+    async fn confirm(&self, order_id: &str, key: Option<String>, trace: &TraceParent) -> Result<Response, Problem> {
         let command = Command::ConfirmDelivery {};
         self.check_transition(order_id, &command)?;
-        self.send(order_id.to_string(), command, key).await
+        self.send(order_id.to_string(), command, key, trace).await
     }
 
     /// Refuses, before anything is sent, a command the view says cannot apply.
@@ -153,20 +200,33 @@ impl Api {
         Ok(())
     }
 
-    /// Sends a command under the caller's idempotency key, or a new id.
-    async fn send(&self, order_id: String, command: Command, key: Option<String>) -> Result<Response, Problem> {
+    /// Sends a command under the caller's idempotency key, or a new id, in span `trace`; the
+    /// answer names the span in its `traceparent` header.
+    async fn send(
+        &self,
+        order_id: String,
+        command: Command,
+        key: Option<String>,
+        trace: &TraceParent,
+    ) -> Result<Response, Problem> {
         let command_id = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let envelope = CommandEnvelope::new(command_id, order_id, now_ms(), command);
-        match self.sender.send(&envelope).await {
-            Ok(sent) => Ok(json(
-                StatusCode::ACCEPTED,
-                &Accepted {
-                    order_id: envelope.order_id,
-                    command_id: envelope.command_id,
-                    path: sent.path,
-                    updates: sent.updates,
-                },
-            )),
+        match self.sender.send(&envelope, trace).await {
+            Ok(sent) => {
+                let mut response = json(
+                    StatusCode::ACCEPTED,
+                    &Accepted {
+                        order_id: envelope.order_id,
+                        command_id: envelope.command_id,
+                        path: sent.path,
+                        updates: sent.updates,
+                    },
+                );
+                if let Ok(value) = hyper::header::HeaderValue::from_str(&trace.to_string()) {
+                    response.headers_mut().insert(TRACEPARENT, value);
+                }
+                Ok(response)
+            }
             Err(SendError::Refused(problem)) => Err(problem),
             Err(err @ SendError::Unavailable(_)) => Err(Problem::unavailable(err.to_string())),
         }

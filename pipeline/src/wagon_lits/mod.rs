@@ -2,11 +2,13 @@
 //!
 //! - [`view`]: `order-updates` materialised into RocksDB, exactly once by stored offsets;
 //! - [`sender`]: commands to Kafka, or over HTTP to dev-materiels when Kafka is not there;
-//! - [`api`]: the HTTP API for the people and systems that place orders.
+//! - [`api`]: the HTTP API for the people and systems that place orders;
+//! - [`ops`]: the operations page (`/ops`) for the people who run the system.
 //!
 //! [`serve`] wires the three together.
 
 pub mod api;
+pub mod ops;
 pub mod sender;
 pub mod view;
 
@@ -20,7 +22,7 @@ use state::{StoreError, StoreOptions};
 
 use crate::http_args::{until_set, HttpArgs};
 use crate::kafka_config::{KafkaArgs, TopicArgs};
-use crate::topics::{ensure_topics, TopicError, TopicSpec};
+use crate::topics::{ensure_topics, service_topics, TopicError};
 
 pub use sender::{CommandProducer, CommandSender};
 pub use view::{Materialiser, ViewConfig};
@@ -94,14 +96,7 @@ pub fn replay(
 
 /// Creates `orders`, `order-updates` and the dead-letter topic if they are missing.
 pub fn ensure_service_topics(kafka: &KafkaArgs, topics: &TopicArgs) -> Result<(), TopicError> {
-    ensure_topics(
-        kafka,
-        &[
-            TopicSpec::new(&topics.orders_topic, topics.partitions, topics.replication_factor),
-            TopicSpec::new(&topics.updates_topic, topics.partitions, topics.replication_factor),
-            TopicSpec::new(&topics.dlq_topic, 1, topics.replication_factor),
-        ],
-    )
+    ensure_topics(kafka, &service_topics(topics))
 }
 
 /// wagon-lits' settings.
@@ -127,6 +122,10 @@ pub struct WagonLitsArgs {
     /// How often the circuit breaker probes Kafka while it is open.
     #[arg(long, env = "BREAKER_PROBE_MS", default_value_t = 1_000)]
     pub breaker_probe_ms: u64,
+    /// dev-materiels' consumer group (its application id): the operations page shows its lag on
+    /// `orders` and its changelog topic.
+    #[arg(long, env = "DEV_MATERIELS_GROUP", default_value = "dev-materiels")]
+    pub dev_materiels_group: String,
     /// Time allowed for a call to dev-materiels over HTTP.
     #[arg(long, env = "FALLBACK_TIMEOUT_MS", default_value_t = 5_000)]
     pub fallback_timeout_ms: u64,
@@ -147,6 +146,7 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
         &StoreOptions::default(),
     )?;
     let view = materialiser.view();
+    let view_metrics = materialiser.metrics();
     let view_thread = {
         let shutdown = Arc::clone(&shutdown);
         std::thread::Builder::new().name("wagon-lits-view".into()).spawn(move || materialiser.run(shutdown))?
@@ -173,9 +173,30 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
             let listener = runtime
                 .block_on(tokio::net::TcpListener::bind(addr))
                 .with_context(|| format!("listening on {addr}"))?;
-            let config = args.http.server_config().context("loading the token")?;
+            let mut config = args.http.server_config().context("loading the token")?;
+            let collector = crate::metrics::WagonLitsCollector {
+                sender: Arc::clone(&sender),
+                view: Arc::clone(&view),
+                materialiser: view_metrics,
+                orders_topic: args.topics.orders_topic.clone(),
+                updates_topic: args.topics.updates_topic.clone(),
+            };
+            let (registry, http_metrics) = crate::metrics::registry(collector, api::route_of);
+            config.metrics = Some(http_metrics);
+            config.public_paths.push("/ops/login".into());
+            config.browser = Some(http_fallback::BrowserPages { prefix: "/ops".into(), login: "/ops/login".into() });
             tracing::info!(%addr, auth = config.token.is_some(), fallback = ?args.dev_materiels_url, "wagon-lits API listening");
-            let handler = api::handler(Arc::new(api::Api { view: Arc::clone(&view), sender }));
+            let ops = ops::OpsConfig {
+                kafka: args.kafka.clone(),
+                orders_topic: args.topics.orders_topic.clone(),
+                updates_topic: args.topics.updates_topic.clone(),
+                dlq_topic: args.topics.dlq_topic.clone(),
+                processor_group: args.dev_materiels_group.clone(),
+                view: Arc::clone(&view),
+            };
+            let token = config.token.clone();
+            let api = api::Api { view: Arc::clone(&view), sender, registry, token, ops: Some(ops) };
+            let handler = api::handler(Arc::new(api));
             runtime.block_on(http_fallback::serve(listener, config, handler, until_set(Arc::clone(&shutdown))))
         }
         None => {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use http_fallback::Problem;
 use hyper::StatusCode;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
@@ -24,6 +25,7 @@ use super::view::kafka_err;
 use super::WagonLitsError;
 use crate::kafka_config::KafkaArgs;
 use crate::runtime::direct::DirectReply;
+use crate::trace::{TraceParent, TRACEPARENT};
 
 /// Produces commands to `orders`: idempotent, `acks=all`, keyed by order id.
 #[derive(Clone)]
@@ -45,15 +47,40 @@ impl CommandProducer {
         Ok(CommandProducer { producer, topic: topic.to_string() })
     }
 
-    /// Queues a command; the returned future resolves once Kafka has it (or it failed).
+    /// Queues a command (in a new trace); the returned future resolves once Kafka has it (or
+    /// it failed).
     pub fn send(&self, command: &CommandEnvelope) -> Result<DeliveryFuture, WagonLitsError> {
+        self.send_traced(command, &TraceParent::root())
+    }
+
+    /// Queues a command whose record carries `trace` as its `traceparent` header.
+    pub fn send_traced(
+        &self,
+        command: &CommandEnvelope,
+        trace: &TraceParent,
+    ) -> Result<DeliveryFuture, WagonLitsError> {
         let payload = serde_json::to_vec(command).unwrap_or_default();
-        self.send_raw(Some(command.order_id.as_bytes()), Some(&payload))
+        let traceparent = trace.to_string();
+        let headers =
+            OwnedHeaders::new_with_capacity(1).insert(Header { key: TRACEPARENT, value: Some(traceparent.as_bytes()) });
+        self.send_record(Some(command.order_id.as_bytes()), Some(&payload), Some(headers))
     }
 
     /// Queues any bytes to `orders` (for tools and tests that need bad input too).
     pub fn send_raw(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<DeliveryFuture, WagonLitsError> {
+        self.send_record(key, payload, None)
+    }
+
+    fn send_record(
+        &self,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<DeliveryFuture, WagonLitsError> {
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic);
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -243,10 +270,11 @@ impl CommandSender {
     }
 
     /// Sends a command, by Kafka if the breaker allows and Kafka takes it in time, over HTTP
-    /// otherwise.
-    pub async fn send(&self, envelope: &CommandEnvelope) -> Result<Sent, SendError> {
+    /// otherwise, in span `trace` (its `traceparent` on the record or the HTTP request).
+    pub async fn send(&self, envelope: &CommandEnvelope, trace: &TraceParent) -> Result<Sent, SendError> {
+        tracing::debug!(order_id = %envelope.order_id, command_id = %envelope.command_id, trace_id = %trace.trace_id(), command = envelope.command.name(), "sending a command");
         if self.breaker.allows_kafka() {
-            let outcome = match self.producer.send(envelope) {
+            let outcome = match self.producer.send_traced(envelope, trace) {
                 Ok(future) => {
                     match tokio::time::timeout(self.delivery_timeout + Duration::from_millis(500), future).await {
                         Ok(Ok(Ok(_))) => Ok(()),
@@ -264,16 +292,17 @@ impl CommandSender {
                     return Ok(Sent { path: Path::Kafka, updates: Vec::new() });
                 }
                 Err(reason) => {
-                    tracing::warn!(command_id = %envelope.command_id, %reason, "Kafka did not take the command; falling back to HTTP");
+                    tracing::warn!(order_id = %envelope.order_id, command_id = %envelope.command_id, trace_id = %trace.trace_id(), %reason, "Kafka did not take the command; falling back to HTTP");
                     self.metrics.kafka_failures.fetch_add(1, Ordering::Relaxed);
                     self.breaker.failure();
                 }
             }
         }
-        self.via_http(envelope).await
+        self.via_http(envelope, trace).await
     }
 
-    async fn via_http(&self, envelope: &CommandEnvelope) -> Result<Sent, SendError> {
+    async fn via_http(&self, envelope: &CommandEnvelope, trace: &TraceParent) -> Result<Sent, SendError> {
+        let traceparent = trace.to_string();
         let Some(client) = self.client.as_ref().filter(|_| !self.dev_materiels_urls.is_empty()) else {
             return Err(SendError::Unavailable("Kafka is unreachable and no --dev-materiels-url is set".into()));
         };
@@ -288,7 +317,7 @@ impl CommandSender {
                 tokio::time::sleep(Duration::from_millis(100 * round)).await;
             }
             let url = format!("{base}/v1/commands");
-            match client.post_json(&url, body.clone()).await {
+            match client.post_json_with(&url, body.clone(), &[(TRACEPARENT, &traceparent)]).await {
                 Ok((StatusCode::OK, bytes)) => {
                     let reply: DirectReply = serde_json::from_slice(&bytes)
                         .map_err(|e| SendError::Unavailable(format!("dev-materiels answered something else: {e}")))?;

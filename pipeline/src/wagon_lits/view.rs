@@ -5,12 +5,14 @@
 //! the rows. It is exactly once without transactions on this side: after a crash it resumes at
 //! the offsets its last batch wrote.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -34,9 +36,41 @@ pub struct ViewConfig {
     pub max_batch: usize,
 }
 
+/// Live counters of the materialiser, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ViewMetrics {
+    /// Records read from `order-updates`.
+    pub read: AtomicU64,
+    pub applied: AtomicU64,
+    pub stale: AtomicU64,
+    pub undecodable: AtomicU64,
+    /// Consumer lag of each partition of `order-updates` (librdkafka's statistics): records
+    /// after the view's position, up to the last stable offset.
+    pub consumer_lag: Mutex<BTreeMap<i32, i64>>,
+}
+
+/// The view consumer's context: librdkafka's statistics go to the metrics.
+struct ViewContext {
+    metrics: Arc<ViewMetrics>,
+    topic: String,
+}
+
+impl ClientContext for ViewContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        // The view assigns itself its partitions and stores its offsets in RocksDB: its lag is
+        // from its fetch position (it commits nothing to Kafka).
+        if let Some(lag) = crate::metrics::consumer_lag(statistics, &self.topic) {
+            *self.metrics.consumer_lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
+        }
+    }
+}
+
+impl ConsumerContext for ViewContext {}
+
 /// Reads `order-updates` into a [`ViewStore`].
 pub struct Materialiser {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ViewContext>,
+    metrics: Arc<ViewMetrics>,
     view: Arc<ViewStore>,
     config: ViewConfig,
     stats: ApplyStats,
@@ -53,9 +87,12 @@ impl Materialiser {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "50");
-        let consumer: BaseConsumer =
-            config.kafka.finish(c).create().map_err(kafka_err("creating the view consumer"))?;
+            .set("fetch.wait.max.ms", "50")
+            .set("statistics.interval.ms", "5000");
+        let metrics = Arc::new(ViewMetrics::default());
+        let context = ViewContext { metrics: Arc::clone(&metrics), topic: config.updates_topic.clone() };
+        let consumer: BaseConsumer<ViewContext> =
+            config.kafka.finish(c).create_with_context(context).map_err(kafka_err("creating the view consumer"))?;
         let partitions = partition_count(&config.kafka, &config.updates_topic, KAFKA_CALL_TIMEOUT)?;
         let stored = view.offsets()?;
         let mut assignment = TopicPartitionList::new();
@@ -67,7 +104,12 @@ impl Materialiser {
         }
         consumer.assign(&assignment).map_err(kafka_err("assigning order-updates"))?;
         tracing::info!(partitions, resumed = stored.len(), "view materialiser positioned on {}", config.updates_topic);
-        Ok(Materialiser { consumer, view, config, stats: ApplyStats::default() })
+        Ok(Materialiser { consumer, metrics, view, config, stats: ApplyStats::default() })
+    }
+
+    /// The materialiser's counters, for other threads.
+    pub fn metrics(&self) -> Arc<ViewMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// The view, for queries from other threads.
@@ -112,6 +154,11 @@ impl Materialiser {
         }
         let stats = self.view.apply(&records)?;
         self.stats += stats;
+        let m = &self.metrics;
+        m.read.fetch_add(records.len() as u64, Ordering::Relaxed);
+        m.applied.fetch_add(stats.applied, Ordering::Relaxed);
+        m.stale.fetch_add(stats.stale, Ordering::Relaxed);
+        m.undecodable.fetch_add(stats.undecodable, Ordering::Relaxed);
         Ok(records.len())
     }
 

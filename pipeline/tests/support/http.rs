@@ -46,6 +46,11 @@ impl Http {
         Self::answer(self.runtime.block_on(self.client.post_json(&format!("{}{path}", self.base), body.into())))
     }
 
+    pub fn post_with(&self, path: &str, body: impl Into<Vec<u8>>, headers: &[(&str, &str)]) -> Answer {
+        let url = format!("{}{path}", self.base);
+        Self::answer(self.runtime.block_on(self.client.post_json_with(&url, body.into(), headers)))
+    }
+
     /// Polls `path` until it answers 200.
     pub fn wait_ok(&self, path: &str, timeout: Duration) {
         let start = Instant::now();

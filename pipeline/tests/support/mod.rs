@@ -157,13 +157,16 @@ impl TestEnv {
         command
     }
 
-    /// Starts a service process with the test's token, logging to `<name>.log`.
-    fn spawn(&self, mut command: Command, name: &str) -> DevMateriels {
+    /// Starts a service process with the test's token (unless it is given one in a file),
+    /// logging to `<name>.log`.
+    pub fn spawn(&self, mut command: Command, name: &str) -> DevMateriels {
         let log = self.dir.path().join(format!("{name}.log"));
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
+        if !command.get_envs().any(|(k, _)| k == "RAIL_TOKEN_FILE") {
+            command.env("RAIL_TOKEN", http::TOKEN);
+        }
         command
-            .env("RAIL_TOKEN", http::TOKEN)
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -235,6 +238,8 @@ impl TestEnv {
             .arg(format!("127.0.0.1:{}", self.api_port))
             .arg("--dev-materiels-url")
             .arg(format!("http://127.0.0.1:{}", self.dev_port))
+            .arg("--dev-materiels-group")
+            .arg(&self.application_id)
             .arg("--delivery-timeout-ms")
             .arg(delivery_timeout_ms.to_string())
             .arg("--breaker-probe-ms")
