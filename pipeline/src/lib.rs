@@ -14,6 +14,7 @@ pub mod http_args;
 pub mod kafka_config;
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 pub mod partitioner;
 pub mod runtime;
 pub mod shutdown;

@@ -20,6 +20,7 @@
 //! | `rail_standby_partitions`, `rail_standby_records_total` | dev-materiels | standby copies |
 //! | `rail_producers_replaced_total` | dev-materiels | transactional producers replaced (fenced, stuck) |
 //! | `rail_view_updates_total{result}` | wagon-lits | updates applied, stale, undecodable |
+//! | `rail_pending_http_decisions` | wagon-lits | HTTP decisions not on `order-updates` yet |
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -346,6 +347,12 @@ impl Collector for WagonLitsCollector {
                 ([("result", "stale")], get(&v.stale) as i64),
                 ([("result", "undecodable")], get(&v.undecodable) as i64),
             ],
+        )?;
+        gauge(
+            &mut e,
+            "rail_pending_http_decisions",
+            "Commands decided over HTTP that order-updates has not shown yet (their orders' next commands wait)",
+            self.view.pending_count() as i64,
         )?;
         let size = self.view.size();
         let view = StorePartition { store: "view", partition: -1 };

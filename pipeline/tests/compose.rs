@@ -195,6 +195,8 @@ fn the_dockerfile_builds_both_binaries_into_a_slim_non_root_image() {
         assert!(runtime.iter().any(|l| l.starts_with("COPY") && l.contains(bin)), "{bin} is not in the image");
     }
     assert!(runtime.iter().any(|l| l.starts_with("VOLUME") && l.contains("/var/lib/rail")));
+    // A small image: the binaries go in without their debug info (400 MB of it, each).
+    assert!(text.contains("--strip-debug"), "the binaries are copied with their debug info");
     let compose = compose();
     for name in ["dev-materiels", "wagon-lits"] {
         let env = environment(service(&compose, name));

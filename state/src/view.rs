@@ -64,6 +64,23 @@ pub struct ViewStore {
     path: PathBuf,
     /// Orders per status, as committed. Held while a batch is written, so writers are serialised.
     counts: Mutex<BTreeMap<OrderStatus, u64>>,
+    /// Orders whose last command was decided over HTTP and is not on `order-updates` yet, with
+    /// that command (kept in the store too, under `pending/`).
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+/// A command decided over HTTP that `order-updates` has not confirmed yet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pending {
+    pub command_id: String,
+    /// When the view took the decision, in milliseconds since the Unix epoch.
+    pub since_ms: u64,
+}
+
+const PENDING_PREFIX: &[u8] = b"pending/";
+
+fn pending_key(order_id: &str) -> Vec<u8> {
+    [PENDING_PREFIX, order_id.as_bytes()].concat()
 }
 
 fn offset_key(partition: i32) -> Vec<u8> {
@@ -92,7 +109,8 @@ impl ViewStore {
         std::fs::create_dir_all(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
         let db = open_db(path, options, &[CF_ORDERS, CF_BY_STATUS, CF_META])?;
         let counts = Self::load_counts(&db, path)?;
-        Ok(ViewStore { db, path: path.to_path_buf(), counts: Mutex::new(counts) })
+        let pending = Self::load_pending(&db, path)?;
+        Ok(ViewStore { db, path: path.to_path_buf(), counts: Mutex::new(counts), pending: Mutex::new(pending) })
     }
 
     /// Opens the view for reading only, alongside a process that writes it.
@@ -105,7 +123,44 @@ impl ViewStore {
         )
         .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
         let counts = Self::load_counts(&db, path)?;
-        Ok(ViewStore { db, path: path.to_path_buf(), counts: Mutex::new(counts) })
+        let pending = Self::load_pending(&db, path)?;
+        Ok(ViewStore { db, path: path.to_path_buf(), counts: Mutex::new(counts), pending: Mutex::new(pending) })
+    }
+
+    fn load_pending(db: &DB, path: &Path) -> Result<HashMap<String, Pending>, StoreError> {
+        let meta = cf(db, path, CF_META)?;
+        let mut pending = HashMap::new();
+        for item in db.iterator_cf(meta, IteratorMode::From(PENDING_PREFIX, Direction::Forward)) {
+            let (key, value) = item.map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
+            let Some(order_id) = key.strip_prefix(PENDING_PREFIX) else { break };
+            if let Ok(entry) = serde_json::from_slice::<Pending>(&value) {
+                pending.insert(String::from_utf8_lossy(order_id).into_owned(), entry);
+            }
+        }
+        Ok(pending)
+    }
+
+    /// The command of `order_id` decided over HTTP and not confirmed by `order-updates` yet, if
+    /// any. A later command must wait for it: sent through Kafka meanwhile, it could reach the
+    /// partition's next owner before the decision does (if the instance that took it dies before
+    /// it can publish it) and be decided first.
+    pub fn pending(&self, order_id: &str) -> Option<Pending> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.get(order_id).cloned()
+    }
+
+    /// Stops waiting for `order_id`'s pending decision (given up on: its instance and its store
+    /// are gone).
+    pub fn forget_pending(&self, order_id: &str) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META)?;
+        self.db.delete_cf(meta, pending_key(order_id)).map_err(|e| self.err(e))?;
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(order_id);
+        Ok(())
+    }
+
+    /// How many decisions taken over HTTP wait for `order-updates`.
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn load_counts(db: &DB, path: &Path) -> Result<BTreeMap<OrderStatus, u64>, StoreError> {
@@ -209,16 +264,22 @@ impl ViewStore {
         Ok(out)
     }
 
-    /// Applies updates received directly (over HTTP), moving no offset.
-    pub fn apply_direct(&self, updates: &[OrderUpdate]) -> Result<ApplyStats, StoreError> {
+    /// Applies updates received directly (over HTTP), moving no offset, and marks their commands
+    /// [`ViewStore::pending`] until `order-updates` shows them. `now_ms` dates the marks.
+    pub fn apply_direct(&self, updates: &[OrderUpdate], now_ms: u64) -> Result<ApplyStats, StoreError> {
         let records: Vec<ViewRecord> =
             updates.iter().map(|u| ViewRecord { position: None, update: Some(u.clone()) }).collect();
-        self.apply(&records)
+        self.write_batch(&records, Some(now_ms))
     }
 
     /// Applies `records` in one atomic batch, with the next offset of every partition they came
     /// from. Records must be in offset order per partition.
     pub fn apply(&self, records: &[ViewRecord]) -> Result<ApplyStats, StoreError> {
+        self.write_batch(records, None)
+    }
+
+    /// [`ViewStore::apply`]; `direct` (the time) for updates that came over HTTP.
+    fn write_batch(&self, records: &[ViewRecord], direct: Option<u64>) -> Result<ApplyStats, StoreError> {
         let mut stats = ApplyStats::default();
         if records.is_empty() {
             return Ok(stats);
@@ -246,6 +307,8 @@ impl ViewStore {
             rows.insert(id, (committed.as_ref().and_then(|r| r.status), committed, false));
         }
         let mut next_offsets: HashMap<i32, i64> = HashMap::new();
+        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut marks: Vec<(String, Option<Pending>)> = Vec::new();
         for record in records {
             if let Some((partition, offset)) = record.position {
                 next_offsets.insert(partition, offset + 1);
@@ -254,6 +317,20 @@ impl ViewStore {
                 stats.undecodable += 1;
                 continue;
             };
+            match (direct, &update.command_id) {
+                // Decided over HTTP: pending until the topic shows it.
+                (Some(since_ms), Some(command_id)) => {
+                    marks.push((update.order_id.clone(), Some(Pending { command_id: command_id.clone(), since_ms })))
+                }
+                // From the topic: a pending command of this order is confirmed.
+                (None, Some(command_id))
+                    if !pending.is_empty()
+                        && pending.get(&update.order_id).is_some_and(|p| p.command_id == *command_id) =>
+                {
+                    marks.push((update.order_id.clone(), None))
+                }
+                _ => {}
+            }
             let Some(entry) = rows.get_mut(update.order_id.as_str()) else { continue };
             let current = &entry.1;
             let current_version = current.as_ref().map_or(0, |r| r.version);
@@ -292,6 +369,12 @@ impl ViewStore {
         for (partition, offset) in &next_offsets {
             batch.put_cf(meta, offset_key(*partition), (*offset as u64).to_be_bytes());
         }
+        for (order_id, mark) in &marks {
+            match mark {
+                Some(entry) => batch.put_cf(meta, pending_key(order_id), serde_json::to_vec(entry).unwrap_or_default()),
+                None => batch.delete_cf(meta, pending_key(order_id)),
+            }
+        }
         for (status, n) in &new_counts {
             if counts.get(status) != Some(n) {
                 batch.put_cf(meta, count_key(*status), n.to_be_bytes());
@@ -301,6 +384,12 @@ impl ViewStore {
         // older offsets, and the API would show older versions until it caught up.
         self.db.write(batch).map_err(|e| self.err(e))?;
         *counts = new_counts;
+        for (order_id, mark) in marks {
+            match mark {
+                Some(entry) => pending.insert(order_id, entry),
+                None => pending.remove(&order_id),
+            };
+        }
         Ok(stats)
     }
 }

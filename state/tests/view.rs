@@ -84,3 +84,38 @@ fn paging_by_status_and_reopening() {
     assert!(page1.iter().chain(&page2).chain(&page3).all(|r| r.order_id != "o03"));
     assert_eq!(view.offsets().expect("offsets").get(&0), Some(&26));
 }
+
+fn with_command(mut u: OrderUpdate, command_id: &str) -> OrderUpdate {
+    u.command_id = Some(command_id.into());
+    u
+}
+
+#[test]
+fn a_decision_over_http_holds_its_order_until_the_topic_shows_its_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("open");
+    view.apply_direct(&[with_command(update("a", 1, OrderStatus::Accepted, None), "place-a")], 1_000)
+        .expect("apply over HTTP");
+    assert_eq!(view.pending("a").map(|p| (p.command_id, p.since_ms)), Some(("place-a".into(), 1_000)));
+    assert_eq!(view.pending_count(), 1);
+    // Another command's update at the same version (decided by another owner first) does not
+    // confirm it.
+    let mut refused = with_command(update("a", 1, OrderStatus::Accepted, None), "cancel-a");
+    refused.status = None;
+    refused.outcome = Outcome::Refused;
+    view.apply(&[rec(0, 0, refused)]).expect("apply");
+    assert!(view.pending("a").is_some());
+    // The command's own update, whatever its version, does; and the mark survives a reopen
+    // until then.
+    view.apply_direct(&[with_command(update("b", 1, OrderStatus::Accepted, None), "place-b")], 2_000)
+        .expect("apply over HTTP");
+    drop(view);
+    let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("reopen");
+    assert_eq!(view.pending("b").map(|p| p.command_id), Some("place-b".into()));
+    view.apply(&[rec(0, 1, with_command(update("a", 3, OrderStatus::Accepted, None), "place-a"))]).expect("apply");
+    assert!(view.pending("a").is_none());
+    view.forget_pending("b").expect("forget");
+    drop(view);
+    let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("reopen");
+    assert_eq!(view.pending_count(), 0);
+}

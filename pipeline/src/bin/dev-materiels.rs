@@ -29,6 +29,10 @@ struct Cli {
     /// Log format (`RUST_LOG` sets the filter, e.g. `info,pipeline=debug`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", global = true)]
     log_format: LogFormat,
+    /// Export spans to an OpenTelemetry collector over OTLP/HTTP, e.g. `http://localhost:4318`
+    /// (spans go to `<url>/v1/traces`). Off when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -111,7 +115,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match dev_materiels::run(&cli.args, shutdown, Default::default()) {
+    if let Some(endpoint) = &cli.otlp_endpoint {
+        if let Err(err) = pipeline::otel::init(endpoint, "dev-materiels") {
+            eprintln!("dev-materiels: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    let result = dev_materiels::run(&cli.args, shutdown, Default::default());
+    pipeline::otel::shutdown();
+    match result {
         Ok(stats) => {
             tracing::info!(
                 records = stats.records,

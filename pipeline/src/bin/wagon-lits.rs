@@ -30,6 +30,10 @@ struct Cli {
     /// Log format (`RUST_LOG` sets the filter).
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value = "plain")]
     log_format: LogFormat,
+    /// Export spans to an OpenTelemetry collector over OTLP/HTTP, e.g. `http://localhost:4318`
+    /// (spans go to `<url>/v1/traces`). Off when unset.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -197,7 +201,15 @@ fn open_view(dir: &ViewDir) -> anyhow::Result<ViewStore> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, "info,librdkafka=warn,rdkafka=warn");
-    match run(cli.command) {
+    if let Some(endpoint) = &cli.otlp_endpoint {
+        if let Err(err) = pipeline::otel::init(endpoint, "wagon-lits") {
+            eprintln!("wagon-lits: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    let result = run(cli.command);
+    pipeline::otel::shutdown();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("wagon-lits: {err:#}");

@@ -778,7 +778,7 @@ impl Engine {
             }
         }
         for (partition, output) in &drained {
-            self.emit(*partition, output, &TraceParent::root())?;
+            self.emit(*partition, output, None)?;
         }
         Ok(())
     }
@@ -809,29 +809,29 @@ impl Engine {
             txn.first_offsets.entry(partition).or_insert(offset);
         }
         bump(&self.metrics.records);
-        // The command's span, from its record (a new trace if it came without one).
+        // The command's span, from its record (if it came with one).
         let trace = message
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT).and_then(|h| h.value))
-            .and_then(TraceParent::from_bytes)
-            .unwrap_or_else(TraceParent::root);
+            .and_then(TraceParent::from_bytes);
+        let trace_id = trace.as_ref().map(TraceParent::trace_id).unwrap_or_default();
         match decode_command(message.key(), message.payload()) {
             Ok(envelope) => {
                 let rules = &self.config.rules;
                 let Some(task) = self.tasks.get_mut(&partition) else { return Ok(()) };
                 match task.process(&envelope, rules, now_ms())? {
                     Some(output) => {
-                        tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, trace_id = %trace.trace_id(), version = output.update.version, "command decided");
-                        self.emit(partition, &output, &trace)?
+                        tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, %trace_id, version = output.update.version, "command decided");
+                        self.emit(partition, &output, trace.as_ref())?
                     }
                     None => {
-                        tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, trace_id = %trace.trace_id(), "command already applied; nothing to do");
+                        tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, %trace_id, "command already applied; nothing to do");
                         bump(&self.metrics.unchanged)
                     }
                 }
             }
             Err(invalid) => {
-                tracing::warn!(partition, offset, error = %invalid, trace_id = %trace.trace_id(), "invalid command sent to the dead-letter topic");
+                tracing::warn!(partition, offset, error = %invalid, %trace_id, "invalid command sent to the dead-letter topic");
                 self.dead_letter(message, &invalid)?;
             }
         }
@@ -841,12 +841,26 @@ impl Engine {
         Ok(())
     }
 
-    /// Produces an update and its changelog record. The update carries a child span of
-    /// `parent` (the command's, or a new trace for timers and the outbox).
-    fn emit(&mut self, partition: i32, output: &Output, parent: &TraceParent) -> Result<(), RuntimeError> {
+    /// Produces an update and its changelog record. The update carries a span of its own, child
+    /// of `parent` (the command's), or a new trace (timers, the outbox, commands without one).
+    fn emit(&mut self, partition: i32, output: &Output, parent: Option<&TraceParent>) -> Result<(), RuntimeError> {
+        let started = SystemTime::now();
         let update = serde_json::to_vec(&output.update).unwrap_or_default();
         let key = output.update.order_id.as_str();
-        let traceparent = parent.child().to_string();
+        let span = parent.map_or_else(TraceParent::root, TraceParent::child);
+        crate::otel::span(
+            "decide",
+            opentelemetry::trace::SpanKind::Consumer,
+            &span,
+            parent,
+            started,
+            vec![
+                opentelemetry::KeyValue::new("order_id", output.update.order_id.clone()),
+                opentelemetry::KeyValue::new("version", output.update.version as i64),
+                opentelemetry::KeyValue::new("trigger", format!("{:?}", output.update.trigger)),
+            ],
+        );
+        let traceparent = span.to_string();
         let headers =
             OwnedHeaders::new_with_capacity(1).insert(Header { key: TRACEPARENT, value: Some(traceparent.as_bytes()) });
         send(
@@ -972,7 +986,7 @@ impl Engine {
         }
         self.begin()?;
         for (partition, output) in &fired {
-            self.emit(*partition, output, &TraceParent::root())?;
+            self.emit(*partition, output, None)?;
         }
         Ok(())
     }

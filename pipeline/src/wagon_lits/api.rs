@@ -121,12 +121,10 @@ impl Api {
             Ok(key) => key,
             Err(problem) => return problem.into_response(),
         };
-        // The command's span: a child of the caller's `traceparent`, or a new trace.
-        let trace = request
-            .headers()
-            .get(TRACEPARENT)
-            .and_then(|v| TraceParent::from_bytes(v.as_bytes()))
-            .map_or_else(TraceParent::root, |parent| parent.child());
+        // The request's span: a child of the caller's `traceparent`, or a new trace.
+        let started = std::time::SystemTime::now();
+        let caller = request.headers().get(TRACEPARENT).and_then(|v| TraceParent::from_bytes(v.as_bytes()));
+        let trace = caller.map_or_else(TraceParent::root, |parent| parent.child());
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         if segments.first() == Some(&"ops") {
             return self.ops(request, &segments).await;
@@ -152,7 +150,23 @@ impl Api {
             )),
             _ => Err(Problem::not_found(format!("no route for {path}"))),
         };
-        result.unwrap_or_else(Problem::into_response)
+        let response = result.unwrap_or_else(Problem::into_response);
+        if request.method() == Method::POST {
+            let route = route_of(request.method(), &path);
+            crate::otel::span(
+                route,
+                opentelemetry::trace::SpanKind::Server,
+                &trace,
+                caller.as_ref(),
+                started,
+                vec![
+                    opentelemetry::KeyValue::new("http.request.method", "POST"),
+                    opentelemetry::KeyValue::new("http.route", route),
+                    opentelemetry::KeyValue::new("http.response.status_code", i64::from(response.status().as_u16())),
+                ],
+            );
+        }
+        response
     }
 
     async fn place(&self, body: &[u8], key: Option<String>, trace: &TraceParent) -> Result<Response, Problem> {
@@ -228,6 +242,12 @@ impl Api {
                 Ok(response)
             }
             Err(SendError::Refused(problem)) => Err(problem),
+            Err(err @ SendError::Pending { .. }) => {
+                let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "earlier-command-pending", err.to_string());
+                let mut response = problem.into_response();
+                response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+                Ok(response)
+            }
             Err(err @ SendError::Unavailable(_)) => Err(Problem::unavailable(err.to_string())),
         }
     }

@@ -152,7 +152,15 @@ pub enum SendError {
     /// dev-materiels refused it (a 4xx); its problem is passed on.
     #[error("dev-materiels refused the command: {}", .0.detail)]
     Refused(Problem),
+    /// The order's previous command was decided over HTTP and is not on `order-updates` yet:
+    /// this one waits, so that it cannot be decided before it.
+    #[error("command {command_id} of this order was decided over HTTP and is not on Kafka yet; retry shortly")]
+    Pending { command_id: String },
 }
+
+/// How long a command decided over HTTP may hold up the next commands of its order. Past it, the
+/// instance that decided it is taken to be gone with its store, and the next command goes on.
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The state of the circuit breaker in front of Kafka.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -231,6 +239,10 @@ pub struct SenderMetrics {
     pub kafka_failures: AtomicU64,
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// Sends commands by Kafka, or over HTTP when Kafka is not there.
 pub struct CommandSender {
     producer: CommandProducer,
@@ -273,6 +285,14 @@ impl CommandSender {
     /// otherwise, in span `trace` (its `traceparent` on the record or the HTTP request).
     pub async fn send(&self, envelope: &CommandEnvelope, trace: &TraceParent) -> Result<Sent, SendError> {
         tracing::debug!(order_id = %envelope.order_id, command_id = %envelope.command_id, trace_id = %trace.trace_id(), command = envelope.command.name(), "sending a command");
+        if let Some(pending) = self.view.pending(&envelope.order_id).filter(|p| p.command_id != envelope.command_id) {
+            let age = Duration::from_millis(now_ms().saturating_sub(pending.since_ms));
+            if age < PENDING_TIMEOUT {
+                return Err(SendError::Pending { command_id: pending.command_id });
+            }
+            tracing::warn!(order_id = %envelope.order_id, pending = %pending.command_id, age_s = age.as_secs(), "a command decided over HTTP never reached order-updates; no longer holding the order's commands for it");
+            self.view.forget_pending(&envelope.order_id).map_err(|e| SendError::Unavailable(e.to_string()))?;
+        }
         if self.breaker.allows_kafka() {
             let outcome = match self.producer.send_traced(envelope, trace) {
                 Ok(future) => {
@@ -322,7 +342,7 @@ impl CommandSender {
                     let reply: DirectReply = serde_json::from_slice(&bytes)
                         .map_err(|e| SendError::Unavailable(format!("dev-materiels answered something else: {e}")))?;
                     self.view
-                        .apply_direct(&reply.updates)
+                        .apply_direct(&reply.updates, now_ms())
                         .map_err(|e| SendError::Unavailable(format!("cannot write the view: {e}")))?;
                     self.metrics.via_http.fetch_add(1, Ordering::Relaxed);
                     return Ok(Sent { path: Path::Http, updates: reply.updates });

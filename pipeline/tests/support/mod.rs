@@ -225,7 +225,18 @@ impl TestEnv {
     /// Starts `wagon-lits serve` as a separate process, with its API and the HTTP fallback to
     /// dev-materiels.
     pub fn spawn_wagon_lits(&self, incarnation: usize, delivery_timeout_ms: u64) -> WagonLits {
+        self.spawn_wagon_lits_with(incarnation, delivery_timeout_ms, &[])
+    }
+
+    /// [`TestEnv::spawn_wagon_lits`] with extra environment variables.
+    pub fn spawn_wagon_lits_with(
+        &self,
+        incarnation: usize,
+        delivery_timeout_ms: u64,
+        env: &[(&str, &str)],
+    ) -> WagonLits {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wagon-lits"));
+        command.envs(env.iter().copied());
         command
             .arg("serve")
             .arg("--brokers")
