@@ -118,6 +118,27 @@ fn family<L: EncodeLabelSet>(
     Ok(())
 }
 
+/// `rail_consumer_lag` of `topic`'s partitions, from a consumer's latest statistics.
+fn consumer_lag_family(
+    encoder: &mut DescriptorEncoder,
+    topic: &str,
+    lag: &std::sync::Mutex<std::collections::BTreeMap<i32, i64>>,
+) -> fmt::Result {
+    let series: Vec<_> = lag
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(p, lag)| (TopicPartition { topic: topic.to_string(), partition: *p }, *lag))
+        .collect();
+    family(
+        encoder,
+        "rail_consumer_lag",
+        "Records behind the last stable offset, by partition",
+        MetricType::Gauge,
+        series,
+    )
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicDirection {
     topic: String,
@@ -169,20 +190,7 @@ impl Collector for DevMaterielsCollector {
             MetricType::Counter,
             records.into_iter().map(|(l, v)| (l, v as i64)),
         )?;
-        let lag: Vec<_> = m
-            .consumer_lag
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(p, lag)| (TopicPartition { topic: t.orders.clone(), partition: *p }, *lag))
-            .collect();
-        family(
-            &mut e,
-            "rail_consumer_lag",
-            "Records behind the last stable offset, by partition",
-            MetricType::Gauge,
-            lag,
-        )?;
+        consumer_lag_family(&mut e, &t.orders, &m.consumer_lag)?;
         family(
             &mut e,
             "rail_transactions",
@@ -297,20 +305,7 @@ impl Collector for WagonLitsCollector {
                 (TopicDirection { topic: self.orders_topic.clone(), direction: "out" }, get(&s.via_kafka) as i64),
             ],
         )?;
-        let lag: Vec<_> = v
-            .consumer_lag
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(p, lag)| (TopicPartition { topic: self.updates_topic.clone(), partition: *p }, *lag))
-            .collect();
-        family(
-            &mut e,
-            "rail_consumer_lag",
-            "Records behind the last stable offset, by partition",
-            MetricType::Gauge,
-            lag,
-        )?;
+        consumer_lag_family(&mut e, &self.updates_topic, &v.consumer_lag)?;
         family(
             &mut e,
             "rail_commands",

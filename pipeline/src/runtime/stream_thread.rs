@@ -517,6 +517,19 @@ fn consumer_config(config: &StreamConfig) -> ClientConfig {
     config.kafka.finish(c)
 }
 
+/// The consumer restores read changelog partitions with (no group membership: it assigns).
+fn create_restore_consumer(config: &StreamConfig) -> Result<BaseConsumer<RestoreContext>, RuntimeError> {
+    let mut r = config.kafka.base();
+    r.set("client.id", format!("{}-restore-consumer", config.transactional_id()))
+        .set("group.id", format!("{}-restore", config.application_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20");
+    config.kafka.finish(r).create_with_context(RestoreContext).context("creating the restore consumer")
+}
+
 /// The transactional producer, initialised: fences any previous incarnation with the same
 /// transactional id and aborts what it left open.
 fn create_producer(config: &StreamConfig, changelog: &str) -> Result<Arc<BaseProducer<DeliveryTracker>>, RuntimeError> {
@@ -551,16 +564,7 @@ impl Engine {
     ) -> Result<Engine, RuntimeError> {
         let producer = create_producer(&config, &changelog)?;
 
-        let mut r = config.kafka.base();
-        r.set("client.id", format!("{}-restore-consumer", config.transactional_id()))
-            .set("group.id", format!("{}-restore", config.application_id))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "20");
-        let restore_consumer: BaseConsumer<RestoreContext> =
-            config.kafka.finish(r).create_with_context(RestoreContext).context("creating the restore consumer")?;
+        let restore_consumer = create_restore_consumer(&config)?;
 
         std::fs::create_dir_all(&config.state_dir).map_err(|e| {
             RuntimeError::Config(format!("cannot create state directory {}: {e}", config.state_dir.display()))
@@ -686,6 +690,13 @@ impl Engine {
         if let Some((context, source)) = failure {
             let waiting: Vec<i32> = self.to_restore.iter().copied().collect();
             tracing::warn!(%context, error = %source, partitions = ?waiting, "restore failed; retrying shortly");
+            // A fresh client for the next attempt: an idle consumer refreshes the metadata of a
+            // topic it is not assigned only every few minutes, and after a broker kill its cache
+            // can keep saying "unknown partition" that long (the three-broker test found it).
+            match create_restore_consumer(&self.config) {
+                Ok(fresh) => self.restore_consumer = fresh,
+                Err(err) => tracing::warn!(error = %err, "could not recreate the restore consumer"),
+            }
             self.pause(consumer, &waiting);
             std::thread::sleep(Duration::from_millis(500));
         }
