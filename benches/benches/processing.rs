@@ -61,7 +61,7 @@ fn processing(c: &mut Criterion) {
                 for (i, (key, value)) in records.iter().enumerate() {
                     match decode_command(Some(key), Some(value)) {
                         Ok(envelope) => {
-                            if let Some(output) = task.process(&envelope, &rules, now).expect("process") {
+                            for output in task.process(&envelope, &rules, now).expect("process") {
                                 // The update as produced to order-updates; the changelog value
                                 // is `output.state`, encoded once by the task.
                                 bytes += serde_json::to_vec(&output.update).map_or(0, |u| u.len()) + output.state.len();
@@ -71,11 +71,11 @@ fn processing(c: &mut Criterion) {
                     }
                     if (i + 1) % PER_COMMIT == 0 {
                         position += PER_COMMIT as i64;
-                        task.flush(position).expect("flush");
+                        task.flush(Some(position)).expect("flush");
                     }
                 }
                 position += 1;
-                task.flush(position).expect("flush");
+                task.flush(Some(position)).expect("flush");
                 bytes
             },
             BatchSize::PerIteration,

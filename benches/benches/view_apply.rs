@@ -31,7 +31,7 @@ fn first_update(state: &state::OrderState) -> OrderUpdate {
         outcome: state::Outcome::Applied,
         reason: None,
         trigger: state::Trigger::Command,
-        command_id: state.seen_commands.last().cloned(),
+        command_id: state.applied_commands.last().cloned(),
         timestamp_ms: 0,
     }
 }

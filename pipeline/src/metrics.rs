@@ -20,7 +20,7 @@
 //! | `rail_standby_partitions`, `rail_standby_records_total` | dev-materiels | standby copies |
 //! | `rail_producers_replaced_total` | dev-materiels | transactional producers replaced (fenced, stuck) |
 //! | `rail_view_updates_total{result}` | wagon-lits | updates applied, stale, undecodable |
-//! | `rail_pending_http_decisions` | wagon-lits | HTTP decisions not on `order-updates` yet |
+//! | `rail_pending_http_decisions`, `rail_pending_http_decision_age_seconds`, `rail_pending_http_decisions_resent_total` | wagon-lits | HTTP decisions not on `order-updates` yet, the oldest one's age, and re-sends to `orders` |
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -343,11 +343,26 @@ impl Collector for WagonLitsCollector {
                 ([("result", "undecodable")], get(&v.undecodable) as i64),
             ],
         )?;
+        let pending = self.view.pending_all();
         gauge(
             &mut e,
             "rail_pending_http_decisions",
             "Commands decided over HTTP that order-updates has not shown yet (their orders' next commands wait)",
-            self.view.pending_count() as i64,
+            pending.len() as i64,
+        )?;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        gauge(
+            &mut e,
+            "rail_pending_http_decision_age_seconds",
+            "Age of the oldest command decided over HTTP that order-updates has not shown yet",
+            pending.iter().map(|(_, p)| now.saturating_sub(p.since_ms) / 1000).max().unwrap_or(0) as i64,
+        )?;
+        counter(
+            &mut e,
+            "rail_pending_http_decisions_resent",
+            "Commands decided over HTTP sent again to orders because order-updates had not shown them",
+            get(&s.resent),
         )?;
         let size = self.view.size();
         let view = StorePartition { store: "view", partition: -1 };

@@ -1,16 +1,20 @@
 //! The chaos runner: orders placed through the wagon-lits API at a steady rate while dev-materiels
-//! instances, wagon-lits and brokers are killed (SIGKILL) and restarted at random moments, on a
-//! three-broker cluster (replication factor 3, `min.insync.replicas=2`) with three dev-materiels
-//! instances in one group. Then it checks, against the reference model:
+//! instances, wagon-lits and brokers are killed (SIGKILL) and restarted, or paused (SIGSTOP, up
+//! to twice the group's session timeout) and resumed, at random moments, on a three-broker
+//! cluster (replication factor 3, `min.insync.replicas=2`) with three dev-materiels instances in
+//! one group. A paused processor comes back as a zombie: its partitions went elsewhere meanwhile.
+//! Then it checks, against the oracle (`support/oracle.rs`, the documented rules):
 //!
-//! - every command the API accepted (202) is applied, and every order is in the view in the
-//!   state the model gives;
-//! - `order-updates` (read_committed) holds each (order, version) once, without gaps;
+//! - every command the API accepted (202) is applied, every timer fired, and every order is in
+//!   the view in the state the oracle gives;
+//! - `order-updates` (read_committed) holds each (order, version) once, without gaps, in
+//!   version order;
 //! - the view never went backwards (a sampler reads orders through the API all along);
-//! - `wagon-lits replay` rebuilds a view equal to the live one.
+//! - `wagon-lits replay` rebuilds a view equal to the live one;
+//! - no process exited by itself.
 //!
-//! It prints the seed first and one summary line at the end, and fails on any loss, duplicate or
-//! step back. Clients retry a command whose answer was lost with the same `Idempotency-Key`, as a
+//! It prints the seed first and one summary line at the end, and fails on any loss, duplicate,
+//! reordering, unsettled order, step back or self-exit. Clients retry a command whose answer was lost with the same `Idempotency-Key`, as a
 //! real client would; a command that got no answer and then a refusal is *uncertain* (it may or
 //! may not have reached Kafka), and the model accepts it applied once or not at all.
 //!
@@ -218,14 +222,27 @@ fn kind_of(target: Target) -> &'static str {
     }
 }
 
-/// The processes under test, and their kills and restarts.
+/// What the runner does to a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// SIGKILL, then a restart.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Pause,
+}
+
+/// The processes under test, and their kills, pauses and restarts.
 struct Services<'a> {
     env: &'a mut TestEnv,
     processors: Vec<Option<DevMateriels>>,
     wagon_lits: Option<DevMateriels>,
+    /// The broker killed or paused, if one is.
     broker_down: Option<u32>,
+    /// Processes paused now.
+    paused: HashSet<Target>,
     incarnations: HashMap<Target, usize>,
     kills: HashMap<&'static str, u32>,
+    pauses: HashMap<&'static str, u32>,
     restarts: u32,
     /// Processes that exited by themselves (and were restarted).
     exits: Vec<String>,
@@ -270,15 +287,41 @@ impl Services<'_> {
         *self.kills.entry(kind_of(target)).or_default() += 1;
     }
 
-    /// What may be killed now: a running processor, wagon-lits if it runs, a broker if none is down.
+    fn pause(&mut self, target: Target) {
+        match target {
+            Target::Processor(i) => self.processors[i].as_mut().map_or((), DevMateriels::pause),
+            Target::WagonLits => self.wagon_lits.as_mut().map_or((), DevMateriels::pause),
+            Target::Broker(node) => {
+                self.env.cluster.pause(node).expect("pause a broker");
+                self.broker_down = Some(node);
+            }
+        }
+        self.paused.insert(target);
+        *self.pauses.entry(kind_of(target)).or_default() += 1;
+    }
+
+    fn resume(&mut self, target: Target) {
+        match target {
+            Target::Processor(i) => self.processors[i].as_mut().map_or((), DevMateriels::resume),
+            Target::WagonLits => self.wagon_lits.as_mut().map_or((), DevMateriels::resume),
+            Target::Broker(node) => {
+                self.env.cluster.resume(node).expect("resume a broker");
+                self.broker_down = None;
+            }
+        }
+        self.paused.remove(&target);
+    }
+
+    /// What may be killed or paused now: a running processor, wagon-lits if it runs, a broker if
+    /// none is down; nothing that is paused.
     fn candidates(&self) -> Vec<(Target, u32)> {
         let mut out = Vec::new();
         for (i, p) in self.processors.iter().enumerate() {
-            if p.is_some() {
+            if p.is_some() && !self.paused.contains(&Target::Processor(i)) {
                 out.push((Target::Processor(i), 2));
             }
         }
-        if self.wagon_lits.is_some() {
+        if self.wagon_lits.is_some() && !self.paused.contains(&Target::WagonLits) {
             out.push((Target::WagonLits, 2));
         }
         if self.broker_down.is_none() {
@@ -289,7 +332,7 @@ impl Services<'_> {
         out
     }
 
-    /// Restarts a process that stopped by itself, saying so.
+    /// Restarts a process that stopped by itself, saying so (the run fails at its end).
     fn restart_exited(&mut self) {
         for i in 0..self.processors.len() {
             if self.processors[i].as_mut().is_some_and(DevMateriels::exited) {
@@ -313,7 +356,7 @@ impl Services<'_> {
 fn dump_failure(
     env: &TestEnv,
     seed: u64,
-    report: &support::model::ModelReport,
+    report: &support::oracle::Report,
     diffs: &[String],
     sent: &[(CommandEnvelope, Fate)],
 ) {
@@ -389,8 +432,10 @@ fn chaos_loses_and_doubles_nothing() {
         processors: (0..INSTANCES).map(|_| None).collect(),
         wagon_lits: None,
         broker_down: None,
+        paused: HashSet::new(),
         incarnations: HashMap::new(),
         kills: HashMap::new(),
+        pauses: HashMap::new(),
         restarts: 0,
         exits: Vec::new(),
     };
@@ -425,34 +470,51 @@ fn chaos_loses_and_doubles_nothing() {
             .collect();
         let sampler = scope.spawn(|| sample_view(api_port, &accepted_orders, &stop_sampler, seed));
 
-        // The kills: a mean gap that spreads `min_kills` over the run, each restart due 0.5-4 s
-        // (brokers 2-6 s) after its kill.
-        let mean_gap = seconds as f64 / (f64::from(min_kills) * 1.25);
-        let mut restarts: Vec<(Instant, Target)> = Vec::new();
+        // The kills and pauses: a mean gap that spreads `min_kills` kills (a third as many pauses
+        // again) over the run; each restart due 0.5-4 s (brokers 2-6 s) after its kill, each
+        // resume 1-12 s after its pause (the group's session timeout is 6 s: a longer pause makes
+        // a processor a zombie).
+        let mean_gap = seconds as f64 / (f64::from(min_kills) * 1.25 * 4.0 / 3.0);
+        let mut due_back: Vec<(Instant, Action, Target)> = Vec::new();
         let mut first_kinds = vec!["dev-materiels", "wagon-lits", "broker"];
         for i in (1..first_kinds.len()).rev() {
             first_kinds.swap(i, rng.random_range(0..=i));
         }
-        let mut next_kill = Instant::now() + Duration::from_secs_f64(rng.random_range(0.5..1.5) * mean_gap);
+        let mut first_pause_done = false;
+        let mut next_event = Instant::now() + Duration::from_secs_f64(rng.random_range(0.5..1.5) * mean_gap);
         loop {
             let total_kills: u32 = services.kills.values().sum();
             if started.elapsed() >= Duration::from_secs(seconds) && total_kills >= min_kills {
                 break;
             }
             let now = Instant::now();
-            let (due, later): (Vec<_>, Vec<_>) = restarts.into_iter().partition(|(at, _)| *at <= now);
-            restarts = later;
-            for (_, target) in due {
-                services.start(target);
-                services.restarts += 1;
+            let (due, later): (Vec<_>, Vec<_>) = due_back.into_iter().partition(|(at, _, _)| *at <= now);
+            due_back = later;
+            for (_, action, target) in due {
+                match action {
+                    Action::Kill => {
+                        services.start(target);
+                        services.restarts += 1;
+                    }
+                    Action::Pause => services.resume(target),
+                }
             }
             services.restart_exited();
-            if Instant::now() >= next_kill {
+            if Instant::now() >= next_event {
                 let mut candidates = services.candidates();
-                // The first kills take each kind of process once, in a seeded order.
-                if let Some(kind) = first_kinds.pop() {
+                // The first kills take each kind of process once, in a seeded order, then a
+                // processor is paused past the session timeout; then it is the luck of the seed.
+                let action = if let Some(kind) = first_kinds.pop() {
                     candidates.retain(|(t, _)| kind_of(*t) == kind);
-                }
+                    Action::Kill
+                } else if !first_pause_done {
+                    candidates.retain(|(t, _)| matches!(t, Target::Processor(_)));
+                    Action::Pause
+                } else if rng.random_bool(0.25) {
+                    Action::Pause
+                } else {
+                    Action::Kill
+                };
                 let total: u32 = candidates.iter().map(|(_, w)| w).sum();
                 let mut pick = rng.random_range(0..total.max(1));
                 if let Some((target, _)) = candidates.iter().find(|(_, w)| {
@@ -460,24 +522,39 @@ fn chaos_loses_and_doubles_nothing() {
                     pick = pick.saturating_sub(*w);
                     hit
                 }) {
-                    let down_for = match target {
-                        Target::Broker(_) => rng.random_range(2.0..6.0),
-                        _ => rng.random_range(0.5..4.0),
+                    let down_for = match (action, target) {
+                        (Action::Pause, _) if !first_pause_done => 10.0,
+                        (Action::Pause, Target::Broker(_)) => rng.random_range(2.0..8.0),
+                        (Action::Pause, _) => rng.random_range(1.0..12.0),
+                        (Action::Kill, Target::Broker(_)) => rng.random_range(2.0..6.0),
+                        (Action::Kill, _) => rng.random_range(0.5..4.0),
                     };
                     eprintln!(
-                        "chaos: t={:>5.1}s kill {target:?}, back in {down_for:.1}s",
-                        started.elapsed().as_secs_f64()
+                        "chaos: t={:>5.1}s {} {target:?}, back in {down_for:.1}s",
+                        started.elapsed().as_secs_f64(),
+                        if action == Action::Kill { "kill" } else { "pause" }
                     );
-                    services.kill(*target);
-                    restarts.push((Instant::now() + Duration::from_secs_f64(down_for), *target));
+                    match action {
+                        Action::Kill => services.kill(*target),
+                        Action::Pause => {
+                            services.pause(*target);
+                            first_pause_done = true;
+                        }
+                    }
+                    due_back.push((Instant::now() + Duration::from_secs_f64(down_for), action, *target));
                 }
-                next_kill = Instant::now() + Duration::from_secs_f64(rng.random_range(0.5..1.5) * mean_gap);
+                next_event = Instant::now() + Duration::from_secs_f64(rng.random_range(0.5..1.5) * mean_gap);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        for (_, target) in restarts {
-            services.start(target);
-            services.restarts += 1;
+        for (_, action, target) in due_back {
+            match action {
+                Action::Kill => {
+                    services.start(target);
+                    services.restarts += 1;
+                }
+                Action::Pause => services.resume(target),
+            }
         }
         stop_clients.store(true, Ordering::Relaxed);
         let mut sent = Vec::new();
@@ -491,7 +568,7 @@ fn chaos_loses_and_doubles_nothing() {
         (sent, sampler.join().expect("sampler thread"))
     });
 
-    let Services { mut processors, kills, restarts, exits, .. } = services;
+    let Services { mut processors, kills, pauses, restarts, exits, .. } = services;
     let count = |fate: Fate| sent.iter().filter(|(_, f)| *f == fate).count();
     let (accepted, refused, uncertain_n) = (count(Fate::Accepted), count(Fate::Refused), count(Fate::Uncertain));
     let uncertain: HashSet<String> =
@@ -521,39 +598,53 @@ fn chaos_loses_and_doubles_nothing() {
     let replay_equal = replay.status.success() && replay_out.contains("the rebuilt view equals the live one");
 
     let total_kills: u32 = kills.values().sum();
+    let total_pauses: u32 = pauses.values().sum();
     let kills = |kind: &str| kills.get(kind).copied().unwrap_or(0);
+    let pauses = |kind: &str| pauses.get(kind).copied().unwrap_or(0);
     let duplicated = report.duplicated_versions + report.unexpected_updates;
     eprintln!(
         "chaos summary: seed={seed} seconds={} orders={orders_accepted} commands={accepted} kills={total_kills} \
-         (dev-materiels={} wagon-lits={} broker={}) restarts={} self-exits={} lost={} duplicated={duplicated} \
-         gaps={} went-back={} replay={}",
+         (dev-materiels={} wagon-lits={} broker={}) pauses={total_pauses} (dev-materiels={} wagon-lits={} broker={}) \
+         restarts={} self-exits={} lost={} duplicated={duplicated} gaps={} out-of-order={} unsettled={} went-back={} \
+         replay={}",
         started.elapsed().as_secs(),
         kills("dev-materiels"),
         kills("wagon-lits"),
         kills("broker"),
+        pauses("dev-materiels"),
+        pauses("wagon-lits"),
+        pauses("broker"),
         restarts,
         exits.len(),
         report.lost_commands,
         report.version_gaps,
+        report.out_of_order,
+        report.unsettled,
         went_back.len(),
         if replay_equal { "equal" } else { "DIFFERENT" },
     );
-    if !report.is_exactly_once() || !view_diffs.is_empty() || !went_back.is_empty() {
+    if !report.holds() || !view_diffs.is_empty() || !went_back.is_empty() || !exits.is_empty() {
         dump_failure(&env, seed, &report, &view_diffs, &sent);
     }
     assert!(
         view_diffs.is_empty(),
-        "the view differs from the model in {} orders: {:#?}",
+        "the view differs from the oracle in {} orders: {:#?}",
         view_diffs.len(),
         &view_diffs[..view_diffs.len().min(10)]
     );
     assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
+    assert_eq!(report.unsettled, 0, "orders whose timer never fired: {}\n{:#?}", report.summary(), report.examples);
     assert!(went_back.is_empty(), "the view went back: {went_back:#?}");
     assert!(replay_equal, "replay: {replay_out}{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(
+        exits.is_empty(),
+        "processes exited by themselves during the run: {exits:?} (logs in /tmp/chaos-failure-{seed}/)"
+    );
     assert!(total_kills >= min_kills, "only {total_kills} kills");
     for kind in ["dev-materiels", "wagon-lits", "broker"] {
         assert!(kills(kind) > 0, "no {kind} was killed");
     }
+    assert!(pauses("dev-materiels") > 0, "no dev-materiels was paused");
     assert!(orders_accepted > 0, "no order was accepted");
     for p in processors.iter_mut().flatten() {
         p.terminate();

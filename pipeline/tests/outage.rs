@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use state::{Command, CommandEnvelope, OrderLine, PlaceOrder};
 use support::http::{Http, TOKEN};
-use support::{compare_view, converge_with, model, TestEnv};
+use support::{compare_view, converge_with, oracle, TestEnv};
 
 /// What the test sent for one order, and how it went.
 struct Placed {
     envelope: CommandEnvelope,
     path: String,
     latency: Duration,
+    /// The API's answer.
+    answer: serde_json::Value,
 }
 
 fn place(api: &Http, i: usize, prefix: &str) -> Placed {
@@ -46,6 +48,7 @@ fn try_place(api: &Http, i: usize, prefix: &str) -> Result<Placed, String> {
         envelope: CommandEnvelope::new(command_id, order_id, 0, Command::PlaceOrder(place)),
         path: answer.body["path"].as_str().unwrap_or_default().to_string(),
         latency,
+        answer: answer.body,
     })
 }
 
@@ -83,7 +86,7 @@ fn wait_drained(direct: &Http, dev: &mut support::DevMateriels, timeout: Duratio
     }
 }
 
-fn check_exactly_once(env: &TestEnv, placed: &[Placed]) -> model::ModelReport {
+fn check_exactly_once(env: &TestEnv, placed: &[Placed]) -> oracle::Report {
     let commands: Vec<CommandEnvelope> = placed.iter().map(|p| p.envelope.clone()).collect();
     let report = converge_with(env, &commands, |expected| compare_view(&env.wagon_lits_view(), expected));
     assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
@@ -148,6 +151,32 @@ fn a_frozen_broker_sends_orders_over_http_and_nothing_is_lost_or_doubled() {
     wait_drained(&direct, &mut dev, Duration::from_secs(120));
     let report = check_exactly_once(&env, &placed);
     eprintln!("outage: {}", report.summary());
+
+    // Every answer given over HTTP said it was provisional, and is what order-updates carries
+    // (one instance that never lost its partition: nobody decided it again).
+    let published: std::collections::HashMap<String, serde_json::Value> = env
+        .read_all(&env.topics.updates_topic)
+        .into_iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.value?).ok())
+        .filter_map(|u| Some((u["command_id"].as_str()?.to_string(), u)))
+        .collect();
+    let mut differ = Vec::new();
+    for p in placed.iter().filter(|p| p.path == "http") {
+        let answered = &p.answer["updates"][0];
+        let final_one = published.get(&p.envelope.command_id);
+        if p.answer["provisional"] != true || final_one != Some(answered) {
+            differ.push(format!(
+                "{}: answered {} (provisional: {}), published {final_one:?}",
+                p.envelope.command_id, answered, p.answer["provisional"]
+            ));
+        }
+    }
+    eprintln!("outage: {over_http} HTTP answers compared with order-updates, {} differ", differ.len());
+    assert!(
+        differ.is_empty(),
+        "HTTP answers that differ from what was published: {:#?}",
+        &differ[..differ.len().min(10)]
+    );
     let status = direct.get("/v1/status").body;
     assert!(status["direct_commands"].as_u64().unwrap_or(0) >= over_http as u64, "{status}");
     assert!(status["outbox_published"].as_u64().unwrap_or(0) >= over_http as u64, "{status}");

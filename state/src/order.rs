@@ -16,7 +16,9 @@
 //!
 //! Every decision that reaches the outside is an [`OrderUpdate`] with the next version of the
 //! order. A command that does not fit the current status gives a [`Outcome::Refused`] update that
-//! leaves the status as it was. A command whose id the order already saw gives nothing at all.
+//! leaves the status as it was. A command whose id the order already saw gives nothing at all:
+//! an order remembers the commands that moved it for its whole life, and its last
+//! [`REMEMBERED_REFUSALS`] refused ones.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -30,9 +32,13 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const MAX_LINES: usize = 50;
 /// Allowed quantity per line.
 pub const QUANTITY_RANGE: std::ops::RangeInclusive<u32> = 1..=999;
-/// How many command ids an order remembers for idempotence. Past that, the oldest are forgotten
-/// (an order sees a handful of commands in its life; this only bounds a flood of refused ones).
-pub const REMEMBERED_COMMANDS: usize = 256;
+/// How many ids of *refused* commands an order remembers for idempotence, the most recent ones.
+/// The ids of the commands that moved the order (a handful in its life: the placement, then a
+/// cancellation or a delivery) are remembered for the order's whole life. So a command that
+/// moved the order never applies twice, whenever it is delivered again; a refused one delivered
+/// again after 256 later refusals of the same order is decided again (and refused again, with a
+/// new version). The bound only matters for a flood of refused commands on one order.
+pub const REMEMBERED_REFUSALS: usize = 256;
 /// Longest order id or command id accepted.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -343,8 +349,13 @@ pub struct OrderState {
     pub status: Option<OrderStatus>,
     /// The content of the `PlaceOrder` that created the order.
     pub placed: Option<PlaceOrder>,
-    /// Ids of the commands already applied, oldest first (at most [`REMEMBERED_COMMANDS`]).
-    pub seen_commands: Vec<String>,
+    /// Ids of the commands that moved the order (outcome `Applied`), for its whole life.
+    #[serde(default)]
+    pub applied_commands: Vec<String>,
+    /// Ids of the last refused commands, oldest first (at most [`REMEMBERED_REFUSALS`]). A state
+    /// written before the two lists were kept apart has every id here (`seen_commands`).
+    #[serde(alias = "seen_commands")]
+    pub refused_commands: Vec<String>,
     pub timer: Option<Timer>,
 }
 
@@ -355,13 +366,16 @@ impl OrderState {
             version: 0,
             status: None,
             placed: None,
-            seen_commands: Vec::new(),
+            applied_commands: Vec::new(),
+            refused_commands: Vec::new(),
             timer: None,
         }
     }
 
+    /// Whether the command was applied to this order (moved it, or was refused and is still
+    /// remembered): delivered again, it changes nothing.
     pub fn has_seen(&self, command_id: &str) -> bool {
-        self.seen_commands.iter().any(|c| c == command_id)
+        self.applied_commands.iter().chain(&self.refused_commands).any(|c| c == command_id)
     }
 }
 
@@ -522,10 +536,15 @@ impl Step {
             state.placed = Some(place);
         }
         if let Some(id) = command_id {
-            if state.seen_commands.len() >= REMEMBERED_COMMANDS {
-                state.seen_commands.remove(0);
+            match self.outcome {
+                Outcome::Applied => state.applied_commands.push(id.to_string()),
+                Outcome::Refused => {
+                    if state.refused_commands.len() >= REMEMBERED_REFUSALS {
+                        state.refused_commands.remove(0);
+                    }
+                    state.refused_commands.push(id.to_string());
+                }
             }
-            state.seen_commands.push(id.to_string());
         }
         state.version += 1;
         let update = OrderUpdate {

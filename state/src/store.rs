@@ -67,6 +67,8 @@ pub enum StoreError {
     MissingColumnFamily { path: PathBuf, name: &'static str },
     #[error("state store at {path}: corrupt value for key {key:?}: {reason}")]
     Corrupt { path: PathBuf, key: String, reason: String },
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
 }
 
 /// Settings shared by the stores of one process.
@@ -531,7 +533,7 @@ mod tests {
         }
         store.write(batch).expect("write");
         // The changelog holds v2 (older) and v3 (published from the outbox: it has seen c3).
-        let published = OrderState { seen_commands: vec!["c3".into()], ..state("a", 3, None) };
+        let published = OrderState { applied_commands: vec!["c3".into()], ..state("a", 3, None) };
         let records = vec![
             (b"a".to_vec(), Some(encode_state(&state("a", 2, None)))),
             (b"a".to_vec(), Some(encode_state(&published))),
@@ -543,7 +545,7 @@ mod tests {
 
         // Another instance owned the partition meanwhile, from v3: its v4 never saw c4. Its
         // history wins, and the order's entry is superseded (to be decided again).
-        let other = OrderState { seen_commands: vec!["c3".into(), "d4".into()], ..state("a", 4, None) };
+        let other = OrderState { applied_commands: vec!["c3".into(), "d4".into()], ..state("a", 4, None) };
         store.restore(&[(b"a".to_vec(), Some(encode_state(&other)))], 11).expect("restore");
         assert_eq!(store.get("a").expect("get"), Some(other.clone()), "the changelog's history replaces the store's");
         let left: Vec<(u64, bool)> =

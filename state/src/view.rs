@@ -5,7 +5,13 @@
 //! so every update is applied once, without Kafka transactions on this side.
 //!
 //! An update is applied only if its version is greater than the row's: the view never goes
-//! backwards and never applies the same update twice, whatever the path it came by.
+//! backwards and never applies the same update twice.
+//!
+//! Rows come from `order-updates` only. What dev-materiels answered over HTTP (the fallback path)
+//! is kept beside them as a *pending* decision: shown by [`ViewStore::read`], marked provisional,
+//! until `order-updates` carries an update of that command. Usually that update is the same one;
+//! if the deciding instance lost its partition before it could publish it, the partition's next
+//! owner decides the command again, and its decision is the one the row takes.
 //!
 //! Column families:
 //! - `orders`: order id -> latest [`OrderUpdate`] (JSON);
@@ -19,17 +25,17 @@ use std::sync::Mutex;
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 
-use crate::order::{OrderStatus, OrderUpdate};
+use crate::order::{CommandEnvelope, OrderStatus, OrderUpdate};
 use crate::store::{cf, open_db, StoreError, StoreOptions};
 
 const CF_ORDERS: &str = "orders";
 const CF_BY_STATUS: &str = "by_status";
 const CF_META: &str = "meta";
 
-/// One update to apply: read from `order-updates`, or received directly over HTTP.
+/// One update to apply, as read from `order-updates`.
 pub struct ViewRecord {
-    /// (partition, offset) on `order-updates`; `None` for an update received over HTTP, which
-    /// moves no offset.
+    /// (partition, offset) on `order-updates`; `None` for an update that moves no offset (tests
+    /// and benches).
     pub position: Option<(i32, i64)>,
     /// `None` for a record that could not be decoded: its offset still advances.
     pub update: Option<OrderUpdate>,
@@ -75,6 +81,23 @@ pub struct Pending {
     pub command_id: String,
     /// When the view took the decision, in milliseconds since the Unix epoch.
     pub since_ms: u64,
+    /// The command, to send again to `orders` (same id) until `order-updates` shows it. `None`
+    /// only in a mark written by a version that did not keep it.
+    #[serde(default)]
+    pub command: Option<CommandEnvelope>,
+    /// What the deciding instance answered: provisional until `order-updates` confirms it.
+    #[serde(default)]
+    pub answered: Option<OrderUpdate>,
+}
+
+/// An order as the view shows it: its last update from `order-updates`, or a later one decided
+/// over HTTP and not confirmed yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewRow {
+    pub update: OrderUpdate,
+    /// The update was answered over HTTP and `order-updates` has not carried it yet: the
+    /// partition's next owner may still decide its command differently.
+    pub provisional: bool,
 }
 
 const PENDING_PREFIX: &[u8] = b"pending/";
@@ -149,18 +172,59 @@ impl ViewStore {
         pending.get(order_id).cloned()
     }
 
-    /// Stops waiting for `order_id`'s pending decision (given up on: its instance and its store
-    /// are gone).
-    pub fn forget_pending(&self, order_id: &str) -> Result<(), StoreError> {
-        let meta = self.cf(CF_META)?;
-        self.db.delete_cf(meta, pending_key(order_id)).map_err(|e| self.err(e))?;
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(order_id);
-        Ok(())
-    }
-
     /// How many decisions taken over HTTP wait for `order-updates`.
     pub fn pending_count(&self) -> usize {
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Every decision taken over HTTP that `order-updates` has not shown yet, by order id.
+    pub fn pending_all(&self) -> Vec<(String, Pending)> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.iter().map(|(order, p)| (order.clone(), p.clone())).collect()
+    }
+
+    /// Records a command decided over HTTP and what dev-materiels answered (`updates`), durably,
+    /// until `order-updates` shows an update of that command. The rows do not change: they come
+    /// from `order-updates` only. An answer with no update (the command changed nothing there)
+    /// leaves nothing to wait for.
+    pub fn record_direct(
+        &self,
+        command: &CommandEnvelope,
+        updates: &[OrderUpdate],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let Some(answered) = updates.iter().filter(|u| u.order_id == command.order_id).max_by_key(|u| u.version) else {
+            return Ok(());
+        };
+        let mark = Pending {
+            command_id: command.command_id.clone(),
+            since_ms: now_ms,
+            command: Some(command.clone()),
+            answered: Some(answered.clone()),
+        };
+        let encoded = serde_json::to_vec(&mark)
+            .map_err(|e| StoreError::Encode { what: "a pending decision", reason: e.to_string() })?;
+        // Held while written, like a batch of the materialiser: a topic update that confirms the
+        // mark cannot slip between the write and the map.
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        self.db.put_cf(self.cf(CF_META)?, pending_key(&command.order_id), encoded).map_err(|e| self.err(e))?;
+        pending.insert(command.order_id.clone(), mark);
+        Ok(())
+    }
+
+    /// The order as the API shows it: its row from `order-updates`, or the decision answered
+    /// over HTTP if it is later and not confirmed yet (marked provisional).
+    pub fn read(&self, order_id: &str) -> Result<Option<ViewRow>, StoreError> {
+        let confirmed = self.get(order_id)?;
+        let answered = self.pending(order_id).and_then(|p| p.answered);
+        Ok(match (confirmed, answered) {
+            (Some(row), Some(answer)) if answer.version <= row.version => {
+                Some(ViewRow { update: row, provisional: false })
+            }
+            (_, Some(answer)) => Some(ViewRow { update: answer, provisional: true }),
+            (Some(row), None) => Some(ViewRow { update: row, provisional: false }),
+            (None, None) => None,
+        })
     }
 
     fn load_counts(db: &DB, path: &Path) -> Result<BTreeMap<OrderStatus, u64>, StoreError> {
@@ -264,22 +328,10 @@ impl ViewStore {
         Ok(out)
     }
 
-    /// Applies updates received directly (over HTTP), moving no offset, and marks their commands
-    /// [`ViewStore::pending`] until `order-updates` shows them. `now_ms` dates the marks.
-    pub fn apply_direct(&self, updates: &[OrderUpdate], now_ms: u64) -> Result<ApplyStats, StoreError> {
-        let records: Vec<ViewRecord> =
-            updates.iter().map(|u| ViewRecord { position: None, update: Some(u.clone()) }).collect();
-        self.write_batch(&records, Some(now_ms))
-    }
-
     /// Applies `records` in one atomic batch, with the next offset of every partition they came
-    /// from. Records must be in offset order per partition.
+    /// from. Records must be in offset order per partition. An update of a command decided over
+    /// HTTP confirms it: its pending mark goes in the same batch.
     pub fn apply(&self, records: &[ViewRecord]) -> Result<ApplyStats, StoreError> {
-        self.write_batch(records, None)
-    }
-
-    /// [`ViewStore::apply`]; `direct` (the time) for updates that came over HTTP.
-    fn write_batch(&self, records: &[ViewRecord], direct: Option<u64>) -> Result<ApplyStats, StoreError> {
         let mut stats = ApplyStats::default();
         if records.is_empty() {
             return Ok(stats);
@@ -308,7 +360,7 @@ impl ViewStore {
         }
         let mut next_offsets: HashMap<i32, i64> = HashMap::new();
         let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut marks: Vec<(String, Option<Pending>)> = Vec::new();
+        let mut confirmed: Vec<String> = Vec::new();
         for record in records {
             if let Some((partition, offset)) = record.position {
                 next_offsets.insert(partition, offset + 1);
@@ -317,19 +369,12 @@ impl ViewStore {
                 stats.undecodable += 1;
                 continue;
             };
-            match (direct, &update.command_id) {
-                // Decided over HTTP: pending until the topic shows it.
-                (Some(since_ms), Some(command_id)) => {
-                    marks.push((update.order_id.clone(), Some(Pending { command_id: command_id.clone(), since_ms })))
+            // A pending command of this order is confirmed (whatever the update says: the topic's
+            // decision is the one that stands).
+            if let Some(command_id) = &update.command_id {
+                if !pending.is_empty() && pending.get(&update.order_id).is_some_and(|p| p.command_id == *command_id) {
+                    confirmed.push(update.order_id.clone());
                 }
-                // From the topic: a pending command of this order is confirmed.
-                (None, Some(command_id))
-                    if !pending.is_empty()
-                        && pending.get(&update.order_id).is_some_and(|p| p.command_id == *command_id) =>
-                {
-                    marks.push((update.order_id.clone(), None))
-                }
-                _ => {}
             }
             let Some(entry) = rows.get_mut(update.order_id.as_str()) else { continue };
             let current = &entry.1;
@@ -363,17 +408,15 @@ impl ViewStore {
             if let Some(new) = row.status {
                 batch.put_cf(index, status_key(new, order_id), []);
             }
-            let encoded = serde_json::to_vec(row).unwrap_or_default();
+            let encoded = serde_json::to_vec(row)
+                .map_err(|e| StoreError::Encode { what: "a view row", reason: e.to_string() })?;
             batch.put_cf(orders, order_id.as_bytes(), encoded);
         }
         for (partition, offset) in &next_offsets {
             batch.put_cf(meta, offset_key(*partition), (*offset as u64).to_be_bytes());
         }
-        for (order_id, mark) in &marks {
-            match mark {
-                Some(entry) => batch.put_cf(meta, pending_key(order_id), serde_json::to_vec(entry).unwrap_or_default()),
-                None => batch.delete_cf(meta, pending_key(order_id)),
-            }
+        for order_id in &confirmed {
+            batch.delete_cf(meta, pending_key(order_id));
         }
         for (status, n) in &new_counts {
             if counts.get(status) != Some(n) {
@@ -384,11 +427,8 @@ impl ViewStore {
         // older offsets, and the API would show older versions until it caught up.
         self.db.write(batch).map_err(|e| self.err(e))?;
         *counts = new_counts;
-        for (order_id, mark) in marks {
-            match mark {
-                Some(entry) => pending.insert(order_id, entry),
-                None => pending.remove(&order_id),
-            };
+        for order_id in confirmed {
+            pending.remove(&order_id);
         }
         Ok(stats)
     }

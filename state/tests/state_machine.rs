@@ -297,3 +297,39 @@ proptest! {
         }
     }
 }
+
+/// `n` refused commands (`ConfirmDelivery` on an order that is not shipped), ids `r0..`.
+fn refusals(mut state: OrderState, n: usize, now: u64) -> OrderState {
+    for i in 0..n {
+        let (next, update) =
+            step(Some(&state), &cmd(&format!("r{i}"), Command::ConfirmDelivery {}), now).expect("refused");
+        assert_eq!(update.outcome, Outcome::Refused);
+        state = next;
+    }
+    state
+}
+
+#[test]
+fn a_command_that_moved_the_order_is_remembered_for_the_order_s_life() {
+    let (s, _) = step(None, &cmd("c1", place(vec![("BRAKE-PAD-UIC", 4)])), 0).expect("accepted");
+    let (s, _) = step(Some(&s), &cmd("c2", Command::CancelOrder { reason: "r".into() }), 1).expect("cancelled");
+    // A flood of refused commands on the order...
+    let s = refusals(s, 1_000, 2);
+    // ...does not make it forget the commands that moved it: their re-delivery changes nothing.
+    assert_eq!(step(Some(&s), &cmd("c2", Command::CancelOrder { reason: "r".into() }), 3), None);
+    assert_eq!(step(Some(&s), &cmd("c1", place(vec![("BRAKE-PAD-UIC", 4)])), 3), None);
+}
+
+#[test]
+fn a_refused_command_is_remembered_among_the_last_256_refused() {
+    let (placed, _) = step(None, &cmd("c1", place(vec![("BRAKE-PAD-UIC", 4)])), 0).expect("accepted");
+    let first = cmd("r0", Command::ConfirmDelivery {});
+    // r0 and 255 later refusals: r0 is among the last 256, its re-delivery changes nothing.
+    let s = refusals(placed.clone(), 256, 1);
+    assert_eq!(step(Some(&s), &first, 2), None, "r0 is still remembered");
+    // One more refusal pushes r0 out of the window: a re-delivery is decided again, and refused
+    // again (the documented limit: a second Refused update for the same command id).
+    let s = refusals(placed, 257, 1);
+    let (_, again) = step(Some(&s), &first, 2).expect("r0 is decided again");
+    assert_eq!(again.outcome, Outcome::Refused);
+}

@@ -1,6 +1,6 @@
 //! The wagon-lits view: versions only move forward, offsets travel with the rows.
 
-use state::{OrderStatus, OrderUpdate, Outcome, StoreOptions, Trigger, ViewRecord, ViewStore};
+use state::{OrderStatus, OrderUpdate, Outcome, StoreOptions, Trigger, ViewRecord, ViewRow, ViewStore};
 
 fn update(order: &str, version: u64, status: OrderStatus, previous: Option<OrderStatus>) -> OrderUpdate {
     OrderUpdate {
@@ -90,32 +90,56 @@ fn with_command(mut u: OrderUpdate, command_id: &str) -> OrderUpdate {
     u
 }
 
+fn command(order_id: &str, command_id: &str) -> state::CommandEnvelope {
+    state::CommandEnvelope::new(command_id, order_id, 0, state::Command::ConfirmDelivery {})
+}
+
 #[test]
-fn a_decision_over_http_holds_its_order_until_the_topic_shows_its_command() {
+fn a_decision_over_http_is_provisional_and_holds_its_order_until_the_topic_shows_its_command() {
     let dir = tempfile::tempdir().expect("tempdir");
     let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("open");
-    view.apply_direct(&[with_command(update("a", 1, OrderStatus::Accepted, None), "place-a")], 1_000)
-        .expect("apply over HTTP");
+    let answered = with_command(update("a", 1, OrderStatus::Accepted, None), "place-a");
+    view.record_direct(&command("a", "place-a"), &[answered.clone()], 1_000).expect("record over HTTP");
     assert_eq!(view.pending("a").map(|p| (p.command_id, p.since_ms)), Some(("place-a".into(), 1_000)));
     assert_eq!(view.pending_count(), 1);
+    // The answer is shown, provisional; the rows (lists, counts) hold only what the topic said.
+    assert_eq!(view.read("a").expect("read"), Some(ViewRow { update: answered.clone(), provisional: true }));
+    assert_eq!(view.get("a").expect("get"), None);
+    assert_eq!(view.counts().get(&OrderStatus::Accepted).copied().unwrap_or(0), 0);
     // Another command's update at the same version (decided by another owner first) does not
-    // confirm it.
+    // confirm it, but the row takes it and the provisional answer no longer shows.
     let mut refused = with_command(update("a", 1, OrderStatus::Accepted, None), "cancel-a");
     refused.status = None;
     refused.outcome = Outcome::Refused;
-    view.apply(&[rec(0, 0, refused)]).expect("apply");
+    view.apply(&[rec(0, 0, refused.clone())]).expect("apply");
     assert!(view.pending("a").is_some());
+    assert_eq!(view.read("a").expect("read"), Some(ViewRow { update: refused, provisional: false }));
     // The command's own update, whatever its version, does; and the mark survives a reopen
     // until then.
-    view.apply_direct(&[with_command(update("b", 1, OrderStatus::Accepted, None), "place-b")], 2_000)
-        .expect("apply over HTTP");
+    view.record_direct(
+        &command("b", "place-b"),
+        &[with_command(update("b", 1, OrderStatus::Accepted, None), "place-b")],
+        2_000,
+    )
+    .expect("record over HTTP");
     drop(view);
     let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("reopen");
     assert_eq!(view.pending("b").map(|p| p.command_id), Some("place-b".into()));
-    view.apply(&[rec(0, 1, with_command(update("a", 3, OrderStatus::Accepted, None), "place-a"))]).expect("apply");
+    assert_eq!(view.pending("b").and_then(|p| p.command).map(|c| c.command_id), Some("place-b".into()));
+    let decided = with_command(update("a", 2, OrderStatus::Accepted, None), "place-a");
+    view.apply(&[rec(0, 1, decided.clone())]).expect("apply");
     assert!(view.pending("a").is_none());
-    view.forget_pending("b").expect("forget");
+    assert_eq!(view.read("a").expect("read"), Some(ViewRow { update: decided, provisional: false }));
+    view.apply(&[rec(0, 2, with_command(update("b", 1, OrderStatus::Accepted, None), "place-b"))]).expect("apply");
     drop(view);
     let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("reopen");
+    assert_eq!(view.pending_count(), 0);
+}
+
+#[test]
+fn an_answer_that_changed_nothing_leaves_nothing_pending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("open");
+    view.record_direct(&command("a", "again"), &[], 1_000).expect("record over HTTP");
     assert_eq!(view.pending_count(), 0);
 }

@@ -669,7 +669,7 @@ impl Engine {
             Ok(committed) => {
                 let mut failure = None;
                 for partition in partitions {
-                    match self.restore_one(partition, &committed) {
+                    match self.restore_one(consumer, partition, &committed) {
                         Ok(()) => {
                             self.to_restore.remove(&partition);
                             self.resume(consumer, &[partition]);
@@ -739,7 +739,12 @@ impl Engine {
 
     /// Restores one partition's task and makes it active. On failure the task is closed (a
     /// detached one too: its store keeps what it holds, outbox included, for the next attempt).
-    fn restore_one(&mut self, partition: i32, committed: &TopicPartitionList) -> Result<(), RuntimeError> {
+    fn restore_one(
+        &mut self,
+        consumer: &BaseConsumer<StreamContext>,
+        partition: i32,
+        committed: &TopicPartitionList,
+    ) -> Result<(), RuntimeError> {
         // A task kept through a lost assignment is caught up, not reopened.
         let mut task = match self.tasks.remove(&partition) {
             Some(task) => task,
@@ -759,11 +764,21 @@ impl Engine {
             outbox = task.outbox_len(),
             "restore complete"
         );
-        task.next_input_offset =
-            committed.find_partition(&self.config.topics.orders_topic, partition).and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
+        // Where processing resumes, and what every transaction of this task commits until it
+        // reads a record: a transaction must carry an offset for each task, or nothing fences a
+        // zombie's transaction made of timers or outbox entries alone. With no committed offset
+        // (a new group, or one whose offsets expired on a quiet partition), that is where the
+        // consumer starts: the partition's first offset (`auto.offset.reset=earliest`).
+        let orders = &self.config.topics.orders_topic;
+        task.next_input_offset = match committed.find_partition(orders, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => {
+                let (low, _) = consumer
+                    .fetch_watermarks(orders, partition, KAFKA_CALL_TIMEOUT)
+                    .context(format!("reading the first offset of partition {partition}"))?;
+                Some(low)
+            }
+        };
         self.metrics.restored_records.fetch_add(stats.records, Ordering::Relaxed);
         self.tasks.insert(partition, task);
         Ok(())
@@ -830,7 +845,11 @@ impl Engine {
             Ok(envelope) => {
                 let rules = &self.config.rules;
                 let Some(task) = self.tasks.get_mut(&partition) else { return Ok(()) };
-                match task.process(&envelope, rules, now_ms())? {
+                let processed = task.process(&envelope, rules, now_ms())?;
+                for output in &processed.outbox {
+                    self.emit(partition, output, None)?;
+                }
+                match processed.decided {
                     Some(output) => {
                         tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, %trace_id, version = output.update.version, "command decided");
                         self.emit(partition, &output, trace.as_ref())?
@@ -1108,16 +1127,8 @@ impl Engine {
             std::process::abort();
         }
         self.commits_here += 1;
-        for (partition, task) in &mut self.tasks {
-            if !task.needs_flush() {
-                continue;
-            }
-            let last =
-                acknowledged.get(partition).ok_or(RuntimeError::MissingChangelogOffset { partition: *partition })?;
-            let published = task.outbox_len();
-            task.flush(last + 1)?;
-            self.metrics.outbox_published.fetch_add((published - task.outbox_len()) as u64, Ordering::Relaxed);
-        }
+        let published = super::task::flush_committed(&mut self.tasks, &acknowledged)?;
+        self.metrics.outbox_published.fetch_add(published as u64, Ordering::Relaxed);
         self.txn = None;
         // The next commit interval counts from here: the thread gets a full interval of records.
         self.last_commit = Instant::now();

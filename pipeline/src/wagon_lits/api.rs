@@ -43,6 +43,20 @@ pub struct Accepted {
     pub path: Path,
     /// Updates already known (HTTP path); empty on the Kafka path.
     pub updates: Vec<OrderUpdate>,
+    /// The updates are the deciding instance's answer, final once `order-updates` carries them:
+    /// if that instance loses its partition first, the next owner decides the command again
+    /// and its decision is the one `GET /orders/{id}` ends with.
+    pub provisional: bool,
+}
+
+/// An order as `GET /orders/{id}` shows it.
+#[derive(Debug, Serialize)]
+struct Shown {
+    #[serde(flatten)]
+    update: OrderUpdate,
+    /// Present (true) while the update is an answer over HTTP not yet on `order-updates`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    provisional: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -175,7 +189,7 @@ impl Api {
         check_id("order_id", &order_id)?;
         check_id("wagon_id", &request.wagon_id)?;
         check_id("requested_by", &request.requested_by)?;
-        if self.view.get(&order_id).map_err(internal)?.is_some_and(|row| row.status.is_some()) {
+        if self.view.read(&order_id).map_err(internal)?.is_some_and(|row| row.update.status.is_some()) {
             return Err(Problem::new(StatusCode::CONFLICT, "order-exists", format!("order {order_id} already exists")));
         }
         let place = PlaceOrder { wagon_id: request.wagon_id, requested_by: request.requested_by, lines: request.lines };
@@ -204,8 +218,8 @@ impl Api {
 
     /// Refuses, before anything is sent, a command the view says cannot apply.
     fn check_transition(&self, order_id: &str, command: &Command) -> Result<(), Problem> {
-        let row = self.view.get(order_id).map_err(internal)?;
-        let Some(status) = row.and_then(|r| r.status) else {
+        let row = self.view.read(order_id).map_err(internal)?;
+        let Some(status) = row.and_then(|r| r.update.status) else {
             return Err(Problem::not_found(format!("no order {order_id}")));
         };
         if let Some(reason) = status_refusal(Some(status), command) {
@@ -234,6 +248,7 @@ impl Api {
                         command_id: envelope.command_id,
                         path: sent.path,
                         updates: sent.updates,
+                        provisional: sent.provisional,
                     },
                 );
                 if let Ok(value) = hyper::header::HeaderValue::from_str(&trace.to_string()) {
@@ -253,8 +268,8 @@ impl Api {
     }
 
     fn get(&self, order_id: &str) -> Result<Response, Problem> {
-        match self.view.get(order_id).map_err(internal)? {
-            Some(row) => Ok(json(StatusCode::OK, &row)),
+        match self.view.read(order_id).map_err(internal)? {
+            Some(row) => Ok(json(StatusCode::OK, &Shown { update: row.update, provisional: row.provisional })),
             None => Err(Problem::not_found(format!("no order {order_id}"))),
         }
     }

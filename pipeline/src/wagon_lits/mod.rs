@@ -129,6 +129,11 @@ pub struct WagonLitsArgs {
     /// Time allowed for a call to dev-materiels over HTTP.
     #[arg(long, env = "FALLBACK_TIMEOUT_MS", default_value_t = 5_000)]
     pub fallback_timeout_ms: u64,
+    /// A command decided over HTTP that `order-updates` has not shown this long after is sent
+    /// again to `orders` (same command id, decided once by whoever owns the partition), and
+    /// again as long as it is not shown. Its order's next commands wait until it is.
+    #[arg(long, env = "PENDING_RESEND_AFTER_MS", default_value_t = 30_000)]
+    pub pending_resend_after_ms: u64,
 }
 
 /// Runs wagon-lits (view, API, breaker probe) until `shutdown` is set.
@@ -168,6 +173,11 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
         .build()
         .context("starting the HTTP runtime")?;
     runtime.spawn(Arc::clone(&sender).probe(Duration::from_millis(args.breaker_probe_ms), Arc::clone(&shutdown)));
+    runtime.spawn(Arc::clone(&sender).resend_pending(
+        Duration::from_secs(1),
+        Duration::from_millis(args.pending_resend_after_ms),
+        Arc::clone(&shutdown),
+    ));
     let served = match args.http.http_listen {
         Some(addr) => {
             let listener = runtime

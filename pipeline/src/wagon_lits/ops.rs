@@ -148,6 +148,10 @@ impl Api {
         let breaker = self.sender.breaker.state();
         let m = &self.sender.metrics;
         let counts = self.view.counts();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut pending = self.view.pending_all();
+        pending.sort_by_key(|(_, p)| p.since_ms);
         let chosen: Option<OrderStatus> = query.get("status").and_then(|s| s.parse().ok());
         let listed = chosen.map(|s| self.view.list_by_status(s, None, STATUS_PAGE));
         let body = html! {
@@ -168,6 +172,29 @@ impl Api {
                         td id="via-kafka" { (m.via_kafka.load(std::sync::atomic::Ordering::Relaxed)) }
                         td id="via-http" { (m.via_http.load(std::sync::atomic::Ordering::Relaxed)) }
                         td { (m.kafka_failures.load(std::sync::atomic::Ordering::Relaxed)) }
+                    }
+                }
+            }
+            section id="pending" {
+                h2 { "Decisions taken over HTTP, not on order-updates yet" }
+                p {
+                    strong id="pending-count" { (pending.len()) }
+                    " pending; their orders' next commands wait. Each is sent again to orders (same command id) while \
+                     Kafka takes commands; "
+                    strong id="pending-resent" { (m.resent.load(std::sync::atomic::Ordering::Relaxed)) }
+                    " re-sends so far."
+                }
+                @if !pending.is_empty() {
+                    table id="pending-list" {
+                        tr { th { "order" } th { "command" } th { "answered" } th { "waiting (s)" } }
+                        @for (order_id, p) in pending.iter().take(STATUS_PAGE) {
+                            tr {
+                                td { a href={ "/ops/orders/" (order_id) } { (order_id) } }
+                                td { (p.command_id) }
+                                td { (p.answered.as_ref().and_then(|u| u.status).map_or("-", OrderStatus::as_str)) }
+                                td { (now.saturating_sub(p.since_ms) / 1000) }
+                            }
+                        }
                     }
                 }
             }

@@ -3,9 +3,15 @@
 //!
 //! Both paths carry the same envelope, with the same command id: a command that reached Kafka
 //! after all (a timeout is not a refusal) and also went over HTTP is applied once, since
-//! dev-materiels remembers the ids it applied. The updates dev-materiels answers over HTTP go
-//! into the view at once; the same updates read later from `order-updates` change nothing there
-//! (the view only moves forward by version).
+//! dev-materiels remembers the ids it applied.
+//!
+//! What dev-materiels answers over HTTP is provisional: the view shows it, marked so, and holds
+//! the order's next commands, until `order-updates` carries an update of that command. The
+//! instance that decided it may lose its partition (or die with its store) before it can publish
+//! it; so once Kafka takes commands again, a command still pending after
+//! `--pending-resend-after-ms` is sent again to `orders`, same id, until `order-updates` shows it.
+//! Whoever owns the partition then decides it once: an owner that already applied it changes
+//! nothing. No pending command is ever given up on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,6 +147,8 @@ pub struct Sent {
     /// The updates dev-materiels answered with (HTTP path only; on the Kafka path they arrive
     /// through `order-updates`).
     pub updates: Vec<OrderUpdate>,
+    /// The updates are provisional until `order-updates` carries them (HTTP path).
+    pub provisional: bool,
 }
 
 /// A command that did not get through.
@@ -157,10 +165,6 @@ pub enum SendError {
     #[error("command {command_id} of this order was decided over HTTP and is not on Kafka yet; retry shortly")]
     Pending { command_id: String },
 }
-
-/// How long a command decided over HTTP may hold up the next commands of its order. Past it, the
-/// instance that decided it is taken to be gone with its store, and the next command goes on.
-pub const PENDING_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The state of the circuit breaker in front of Kafka.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -237,6 +241,9 @@ pub struct SenderMetrics {
     pub via_kafka: AtomicU64,
     pub via_http: AtomicU64,
     pub kafka_failures: AtomicU64,
+    /// Commands decided over HTTP and sent again to `orders` because `order-updates` had not
+    /// shown them yet.
+    pub resent: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -286,12 +293,7 @@ impl CommandSender {
     pub async fn send(&self, envelope: &CommandEnvelope, trace: &TraceParent) -> Result<Sent, SendError> {
         tracing::debug!(order_id = %envelope.order_id, command_id = %envelope.command_id, trace_id = %trace.trace_id(), command = envelope.command.name(), "sending a command");
         if let Some(pending) = self.view.pending(&envelope.order_id).filter(|p| p.command_id != envelope.command_id) {
-            let age = Duration::from_millis(now_ms().saturating_sub(pending.since_ms));
-            if age < PENDING_TIMEOUT {
-                return Err(SendError::Pending { command_id: pending.command_id });
-            }
-            tracing::warn!(order_id = %envelope.order_id, pending = %pending.command_id, age_s = age.as_secs(), "a command decided over HTTP never reached order-updates; no longer holding the order's commands for it");
-            self.view.forget_pending(&envelope.order_id).map_err(|e| SendError::Unavailable(e.to_string()))?;
+            return Err(SendError::Pending { command_id: pending.command_id });
         }
         if self.breaker.allows_kafka() {
             let outcome = match self.producer.send_traced(envelope, trace) {
@@ -309,7 +311,7 @@ impl CommandSender {
                 Ok(()) => {
                     self.breaker.success();
                     self.metrics.via_kafka.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Sent { path: Path::Kafka, updates: Vec::new() });
+                    return Ok(Sent { path: Path::Kafka, updates: Vec::new(), provisional: false });
                 }
                 Err(reason) => {
                     tracing::warn!(order_id = %envelope.order_id, command_id = %envelope.command_id, trace_id = %trace.trace_id(), %reason, "Kafka did not take the command; falling back to HTTP");
@@ -342,10 +344,10 @@ impl CommandSender {
                     let reply: DirectReply = serde_json::from_slice(&bytes)
                         .map_err(|e| SendError::Unavailable(format!("dev-materiels answered something else: {e}")))?;
                     self.view
-                        .apply_direct(&reply.updates, now_ms())
+                        .record_direct(envelope, &reply.updates, now_ms())
                         .map_err(|e| SendError::Unavailable(format!("cannot write the view: {e}")))?;
                     self.metrics.via_http.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Sent { path: Path::Http, updates: reply.updates });
+                    return Ok(Sent { path: Path::Http, updates: reply.updates, provisional: true });
                 }
                 Ok((status, bytes)) if status.is_client_error() => {
                     let problem = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
@@ -358,6 +360,57 @@ impl CommandSender {
             }
         }
         Err(SendError::Unavailable(last))
+    }
+
+    /// Every `every`, while the breaker lets commands go to Kafka, sends again to `orders` each
+    /// command decided over HTTP that `order-updates` has not shown `after` after it was decided
+    /// (and again every `after`), until `stop` is set. The same command id: whoever owns the
+    /// partition decides it once.
+    pub async fn resend_pending(
+        self: Arc<Self>,
+        every: Duration,
+        after: Duration,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let mut last_sent: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut warned_without_command = std::collections::HashSet::new();
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(every).await;
+            if !self.breaker.allows_kafka() {
+                continue;
+            }
+            let now = now_ms();
+            let pending = self.view.pending_all();
+            last_sent.retain(|command_id, _| pending.iter().any(|(_, p)| &p.command_id == command_id));
+            for (order_id, mark) in pending {
+                let since = last_sent.get(&mark.command_id).copied().unwrap_or(mark.since_ms);
+                if now.saturating_sub(since) < after_ms {
+                    continue;
+                }
+                let Some(command) = mark.command else {
+                    if warned_without_command.insert(mark.command_id.clone()) {
+                        tracing::warn!(%order_id, command_id = %mark.command_id, "a command decided over HTTP by an older version is not on order-updates and was not kept to be sent again; its order's commands stay held");
+                    }
+                    continue;
+                };
+                let delivered = match self.producer.send(&command) {
+                    Ok(future) => matches!(
+                        tokio::time::timeout(self.delivery_timeout + Duration::from_millis(500), future).await,
+                        Ok(Ok(Ok(_)))
+                    ),
+                    Err(_) => false,
+                };
+                if !delivered {
+                    // Kafka did not take it: try again at the next round, once it does.
+                    break;
+                }
+                self.breaker.success();
+                last_sent.insert(mark.command_id.clone(), now);
+                self.metrics.resent.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%order_id, command_id = %mark.command_id, pending_s = now.saturating_sub(mark.since_ms) / 1000, "a command decided over HTTP is not on order-updates yet; sent it again to orders (same id: it is decided once)");
+            }
+        }
     }
 
     /// Probes Kafka every `every` while the breaker is open, until `stop` is set.

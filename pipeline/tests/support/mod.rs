@@ -1,10 +1,10 @@
 //! What the integration tests share: a real broker, the services as real processes, readers of
-//! the topics, and the reference model that the results are checked against.
+//! the topics, and the oracle that the results are checked against.
 
 #![allow(dead_code)]
 
 pub mod http;
-pub mod model;
+pub mod oracle;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -28,6 +28,9 @@ use state::{Catalogue, CommandEnvelope, OrderStatus, OrderUpdate, Rules, StoreOp
 
 pub const PREPARE_AFTER_MS: u64 = 300;
 pub const SHIP_AFTER_MS: u64 = 300;
+
+/// The catalogue every dev-materiels of the tests runs with, and the oracle judges against.
+pub const CATALOGUE_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/catalogue.txt");
 
 pub fn rules() -> Rules {
     Rules {
@@ -153,6 +156,8 @@ impl TestEnv {
             .arg(self.timers_ms.1.to_string())
             .arg("--session-timeout-ms")
             .arg("6000")
+            .arg("--catalogue")
+            .arg(CATALOGUE_FILE)
             .args(&self.dev_args);
         command
     }
@@ -207,6 +212,24 @@ impl TestEnv {
     /// Every record of `topic`, read with read_committed from the beginning to the end.
     pub fn read_all(&self, topic: &str) -> Vec<Record> {
         read_topic(&self.kafka, topic)
+    }
+
+    /// Every update on `order-updates`, as the oracle reads them, in offset order per partition.
+    pub fn wire_updates(&self) -> Vec<oracle::Update> {
+        self.read_all(&self.topics.updates_topic)
+            .into_iter()
+            .map(|r| oracle::Update::from_json(&r.value.unwrap_or_default()).expect("an update on order-updates"))
+            .collect()
+    }
+
+    /// The rules the oracle judges this test's dev-materiels by.
+    pub fn oracle_rules(&self) -> oracle::Rules {
+        let text = std::fs::read_to_string(CATALOGUE_FILE).expect("testdata/catalogue.txt");
+        oracle::Rules {
+            catalogue: text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect(),
+            prepare_after_ms: self.timers_ms.0,
+            ship_after_ms: self.timers_ms.1,
+        }
     }
 
     /// Every update on `order-updates`.
@@ -356,6 +379,23 @@ impl DevMateriels {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process freezes where it is (its sockets stay open, its timers stop).
+    pub fn pause(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT: a paused process carries on from where it froze.
+    pub fn resume(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, signal);
         }
     }
 
@@ -579,21 +619,34 @@ pub fn send_paced(producer: &CommandProducer, commands: &[CommandEnvelope], per_
     }
 }
 
-/// Orders whose final row the model and the view disagree on.
-pub fn compare_view(view: &ViewStore, expected: &BTreeMap<String, (u64, Option<OrderStatus>)>) -> Vec<String> {
+/// Commands as the oracle reads them (from their JSON on the wire).
+pub fn wire_commands(commands: &[CommandEnvelope]) -> Vec<oracle::Sent> {
+    commands
+        .iter()
+        .map(|c| {
+            oracle::Sent::from_json(&serde_json::to_vec(c).expect("a command encodes")).expect("a command decodes")
+        })
+        .collect()
+}
+
+/// What the oracle expects of every order at the end: (version, status).
+pub type Expected = BTreeMap<String, (u64, Option<String>)>;
+
+/// Orders whose final row the oracle and the view disagree on.
+pub fn compare_view(view: &ViewStore, expected: &Expected) -> Vec<String> {
     let mut diffs = Vec::new();
     for (id, (version, status)) in expected {
         match view.get(id).expect("view read") {
-            Some(row) if row.version == *version && row.status == *status => {}
+            Some(row) if row.version == *version && row.status.map(|s| s.as_str()) == status.as_deref() => {}
             Some(row) => diffs
-                .push(format!("{id}: view has v{} {:?}, model says v{version} {status:?}", row.version, row.status)),
-            None => diffs.push(format!("{id}: missing from the view (model says v{version} {status:?})")),
+                .push(format!("{id}: view has v{} {:?}, oracle says v{version} {status:?}", row.version, row.status)),
+            None => diffs.push(format!("{id}: missing from the view (oracle says v{version} {status:?})")),
         }
     }
     let rows = view.all().expect("view scan");
     for row in rows {
         if !expected.contains_key(&row.order_id) {
-            diffs.push(format!("{}: in the view but unknown to the model", row.order_id));
+            diffs.push(format!("{}: in the view but unknown to the oracle", row.order_id));
         }
     }
     diffs
@@ -603,51 +656,54 @@ pub fn print_path(label: &str, path: &Path) {
     eprintln!("{label}: {}", path.display());
 }
 
-/// Reads `order-updates` until the model finds every command applied and the view agrees with
-/// it; returns the last report.
-pub fn converge(env: &TestEnv, view: &ViewRunner, sent: &[state::CommandEnvelope]) -> model::ModelReport {
+/// Reads `order-updates` until the oracle finds every command applied and every timer fired, and
+/// the view agrees with it; asserts that it holds and returns the last report.
+pub fn converge(env: &TestEnv, view: &ViewRunner, sent: &[CommandEnvelope]) -> oracle::Report {
     converge_with(env, sent, |expected| compare_view(&view.view, expected))
 }
 
 /// [`converge`], with the view compared by `diffs` (for a view held by another process).
 pub fn converge_with(
     env: &TestEnv,
-    sent: &[state::CommandEnvelope],
-    diffs: impl Fn(&BTreeMap<String, (u64, Option<OrderStatus>)>) -> Vec<String>,
-) -> model::ModelReport {
+    sent: &[CommandEnvelope],
+    diffs: impl Fn(&Expected) -> Vec<String>,
+) -> oracle::Report {
     converge_uncertain(env, sent, &HashSet::new(), diffs)
 }
 
 /// [`converge_with`], where the commands in `uncertain` may or may not have been sent
-/// ([`model::check_uncertain`]).
+/// ([`oracle::check_uncertain`]).
 pub fn converge_uncertain(
     env: &TestEnv,
-    sent: &[state::CommandEnvelope],
+    sent: &[CommandEnvelope],
     uncertain: &HashSet<String>,
-    diffs: impl Fn(&BTreeMap<String, (u64, Option<OrderStatus>)>) -> Vec<String>,
-) -> model::ModelReport {
+    diffs: impl Fn(&Expected) -> Vec<String>,
+) -> oracle::Report {
     let (report, diffs) = converge_report(env, sent, uncertain, diffs);
     assert!(
         diffs.is_empty(),
-        "view differs from the model in {} orders, e.g. {:#?}\n{}",
+        "view differs from the oracle in {} orders, e.g. {:#?}\n{}",
         diffs.len(),
         &diffs[..diffs.len().min(10)],
         report.summary()
     );
+    assert!(report.holds(), "{}: {:#?}", report.summary(), report.examples);
     report
 }
 
-/// Waits (up to 4 minutes) until the model finds every command applied and the view agrees;
-/// returns the last report and the view's differences, without judging them.
+/// Waits (up to 4 minutes) until the oracle finds every command applied and every timer fired,
+/// and the view agrees; returns the last report and the view's differences, without judging them.
 pub fn converge_report(
     env: &TestEnv,
-    sent: &[state::CommandEnvelope],
+    sent: &[CommandEnvelope],
     uncertain: &HashSet<String>,
-    diffs: impl Fn(&BTreeMap<String, (u64, Option<OrderStatus>)>) -> Vec<String>,
-) -> (model::ModelReport, Vec<String>) {
+    diffs: impl Fn(&Expected) -> Vec<String>,
+) -> (oracle::Report, Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(240);
+    let sent = wire_commands(sent);
+    let rules = env.oracle_rules();
     loop {
-        let report = model::check_uncertain(sent, uncertain, &env.updates(), &rules());
+        let report = oracle::check_uncertain(&sent, uncertain, &env.wire_updates(), &rules);
         let diffs = diffs(&report.expected);
         let done = report.lost_commands == 0 && report.unsettled == 0 && diffs.is_empty();
         if done || Instant::now() > deadline {
