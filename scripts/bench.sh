@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >&2
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rail-orders/target}"
-cargo build --release --locked --workspace --bins >&2
+bash scripts/build.sh >&2
 exec "$CARGO_TARGET_DIR/release/e2e" "$@"

@@ -23,4 +23,11 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# CI's checks need rustfmt and clippy.
+if command -v rustup >/dev/null; then
+  for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component" >&2
+  done
+fi
+
 bash scripts/kafka-jars.sh >&2

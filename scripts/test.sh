@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Sets the machine up, builds, and runs the whole test suite: unit and property tests, then the
-# integration tests, each against a real Apache Kafka broker it starts itself.
+# Sets the machine up, builds (scripts/build.sh), and runs the whole test suite: unit and property
+# tests, then the integration tests, each against real Apache Kafka brokers it starts itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rail-orders/target}"
-# One profile for everything: RocksDB and librdkafka are built once, optimised.
-cargo build --release --locked --workspace --all-targets
-# Integration tests each start a broker and services; one at a time fits a 2-core machine.
+bash scripts/build.sh
+# Integration tests start brokers and services; one at a time fits a 2-core machine.
 # --nocapture shows the figures they report (restore counts, exactly-once summaries).
 cargo test --release --locked --workspace -- --test-threads=1 --nocapture

@@ -14,7 +14,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use pipeline::runtime::task::Task;
+use engine::runtime::task::Task;
 use rail_benches::{command_batch, now_ms, placed_states, rules, state_orders};
 use state::store::encode_state;
 use state::{decode_command, StoreOptions};
@@ -33,7 +33,7 @@ fn processing(c: &mut Criterion) {
     let mut chunk = Vec::with_capacity(10_000);
     let mut position = 0i64;
     for state in placed_states(orders, now) {
-        chunk.push((state.order_id.clone().into_bytes(), Some(encode_state(&state))));
+        chunk.push((state.order_id.clone().into_bytes(), Some(encode_state(&state).expect("encode"))));
         if chunk.len() == 10_000 {
             position += chunk.len() as i64;
             task.store().restore(&chunk, position).expect("fill the store");

@@ -1,36 +1,30 @@
 //! Prometheus metrics of the HTTP server: requests by route, method and status, and how long
 //! they took, in the OpenMetrics text format both services serve on `GET /metrics`.
 //!
-//! Routes are labelled by their template (`/orders/{id}`), never by the raw path: each service
-//! gives the server a function that names the route of a request.
+//! Routes are labelled by their template (`/orders/{id}`, axum's matched path), never by the raw
+//! path.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, StatusCode};
+use axum::http::header::{HeaderValue, CONTENT_TYPE};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::server::Response;
-
-/// Names the route (its template) a request went to, from its method and path.
-pub type RouteOf = fn(&Method, &str) -> &'static str;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: &'static str,
+    route: String,
     method: String,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: &'static str,
+    route: String,
     method: String,
 }
 
@@ -41,7 +35,6 @@ type DurationFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: DurationFamily,
-    route_of: RouteOf,
 }
 
 fn latency_histogram() -> Histogram {
@@ -51,7 +44,7 @@ fn latency_histogram() -> Histogram {
 
 impl HttpMetrics {
     /// Registers the families in `registry` (as `http_requests` and `http_request_duration_seconds`).
-    pub fn new(registry: &mut Registry, route_of: RouteOf) -> HttpMetrics {
+    pub fn new(registry: &mut Registry) -> HttpMetrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let duration: DurationFamily = Family::new_with_constructor(latency_histogram);
         registry.register("http_requests", "HTTP requests answered, by route, method and status", requests.clone());
@@ -60,14 +53,16 @@ impl HttpMetrics {
             "Time from a request's head read to its answer, by route and method",
             duration.clone(),
         );
-        HttpMetrics { requests, duration, route_of }
+        HttpMetrics { requests, duration }
     }
 
-    /// Counts one answered request.
-    pub fn observe(&self, method: &Method, path: &str, status: StatusCode, elapsed: Duration) {
-        let route = (self.route_of)(method, path);
+    /// Counts one answered request to `route` (its template; `other` when no route matched).
+    pub fn observe(&self, route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
         let method = method.as_str().to_string();
-        self.requests.get_or_create(&RequestLabels { route, method: method.clone(), status: status.as_u16() }).inc();
+        let route = route.to_string();
+        self.requests
+            .get_or_create(&RequestLabels { route: route.clone(), method: method.clone(), status: status.as_u16() })
+            .inc();
         self.duration.get_or_create(&RouteLabels { route, method }).observe(elapsed.as_secs_f64());
     }
 }
@@ -79,9 +74,6 @@ pub fn metrics_response(registry: &Registry) -> Response {
         return crate::Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("encoding metrics: {err}"))
             .into_response();
     }
-    let mut response = hyper::Response::new(Full::new(Bytes::from(text)));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
-    response
+    let content_type = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    ([(CONTENT_TYPE, content_type)], text).into_response()
 }

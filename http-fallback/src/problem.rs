@@ -1,9 +1,8 @@
 //! Problem details (RFC 9457): every error either service returns over HTTP.
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::StatusCode;
+use axum::http::header::{HeaderValue, CONTENT_TYPE};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -49,12 +48,18 @@ impl Problem {
     pub fn status(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
+}
 
-    pub fn into_response(self) -> hyper::Response<Full<Bytes>> {
-        let body = serde_json::to_vec(&self).unwrap_or_default();
-        let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = self.status();
-        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        response
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        // A struct of strings and a number always encodes.
+        let body = serde_json::to_vec(&self).unwrap_or_else(|e| format!("{{\"detail\":\"{e}\"}}").into_bytes());
+        (self.status(), [(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response()
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.title, self.detail)
     }
 }

@@ -482,6 +482,7 @@ fn run_tool(jars: &Path, log4j: &Path, main_class: &str, args: &[&str]) -> Resul
 
 /// Asks Linux to kill the child when the thread that started it ends, so a crashed or
 /// interrupted test leaves no broker behind.
+#[allow(unsafe_code)] // pre_exec is unsafe by nature; the closure only calls prctl.
 fn die_with_parent(command: &mut Command) {
     // SAFETY: prctl is async-signal-safe, as a pre_exec closure requires.
     unsafe {
@@ -492,6 +493,7 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
+#[allow(unsafe_code)] // libc's kill: a plain system call on our own child.
 fn signal(child: &Child, sig: libc::c_int) {
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
         // SAFETY: sending a signal to our own child process.

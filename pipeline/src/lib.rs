@@ -1,24 +1,12 @@
-//! The Kafka side of the two railway services.
+//! The binaries of the two railway services and the demo (`src/bin/`), on the crates beside this
+//! one:
 //!
-//! - [`runtime`]: the engine (stream thread, tasks, changelog restore, the exactly-once loop);
-//! - [`dev_materiels`]: the processor, wired onto the runtime;
-//! - [`wagon_lits`]: the command producer and the view materialiser;
-//! - [`kafka_config`], [`topics`]: client settings and topic creation;
-//! - [`workload`]: reproducible order traffic for the demo, tests and benches;
-//! - [`demo`]: the whole flow in one process.
+//! - `wire/` (`rail-wire`): what both services share on the wire;
+//! - `engine/` (`rail-engine`): the Kafka-Streams-like runtime, which knows no service;
+//! - `dev-materiels/`: the processor, wired onto the engine, with its HTTP endpoint;
+//! - `wagon-lits/`: the command sender, the view, the API and the operations page.
+//!
+//! This library holds [`workload`]: reproducible order traffic for the demo, the tests and the
+//! benches.
 
-pub mod dead_letters;
-pub mod demo;
-pub mod dev_materiels;
-pub mod http_args;
-pub mod kafka_config;
-pub mod logging;
-pub mod metrics;
-pub mod otel;
-pub mod partitioner;
-pub mod runtime;
-pub mod shutdown;
-pub mod topics;
-pub mod trace;
-pub mod wagon_lits;
 pub mod workload;

@@ -161,9 +161,8 @@ pub(crate) fn cf<'a>(db: &'a DB, path: &Path, name: &'static str) -> Result<&'a 
 }
 
 /// Encodes a state as stored in RocksDB and in the changelog.
-pub fn encode_state(state: &OrderState) -> Vec<u8> {
-    // Serialising a struct of strings, numbers and enums cannot fail.
-    serde_json::to_vec(state).unwrap_or_default()
+pub fn encode_state(state: &OrderState) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(state).map_err(|e| StoreError::Encode { what: "an order state", reason: e.to_string() })
 }
 
 pub fn decode_state(bytes: &[u8]) -> Result<OrderState, serde_json::Error> {
@@ -297,7 +296,8 @@ impl OrderStore {
 
     /// Adds an outbox entry to `batch`.
     pub fn put_outbox(&self, batch: &mut StoreBatch, seq: u64, entry: &OutboxEntry) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(entry).unwrap_or_default();
+        let value = serde_json::to_vec(entry)
+            .map_err(|e| StoreError::Encode { what: "an outbox entry", reason: e.to_string() })?;
         batch.batch.put_cf(self.cf(CF_OUTBOX)?, seq.to_be_bytes(), value);
         Ok(())
     }
@@ -469,7 +469,7 @@ mod tests {
         let t1 = Timer { kind: TimerKind::Prepare, due_ms: 10 };
         let s = state("a", 1, Some(t1));
         let mut batch = StoreBatch::new();
-        store.put(&mut batch, &s, &encode_state(&s), None).expect("put");
+        store.put(&mut batch, &s, &encode_state(&s).expect("encode"), None).expect("put");
         batch.set_position(7);
         store.write(batch).expect("write");
         assert_eq!(store.get("a").expect("get"), Some(s.clone()));
@@ -480,7 +480,7 @@ mod tests {
         let t2 = Timer { kind: TimerKind::Ship, due_ms: 20 };
         let s2 = state("a", 2, Some(t2));
         let mut batch = StoreBatch::new();
-        store.put(&mut batch, &s2, &encode_state(&s2), Some(t1)).expect("put");
+        store.put(&mut batch, &s2, &encode_state(&s2).expect("encode"), Some(t1)).expect("put");
         store.write(batch).expect("write");
         assert_eq!(store.timers().expect("timers"), vec![(20, "a".to_string())]);
         assert_eq!(store.changelog_position().expect("position"), Some(7));
@@ -494,9 +494,9 @@ mod tests {
         let a2 = state("a", 2, Some(Timer { kind: TimerKind::Ship, due_ms: 9 }));
         let b1 = state("b", 1, Some(Timer { kind: TimerKind::Prepare, due_ms: 6 }));
         let records = vec![
-            (b"a".to_vec(), Some(encode_state(&a1))),
-            (b"b".to_vec(), Some(encode_state(&b1))),
-            (b"a".to_vec(), Some(encode_state(&a2))),
+            (b"a".to_vec(), Some(encode_state(&a1).expect("encode"))),
+            (b"b".to_vec(), Some(encode_state(&b1).expect("encode"))),
+            (b"a".to_vec(), Some(encode_state(&a2).expect("encode"))),
             (b"b".to_vec(), None),
         ];
         assert_eq!(store.restore(&records, 42).expect("restore"), 4);
@@ -527,7 +527,7 @@ mod tests {
         let mut batch = StoreBatch::new();
         for v in [3, 4] {
             let s = state("a", v, None);
-            store.put(&mut batch, &s, &encode_state(&s), None).expect("put");
+            store.put(&mut batch, &s, &encode_state(&s).expect("encode"), None).expect("put");
             let entry = OutboxEntry { update: update(v), state: s, command: None, superseded: false };
             store.put_outbox(&mut batch, v, &entry).expect("outbox");
         }
@@ -535,8 +535,8 @@ mod tests {
         // The changelog holds v2 (older) and v3 (published from the outbox: it has seen c3).
         let published = OrderState { applied_commands: vec!["c3".into()], ..state("a", 3, None) };
         let records = vec![
-            (b"a".to_vec(), Some(encode_state(&state("a", 2, None)))),
-            (b"a".to_vec(), Some(encode_state(&published))),
+            (b"a".to_vec(), Some(encode_state(&state("a", 2, None)).expect("encode"))),
+            (b"a".to_vec(), Some(encode_state(&published).expect("encode"))),
         ];
         store.restore(&records, 10).expect("restore");
         assert_eq!(store.get("a").expect("get").map(|s| s.version), Some(4), "the store never goes back");
@@ -546,13 +546,13 @@ mod tests {
         // Another instance owned the partition meanwhile, from v3: its v4 never saw c4. Its
         // history wins, and the order's entry is superseded (to be decided again).
         let other = OrderState { applied_commands: vec!["c3".into(), "d4".into()], ..state("a", 4, None) };
-        store.restore(&[(b"a".to_vec(), Some(encode_state(&other)))], 11).expect("restore");
+        store.restore(&[(b"a".to_vec(), Some(encode_state(&other).expect("encode")))], 11).expect("restore");
         assert_eq!(store.get("a").expect("get"), Some(other.clone()), "the changelog's history replaces the store's");
         let left: Vec<(u64, bool)> =
             store.outbox().expect("outbox").into_iter().map(|(seq, e)| (seq, e.superseded)).collect();
         assert_eq!(left, vec![(4, true)]);
         // Older records of that history do not undo it.
-        store.restore(&[(b"a".to_vec(), Some(encode_state(&published)))], 12).expect("restore");
+        store.restore(&[(b"a".to_vec(), Some(encode_state(&published).expect("encode")))], 12).expect("restore");
         assert_eq!(store.get("a").expect("get"), Some(other));
     }
 
@@ -563,7 +563,7 @@ mod tests {
         {
             let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
             let mut batch = StoreBatch::new();
-            store.put(&mut batch, &s, &encode_state(&s), None).expect("put");
+            store.put(&mut batch, &s, &encode_state(&s).expect("encode"), None).expect("put");
             batch.set_position(100);
             store.write(batch).expect("write");
         }

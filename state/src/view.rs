@@ -138,13 +138,8 @@ impl ViewStore {
 
     /// Opens the view for reading only, alongside a process that writes it.
     pub fn open_read_only(path: &Path, options: &StoreOptions) -> Result<ViewStore, StoreError> {
-        let db = rocksdb::DB::open_cf_for_read_only(
-            &options.rocks_options(),
-            path,
-            [CF_ORDERS, CF_BY_STATUS, CF_META],
-            false,
-        )
-        .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
+        let db = DB::open_cf_for_read_only(&options.rocks_options(), path, [CF_ORDERS, CF_BY_STATUS, CF_META], false)
+            .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
         let counts = Self::load_counts(&db, path)?;
         let pending = Self::load_pending(&db, path)?;
         Ok(ViewStore { db, path: path.to_path_buf(), counts: Mutex::new(counts), pending: Mutex::new(pending) })

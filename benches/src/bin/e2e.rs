@@ -30,10 +30,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use comfy_table::Table;
+use engine::admin::ensure_topics;
+use engine::kafka::KafkaArgs;
 use kafka_harness::{Cluster, ClusterConfig};
-use pipeline::kafka_config::KafkaArgs;
-use pipeline::topics::{ensure_topics, TopicSpec};
-use pipeline::wagon_lits::CommandProducer;
 use pipeline::workload::{Mix, Workload};
 use rail_benches::now_ms;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -41,6 +40,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+use wagon_lits::CommandProducer;
+use wire::TopicSpec;
 
 /// End-to-end throughput, CPU, memory and latency of dev-materiels beside a pass-through ceiling
 /// and a Kafka Streams peer, on a real broker.
@@ -97,7 +98,7 @@ impl Service {
         Ok(Service { name: name.to_string(), child, log })
     }
 
-    /// User + system CPU seconds so far (/proc/<pid>/stat, in USER_HZ = 100 ticks a second).
+    /// User + system CPU seconds so far (`/proc/<pid>/stat`, in USER_HZ = 100 ticks a second).
     fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         let fields: Vec<&str> =
@@ -230,7 +231,7 @@ struct Outcome {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    pipeline::logging::init(pipeline::logging::LogFormat::Plain, "warn,librdkafka=error,rdkafka=error");
+    engine::logging::init(engine::logging::LogFormat::Plain, "warn,librdkafka=error,rdkafka=error");
     match run(&args) {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,

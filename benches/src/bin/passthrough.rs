@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use pipeline::kafka_config::KafkaArgs;
+use engine::kafka::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -44,8 +44,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    pipeline::logging::init(pipeline::logging::LogFormat::Plain, "warn");
-    let stop = pipeline::shutdown::on_signal()?;
+    engine::logging::init(engine::logging::LogFormat::Plain, "warn");
+    let stop = engine::shutdown::on_signal()?;
     let mut c = args.kafka.base();
     c.set("group.id", &args.group)
         .set("enable.auto.commit", "false")

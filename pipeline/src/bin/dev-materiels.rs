@@ -1,5 +1,4 @@
-//! dev-materiels: reads commands from `orders`, runs each order's state machine with its state in
-//! RocksDB (backed by a compacted changelog), and emits decisions to `order-updates`, exactly once.
+//! The `dev-materiels` command line: run the processor, or check and apply the topics.
 
 /// jemalloc for Rust and, unprefixed, for RocksDB and librdkafka too: less time in malloc and
 /// less fragmentation than glibc's allocator under this load (see docs/benchmarks.md).
@@ -7,9 +6,11 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use clap::{Parser, Subcommand};
-use pipeline::dev_materiels::{self, DevMaterielsArgs};
-use pipeline::logging::{self, LogFormat};
-use pipeline::topics::{apply_topics, check_topics, system_topics, Finding};
+use engine::admin::{apply_topics, check_topics, Finding};
+use engine::logging::{self, LogFormat};
+use wire::topics::system_topics;
+
+use dev_materiels::DevMaterielsArgs;
 
 /// dev-materiels: the exactly-once stateful processor of material orders.
 ///
@@ -104,11 +105,15 @@ fn finding_topic(finding: &Finding) -> &str {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Fault injection for the tests, from `FAILPOINTS`; compiled in only with the `failpoints`
+    // feature.
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     logging::init(cli.log_format, "info,librdkafka=warn,rdkafka=warn");
     if let Some(Command::Topics { action }) = cli.command {
         return topics(&cli.args, action);
     }
-    let shutdown = match pipeline::shutdown::on_signal() {
+    let shutdown = match engine::shutdown::on_signal() {
         Ok(flag) => flag,
         Err(err) => {
             eprintln!("dev-materiels: cannot install signal handlers: {err}");
@@ -116,13 +121,13 @@ fn main() -> std::process::ExitCode {
         }
     };
     if let Some(endpoint) = &cli.otlp_endpoint {
-        if let Err(err) = pipeline::otel::init(endpoint, "dev-materiels") {
+        if let Err(err) = engine::otel::init(endpoint, "dev-materiels") {
             eprintln!("dev-materiels: {err}");
             return std::process::ExitCode::FAILURE;
         }
     }
-    let result = dev_materiels::run(&cli.args, shutdown, Default::default());
-    pipeline::otel::shutdown();
+    let result = dev_materiels::run(&cli.args, shutdown);
+    engine::otel::shutdown();
     match result {
         Ok(stats) => {
             tracing::info!(

@@ -1,4 +1,5 @@
-//! wagon-lits: places material orders and keeps its own view of them, from `order-updates`.
+//! The `wagon-lits` command line: serve the API and the view, send single commands, read the
+//! view, rebuild it from `order-updates`, list and replay dead letters.
 
 /// jemalloc for Rust and, unprefixed, for RocksDB and librdkafka too: less time in malloc and
 /// less fragmentation than glibc's allocator under this load (see docs/benchmarks.md).
@@ -10,10 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use pipeline::kafka_config::{KafkaArgs, TopicArgs};
-use pipeline::logging::{self, LogFormat};
-use pipeline::wagon_lits::{ensure_service_topics, CommandProducer, WagonLitsArgs};
+use engine::kafka::KafkaArgs;
+use engine::logging::{self, LogFormat};
+use wire::TopicArgs;
+
 use state::{Command, CommandEnvelope, OrderLine, OrderStatus, PlaceOrder, StoreOptions, ViewStore};
+use wagon_lits::{ensure_service_topics, CommandProducer, WagonLitsArgs};
 
 /// wagon-lits: places orders for materials and keeps its own view of them.
 ///
@@ -202,13 +205,13 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, "info,librdkafka=warn,rdkafka=warn");
     if let Some(endpoint) = &cli.otlp_endpoint {
-        if let Err(err) = pipeline::otel::init(endpoint, "wagon-lits") {
+        if let Err(err) = engine::otel::init(endpoint, "wagon-lits") {
             eprintln!("wagon-lits: {err}");
             return std::process::ExitCode::FAILURE;
         }
     }
     let result = run(cli.command);
-    pipeline::otel::shutdown();
+    engine::otel::shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -220,7 +223,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Cmd) -> anyhow::Result<()> {
     match command {
-        Cmd::Serve { args } => pipeline::wagon_lits::serve(&args, pipeline::shutdown::on_signal()?),
+        Cmd::Serve { args } => Ok(wagon_lits::serve(&args, engine::shutdown::on_signal()?)?),
         Cmd::Place { kafka, order_id, wagon_id, requested_by, lines } => {
             send(&kafka, order_id, Command::PlaceOrder(PlaceOrder { wagon_id, requested_by, lines }))
         }
@@ -241,7 +244,7 @@ fn run(command: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Replay { kafka, topics, into, compare_with } => {
             kafka.check(Duration::from_secs(15))?;
-            let report = pipeline::wagon_lits::replay(&kafka, &topics.updates_topic, &into, compare_with.as_deref())?;
+            let report = wagon_lits::replay(&kafka, &topics.updates_topic, &into, compare_with.as_deref())?;
             println!("rebuilt {} orders from {} into {}", report.orders, topics.updates_topic, into.display());
             if compare_with.is_some() {
                 if report.differences > 0 {
@@ -256,7 +259,7 @@ fn run(command: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Dlq { command: DlqCmd::List { kafka, topics, limit } } => {
             kafka.check(Duration::from_secs(15))?;
-            for letter in pipeline::dead_letters::list(&kafka, &topics.dlq_topic, limit)? {
+            for letter in wagon_lits::dead_letters::list(&kafka, &topics.dlq_topic, limit)? {
                 let (key, value) = letter.preview(200);
                 println!(
                     "{}",
@@ -275,12 +278,12 @@ fn run(command: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Dlq { command: DlqCmd::Replay { kafka, topics, partition, offset, value_file } } => {
             kafka.check(Duration::from_secs(15))?;
-            let letter = pipeline::dead_letters::fetch(&kafka, &topics.dlq_topic, partition, offset)?;
+            let letter = wagon_lits::dead_letters::fetch(&kafka, &topics.dlq_topic, partition, offset)?;
             let fixed = match &value_file {
                 Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
                 None => None,
             };
-            let replayed = pipeline::dead_letters::replay(
+            let replayed = wagon_lits::dead_letters::replay(
                 &kafka,
                 &topics.dlq_topic,
                 &topics.orders_topic,

@@ -1,0 +1,212 @@
+//! dev-materiels: the stateful processor, wired from flags and environment onto the runtime,
+//! with its HTTP server (the fallback path and interactive queries, [`http`]).
+
+pub mod http;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use state::{Catalogue, Rules, StoreOptions};
+
+use engine::kafka::KafkaArgs;
+use engine::metrics::Topics;
+use engine::runtime::direct::DirectHandle;
+use engine::runtime::{self, RuntimeError, StreamConfig, StreamMetrics, StreamStats};
+use http_fallback::{until_set, HttpArgs};
+use prometheus_client::registry::Registry;
+use wire::TopicArgs;
+
+/// dev-materiels' settings.
+#[derive(Debug, Clone, Args)]
+pub struct DevMaterielsArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Consumer group id; also names the changelog topic (`<id>-order-store-changelog`) and
+    /// prefixes the transactional id.
+    #[arg(long, env = "APPLICATION_ID", default_value = "dev-materiels")]
+    pub application_id: String,
+    /// This instance's stable name. A restarted instance must keep it: it fences its previous
+    /// incarnation by it.
+    #[arg(long, env = "INSTANCE_ID", default_value = "dev-materiels-0")]
+    pub instance_id: String,
+    /// Join the consumer group as a static member (group.instance.id = the instance id): a
+    /// restart gets its partitions back without a rebalance. Off by default: after a broker
+    /// outage longer than the session timeout, librdkafka can fence its own static member.
+    #[arg(long, env = "STATIC_MEMBERSHIP")]
+    pub static_membership: bool,
+    /// Where the state stores live (one RocksDB per partition).
+    #[arg(long, env = "STATE_DIR", default_value = "./state/dev-materiels")]
+    pub state_dir: PathBuf,
+    /// How often the transaction commits (and timers are checked).
+    #[arg(long, env = "COMMIT_INTERVAL_MS", default_value_t = 100)]
+    pub commit_interval_ms: u64,
+    /// Time an accepted order waits before going into preparation.
+    #[arg(long, env = "PREPARE_AFTER_MS", default_value_t = 2_000)]
+    pub prepare_after_ms: u64,
+    /// Time an order stays in preparation before it ships.
+    #[arg(long, env = "SHIP_AFTER_MS", default_value_t = 5_000)]
+    pub ship_after_ms: u64,
+    /// File with the SKUs dev-materiels accepts, one per line; a built-in catalogue of 20
+    /// rolling-stock materials otherwise.
+    #[arg(long, env = "CATALOGUE_FILE")]
+    pub catalogue: Option<PathBuf>,
+    /// Block cache shared by all state stores of the process, in MiB.
+    #[arg(long, env = "STORE_CACHE_MB", default_value_t = 64)]
+    pub store_cache_mb: usize,
+    /// Consumer group session timeout: how long before a dead instance's partitions move.
+    #[arg(long, env = "SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
+    /// Transaction timeout: how long the broker lets a transaction of a dead instance stay open.
+    #[arg(long, env = "TRANSACTION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub transaction_timeout_ms: u64,
+    /// Create missing topics at start (`orders`, `order-updates`, the dead-letter topic and the
+    /// compacted changelog). Turn off where topics are managed elsewhere.
+    #[arg(long, env = "CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_topics: bool,
+    /// Keep a warm copy of every partition this instance does not own (standby tasks), by
+    /// tailing the changelog: a failover then restores seconds of changelog, not all of it.
+    #[arg(long, env = "STANDBY")]
+    pub standby: bool,
+    /// A transactional call (send offsets, commit, abort) still running this long after it
+    /// started is stuck in librdkafka: the transaction is processed again with a new producer
+    /// (or, stuck in the commit itself, the process stops for a restart to resolve it).
+    #[arg(long, env = "TRANSACTION_CALL_STUCK_AFTER_MS", default_value_t = runtime::STUCK_CALL_AFTER.as_millis() as u64)]
+    pub transaction_call_stuck_after_ms: u64,
+}
+
+impl DevMaterielsArgs {
+    /// The runtime configuration these settings describe.
+    pub fn stream_config(&self) -> Result<StreamConfig, RuntimeError> {
+        let catalogue = match &self.catalogue {
+            Some(path) => Catalogue::from_file(path)?,
+            None => Catalogue::default(),
+        };
+        Ok(StreamConfig {
+            kafka: self.kafka.clone(),
+            topics: self.topics.clone(),
+            application_id: self.application_id.clone(),
+            instance_id: self.instance_id.clone(),
+            static_membership: self.static_membership,
+            state_dir: self.state_dir.clone(),
+            commit_interval: Duration::from_millis(self.commit_interval_ms),
+            rules: Rules {
+                catalogue,
+                prepare_after: Duration::from_millis(self.prepare_after_ms),
+                ship_after: Duration::from_millis(self.ship_after_ms),
+            },
+            store: StoreOptions::with_cache_bytes(self.store_cache_mb << 20),
+            session_timeout: Duration::from_millis(self.session_timeout_ms),
+            transaction_timeout: Duration::from_millis(self.transaction_timeout_ms),
+            create_topics: self.create_topics,
+            standby: self.standby,
+            stuck_call_after: Duration::from_millis(self.transaction_call_stuck_after_ms),
+        })
+    }
+}
+
+/// Why dev-materiels stopped, or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevMaterielsError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("loading the token: {0}")]
+    Token(#[from] http_fallback::secret::SecretError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot start the HTTP runtime: {0}")]
+    HttpRuntime(std::io::Error),
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// dev-materiels, configured and with its metrics registered, ready to run.
+pub struct DevMateriels {
+    config: StreamConfig,
+    http: HttpArgs,
+    metrics: Arc<StreamMetrics>,
+    registry: Registry,
+}
+
+impl DevMateriels {
+    pub fn new(args: &DevMaterielsArgs) -> Result<DevMateriels, DevMaterielsError> {
+        let config = args.stream_config()?;
+        let mut registry = Registry::default();
+        let topics = Topics {
+            orders: config.topics.orders_topic.clone(),
+            updates: config.topics.updates_topic.clone(),
+            changelog: config.changelog_topic(),
+            dlq: config.topics.dlq_topic.clone(),
+        };
+        let metrics = Arc::new(StreamMetrics::new(&mut registry, &topics));
+        Ok(DevMateriels { config, http: args.http.clone(), metrics, registry })
+    }
+
+    /// The stream thread's metrics, live.
+    pub fn metrics(&self) -> Arc<StreamMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Runs until `shutdown` is set: the stream thread on this thread, the HTTP server (when
+    /// `--http-listen` is given) on a small Tokio runtime beside it.
+    pub fn run(self, shutdown: Arc<AtomicBool>) -> Result<StreamStats, DevMaterielsError> {
+        let DevMateriels { config, http, metrics, mut registry } = self;
+        tracing::info!(
+            brokers = %config.kafka.brokers,
+            orders = %config.topics.orders_topic,
+            updates = %config.topics.updates_topic,
+            changelog = %config.changelog_topic(),
+            state_dir = %config.state_dir.display(),
+            "starting dev-materiels"
+        );
+        // Wrong credentials or no broker: say so now, rather than retry forever.
+        config.kafka.check(engine::kafka::KAFKA_CALL_TIMEOUT).map_err(RuntimeError::from)?;
+        let (direct, requests) = DirectHandle::channel();
+        let server = match http.http_listen {
+            None => None,
+            Some(addr) => {
+                let mut server_config = http.server_config()?;
+                server_config.metrics = Some(http_fallback::HttpMetrics::new(&mut registry));
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("dev-materiels-http")
+                    .enable_all()
+                    .build()
+                    .map_err(DevMaterielsError::HttpRuntime)?;
+                let listener = runtime
+                    .block_on(tokio::net::TcpListener::bind(addr))
+                    .map_err(|source| DevMaterielsError::Listen { addr, source })?;
+                tracing::info!(%addr, auth = server_config.token.is_some(), "HTTP fallback endpoint listening");
+                let routes = http::router(direct.clone(), Arc::clone(&metrics), Arc::new(registry));
+                let router = http_fallback::layered(routes, &server_config);
+                let stop = Arc::clone(&shutdown);
+                let task = runtime.spawn(async move {
+                    http_fallback::serve(listener, router, &server_config, until_set(stop)).await
+                });
+                Some((runtime, task))
+            }
+        };
+        let result = runtime::run(config, Arc::clone(&shutdown), metrics, requests);
+        // Whatever ended the stream thread ends the HTTP server too (gracefully).
+        shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some((runtime, task)) = server {
+            match runtime.block_on(task) {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "the HTTP server failed"),
+                Err(err) => tracing::warn!(error = %err, "the HTTP server task failed"),
+            }
+        }
+        Ok(result?)
+    }
+}
+
+/// Runs dev-materiels until `shutdown` is set ([`DevMateriels::run`]).
+pub fn run(args: &DevMaterielsArgs, shutdown: Arc<AtomicBool>) -> Result<StreamStats, DevMaterielsError> {
+    DevMateriels::new(args)?.run(shutdown)
+}

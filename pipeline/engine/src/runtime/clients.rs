@@ -1,0 +1,89 @@
+//! The stream thread's Kafka clients, built in one place: the main consumer (the group member,
+//! `read_committed`), the restore consumer (no group: it assigns changelog partitions itself), and
+//! the transactional producer.
+
+use std::sync::Arc;
+
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::ClientConfig;
+use wire::MAX_MESSAGE_BYTES;
+
+use super::producer::KafkaProducer;
+use super::restore::RestoreContext;
+use super::{KafkaContext, RuntimeError, StreamConfig};
+use crate::kafka::KAFKA_CALL_TIMEOUT;
+
+/// The consumer of `orders`: a member of the application's group, reading committed records
+/// only, committing nothing itself (offsets go with the transactions).
+pub fn main_consumer<C: ConsumerContext>(config: &StreamConfig, context: C) -> Result<BaseConsumer<C>, RuntimeError> {
+    let mut c = config.kafka.base();
+    if config.static_membership {
+        c.set("group.instance.id", &config.instance_id);
+    }
+    c.set("group.id", &config.application_id)
+        .set("client.id", format!("{}-consumer", config.transactional_id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", config.session_timeout.as_millis().to_string())
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "50")
+        // librdkafka prefetches up to 64 MiB per consumer by default; 8 MiB still holds several
+        // commit intervals of records (docs/benchmarks.md: the memory is elsewhere).
+        .set("queued.max.messages.kbytes", "8192")
+        // For the consumer lag of /metrics.
+        .set("statistics.interval.ms", "5000");
+    config.kafka.finish(c).create_with_context(context).context("creating the orders consumer")
+}
+
+/// The consumer restores and standby copies read changelog partitions with (no group
+/// membership: it assigns).
+pub fn restore_consumer(config: &StreamConfig, role: &str) -> Result<BaseConsumer<RestoreContext>, RuntimeError> {
+    let mut r = config.kafka.base();
+    r.set("client.id", format!("{}-{role}-consumer", config.transactional_id()))
+        .set("group.id", format!("{}-{role}", config.application_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20");
+    config.kafka.finish(r).create_with_context(RestoreContext).context("creating the restore consumer")
+}
+
+/// The consumer that tails the changelog into the standby copies (no group; never waits for a
+/// partition's end).
+pub fn standby_consumer(config: &StreamConfig) -> Result<BaseConsumer<RestoreContext>, RuntimeError> {
+    let mut c = config.kafka.base();
+    c.set("client.id", format!("{}-standby-consumer", config.transactional_id()))
+        .set("group.id", format!("{}-standby", config.application_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100");
+    config.kafka.finish(c).create_with_context(RestoreContext).context("creating the standby consumer")
+}
+
+fn producer_config(config: &StreamConfig) -> ClientConfig {
+    let mut p = config.kafka.base();
+    p.set("transactional.id", config.transactional_id())
+        .set("client.id", format!("{}-producer", config.transactional_id()))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string())
+        .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
+        // Java's partitioner: the same key lands on the same partition whoever produces it.
+        .set("partitioner", "murmur2_random");
+    config.kafka.finish(p)
+}
+
+/// The transactional producer, initialised: fences any previous incarnation with the same
+/// transactional id and aborts what it left open.
+pub fn transactional_producer(config: &StreamConfig) -> Result<Arc<KafkaProducer>, RuntimeError> {
+    let producer = KafkaProducer::create(&producer_config(config), &config.changelog_topic())
+        .context("creating the transactional producer")?;
+    producer.init(KAFKA_CALL_TIMEOUT).context("initialising transactions")?;
+    Ok(Arc::new(producer))
+}

@@ -1,0 +1,107 @@
+//! The record collector (Kafka Streams' `RecordCollector`): what a transaction produces, through
+//! the transactional producer. Each decision is an update on `order-updates` (with a trace span
+//! of its own) and the order's new state on the changelog partition of its task; a record that
+//! is not a valid command goes to the dead-letter topic with its reason.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+use wire::{TraceParent, TRACEPARENT};
+
+use super::dlq::{dead_letter_headers, Source};
+use super::producer::KafkaProducer;
+use super::task::Output;
+use super::{RuntimeError, StreamConfig};
+use crate::metrics::StreamMetrics;
+
+/// A dead letter whose value does not fit is cut to this many bytes.
+const DLQ_TRUNCATE: usize = 64 << 10;
+
+pub struct RecordCollector {
+    producer: Arc<KafkaProducer>,
+    updates_topic: String,
+    changelog: String,
+    dlq_topic: String,
+    metrics: Arc<StreamMetrics>,
+}
+
+impl RecordCollector {
+    pub fn new(config: &StreamConfig, producer: Arc<KafkaProducer>, metrics: Arc<StreamMetrics>) -> RecordCollector {
+        RecordCollector {
+            producer,
+            updates_topic: config.topics.updates_topic.clone(),
+            changelog: config.changelog_topic(),
+            dlq_topic: config.topics.dlq_topic.clone(),
+            metrics,
+        }
+    }
+
+    /// The producer the records go through (polled by the stream thread between commits).
+    pub fn producer(&self) -> &KafkaProducer {
+        &self.producer
+    }
+
+    /// After a producer was replaced: the new one.
+    pub fn replace_producer(&mut self, producer: Arc<KafkaProducer>) {
+        self.producer = producer;
+    }
+
+    /// Produces an update and its changelog record. The update carries a span of its own, child
+    /// of `parent` (the command's), or a new trace (timers, the outbox, commands without one).
+    pub fn emit(&self, partition: i32, output: &Output, parent: Option<&TraceParent>) -> Result<(), RuntimeError> {
+        let started = SystemTime::now();
+        let update = serde_json::to_vec(&output.update)
+            .map_err(|e| RuntimeError::Encode { what: "an update", reason: e.to_string() })?;
+        let key = output.update.order_id.as_str();
+        let span = parent.map_or_else(TraceParent::root, TraceParent::child);
+        crate::otel::span(
+            "decide",
+            opentelemetry::trace::SpanKind::Consumer,
+            &span,
+            parent,
+            started,
+            vec![
+                opentelemetry::KeyValue::new("order_id", output.update.order_id.clone()),
+                opentelemetry::KeyValue::new("version", output.update.version as i64),
+                opentelemetry::KeyValue::new("trigger", format!("{:?}", output.update.trigger)),
+            ],
+        );
+        let traceparent = span.to_string();
+        let headers =
+            OwnedHeaders::new_with_capacity(1).insert(Header { key: TRACEPARENT, value: Some(traceparent.as_bytes()) });
+        self.producer.send(BaseRecord::to(&self.updates_topic).key(key).payload(&update).headers(headers))?;
+        self.producer.send(BaseRecord::to(&self.changelog).partition(partition).key(key).payload(&output.state))?;
+        self.metrics.update_produced();
+        Ok(())
+    }
+
+    /// Sends a record that is not a valid command to the dead-letter topic, as it was (cut if it
+    /// does not fit), with headers saying why and where it came from.
+    pub fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        invalid: &state::InvalidCommand,
+    ) -> Result<(), RuntimeError> {
+        let source = Source { topic: message.topic(), partition: message.partition(), offset: message.offset() };
+        let value = message.payload().unwrap_or_default();
+        let key = message.key().unwrap_or_default();
+        let topic = &self.dlq_topic;
+        let record = BaseRecord::to(topic).key(key).payload(value).headers(dead_letter_headers(invalid, &source, None));
+        match self.producer.send(record) {
+            Err(RuntimeError::Kafka {
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                ..
+            }) => {
+                let cut = &value[..value.len().min(DLQ_TRUNCATE)];
+                let headers = dead_letter_headers(invalid, &source, Some(value.len()));
+                self.producer.send(BaseRecord::to(topic).key(key).payload(cut).headers(headers))?;
+            }
+            other => other?,
+        }
+        self.metrics.dead_lettered();
+        Ok(())
+    }
+}

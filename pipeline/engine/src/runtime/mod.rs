@@ -1,0 +1,169 @@
+//! The runtime that runs dev-materiels, in Kafka Streams' terms:
+//!
+//! - a **stream thread** ([`stream_thread`]) consumes `orders` in a consumer group and owns one
+//!   transactional producer ([`producer`], [`clients`]); its loop polls, processes, punctuates
+//!   and commits;
+//! - the **task manager** ([`task_manager`]) holds each assigned partition's **task** ([`task`])
+//!   with its state (restoring, running, detached); a task runs the state machine over its
+//!   records, with its **state store** (RocksDB) and a write-back cache for the open transaction;
+//! - the open **transaction** and the committer thread that ends it ([`transaction`]); the
+//!   records it produces go through the **record collector** ([`collector`]);
+//! - each state change is also written to the store's **changelog** topic (compacted, one
+//!   partition per `orders` partition), from which a task is **restored** ([`restore`]) when it is
+//!   assigned ([`rebalance`]);
+//! - order timers fire as **punctuations**, every commit interval;
+//! - invalid input goes to the **dead-letter topic** ([`dlq`]);
+//! - optionally, **standby tasks** ([`standby`]) keep warm copies of the other partitions;
+//! - commands over HTTP reach the stream thread through [`direct`]; a store left behind hands its
+//!   unpublished ones over to `orders` ([`hand_over`]).
+
+pub mod clients;
+pub mod collector;
+pub mod direct;
+pub mod dlq;
+pub mod hand_over;
+pub mod producer;
+pub mod rebalance;
+pub mod restore;
+pub mod standby;
+pub mod stream_thread;
+pub mod task;
+pub mod task_manager;
+pub mod transaction;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use state::{Rules, StoreError, StoreOptions};
+use wire::topics::{changelog_topic, service_topics};
+use wire::TopicArgs;
+
+use crate::admin::{ensure_topics, partition_count, TopicError};
+use crate::kafka::{KafkaArgs, KAFKA_CALL_TIMEOUT};
+
+pub use crate::metrics::{StreamMetrics, StreamStats};
+pub use producer::TxnError;
+pub use restore::RestoreStats;
+pub use stream_thread::run;
+
+/// Everything the stream thread needs.
+#[derive(Clone)]
+pub struct StreamConfig {
+    pub kafka: KafkaArgs,
+    pub topics: TopicArgs,
+    /// The consumer group id, and the prefix of the changelog topic and transactional id.
+    pub application_id: String,
+    /// This instance's name: its transactional id is `<application_id>-<instance_id>`. A
+    /// restarted instance must keep its name, so that it fences its previous incarnation.
+    pub instance_id: String,
+    /// Join the group as a static member (`group.instance.id` = the instance id).
+    pub static_membership: bool,
+    pub state_dir: PathBuf,
+    pub commit_interval: Duration,
+    pub rules: Rules,
+    pub store: StoreOptions,
+    pub session_timeout: Duration,
+    pub transaction_timeout: Duration,
+    /// Create missing topics at start.
+    pub create_topics: bool,
+    /// Keep standby copies of the partitions not owned ([`standby`]).
+    pub standby: bool,
+    /// A transactional call still running this long after it started is stuck
+    /// ([`transaction`]).
+    pub stuck_call_after: Duration,
+}
+
+/// The watchdog's default patience: 30 s past the calls' own timeout.
+pub const STUCK_CALL_AFTER: Duration = Duration::from_secs(KAFKA_CALL_TIMEOUT.as_secs() + 30);
+
+impl StreamConfig {
+    /// The changelog topic of the order store, named as Kafka Streams would name it.
+    pub fn changelog_topic(&self) -> String {
+        wire::topics::changelog_name(&self.application_id)
+    }
+
+    pub fn transactional_id(&self) -> String {
+        format!("{}-{}", self.application_id, self.instance_id)
+    }
+}
+
+/// Why the stream thread stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{context}: {source}")]
+    Kafka { context: String, source: KafkaError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Topics(#[from] TopicError),
+    #[error("restoring partition {partition} made no progress for {waited:?}")]
+    RestoreStalled { partition: i32, waited: Duration },
+    #[error("the transaction committed but partition {partition}'s changelog writes were not acknowledged")]
+    MissingChangelogOffset { partition: i32 },
+    #[error(transparent)]
+    Connect(#[from] crate::kafka::ConnectError),
+    #[error(
+        "the transactional call {call} has not returned for {stuck:?}, past its own timeout; whether the transaction \
+         committed is unknown, so the stream thread stops and a restart restores from what Kafka holds"
+    )]
+    Wedged { call: &'static str, stuck: Duration },
+    #[error(transparent)]
+    Catalogue(#[from] state::catalogue::CatalogueError),
+    #[error("{context}: {source}")]
+    Transaction { context: &'static str, source: TxnError },
+    #[error("the open transaction did not settle within {waited:?} before the partitions were revoked")]
+    NotSettled { waited: Duration },
+    #[error("the consumer has no group metadata (it is not a member of the group)")]
+    NoGroupMetadata,
+    #[error("cannot start the {name} thread: {source}")]
+    Thread { name: &'static str, source: std::io::Error },
+    #[error("the {name} thread stopped")]
+    ThreadStopped { name: &'static str },
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl From<KafkaError> for RuntimeError {
+    fn from(source: KafkaError) -> Self {
+        RuntimeError::Kafka { context: "Kafka call failed".into(), source }
+    }
+}
+
+/// Adds context to a Kafka result.
+pub(crate) trait KafkaContext<T> {
+    fn context(self, what: impl Into<String>) -> Result<T, RuntimeError>;
+}
+
+impl<T> KafkaContext<T> for Result<T, KafkaError> {
+    fn context(self, what: impl Into<String>) -> Result<T, RuntimeError> {
+        self.map_err(|source| RuntimeError::Kafka { context: what.into(), source })
+    }
+}
+
+/// Creates the topics if missing (when configured to), checks that the changelog has one
+/// partition per `orders` partition, and returns that number.
+pub fn prepare_topics(config: &StreamConfig) -> Result<i32, RuntimeError> {
+    let t = &config.topics;
+    let changelog = config.changelog_topic();
+    if config.create_topics {
+        ensure_topics(&config.kafka, &service_topics(t))?;
+    }
+    let orders = partition_count(&config.kafka, &t.orders_topic, KAFKA_CALL_TIMEOUT)?;
+    if config.create_topics {
+        ensure_topics(&config.kafka, &[changelog_topic(t, &changelog, orders)])?;
+    }
+    let actual = partition_count(&config.kafka, &changelog, KAFKA_CALL_TIMEOUT)?;
+    if actual != orders {
+        return Err(TopicError::PartitionMismatch {
+            topic: changelog,
+            actual,
+            expected: orders,
+            hint: format!(" (one per partition of {})", t.orders_topic),
+        }
+        .into());
+    }
+    Ok(orders)
+}

@@ -1,0 +1,180 @@
+//! The transactional producer, behind the small trait the transaction logic needs, so that commit,
+//! abort, fencing and the committer's watchdog can be tested without a broker.
+//!
+//! [`KafkaProducer`] is the real one: librdkafka's producer with `transactional.id`, counting the
+//! changelog offsets each transaction's records were acknowledged at ([`DeliveryTracker`]), which
+//! the state stores record as their changelog position after the commit.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, ToBytes};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::TopicPartitionList;
+
+use super::RuntimeError;
+
+/// How a transactional call failed, as the transaction logic needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnErrorKind {
+    /// Only for lack of time (Kafka slow or away): the same call, made again, resumes where it
+    /// was.
+    Retriable,
+    /// The transaction cannot commit: abort it, and process its input again.
+    Abortable,
+    /// The producer cannot go on (fenced by a newer one with the same transactional id, or its
+    /// epoch bumped by the coordinator after a timeout): start a new producer.
+    Fatal,
+    /// Anything else: the stream thread stops.
+    Other,
+}
+
+/// A failed transactional call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TxnError {
+    pub kind: TxnErrorKind,
+    pub message: String,
+}
+
+impl TxnError {
+    pub fn new(kind: TxnErrorKind, message: impl Into<String>) -> TxnError {
+        TxnError { kind, message: message.into() }
+    }
+}
+
+impl From<&KafkaError> for TxnError {
+    fn from(err: &KafkaError) -> TxnError {
+        let kind = match err {
+            KafkaError::Transaction(e) if e.is_retriable() => TxnErrorKind::Retriable,
+            KafkaError::Transaction(e) if e.txn_requires_abort() => TxnErrorKind::Abortable,
+            KafkaError::Transaction(e) if e.is_fatal() => TxnErrorKind::Fatal,
+            KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => TxnErrorKind::Retriable,
+            _ => TxnErrorKind::Other,
+        };
+        TxnError::new(kind, err.to_string())
+    }
+}
+
+/// What the transaction logic asks of a transactional producer. Each call blocks (librdkafka's
+/// do), which is why they run on the committer thread.
+pub trait TransactionalProducer: Send + Sync + 'static {
+    /// The consumed offsets a transaction commits, with the group metadata that fences zombies.
+    type Offsets: Send + 'static;
+
+    fn send_offsets(&self, offsets: &Self::Offsets, timeout: Duration) -> Result<(), TxnError>;
+    fn commit(&self, timeout: Duration) -> Result<(), TxnError>;
+    fn abort(&self, timeout: Duration) -> Result<(), TxnError>;
+    /// Serves the producer's events (delivery reports) for up to `timeout`.
+    fn poll(&self, timeout: Duration);
+}
+
+/// Counts the producer's acknowledged changelog offsets, per partition, for the open
+/// transaction.
+pub struct DeliveryTracker {
+    changelog: String,
+    last_offsets: Mutex<HashMap<i32, i64>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(message) if message.topic() == self.changelog => {
+                let mut offsets = self.last_offsets.lock().unwrap_or_else(|e| e.into_inner());
+                let last = offsets.entry(message.partition()).or_insert(message.offset());
+                *last = (*last).max(message.offset());
+            }
+            Ok(_) => {}
+            Err((err, message)) => {
+                // The transaction will fail to commit; this only says why.
+                tracing::warn!(topic = message.topic(), partition = message.partition(), error = %err, "a record of the transaction was not delivered");
+            }
+        }
+    }
+}
+
+/// librdkafka's transactional producer.
+pub struct KafkaProducer {
+    inner: BaseProducer<DeliveryTracker>,
+}
+
+impl KafkaProducer {
+    /// Wraps a producer created with `transactional.id` (not initialised yet), tracking the
+    /// offsets of the records it sends to `changelog`.
+    pub fn create(config: &rdkafka::ClientConfig, changelog: &str) -> Result<KafkaProducer, KafkaError> {
+        let tracker = DeliveryTracker { changelog: changelog.to_string(), last_offsets: Mutex::default() };
+        Ok(KafkaProducer { inner: config.create_with_context(tracker)? })
+    }
+
+    /// Fences any previous incarnation with the same transactional id and aborts what it left
+    /// open.
+    pub fn init(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.init_transactions(timeout)
+    }
+
+    pub fn begin(&self) -> Result<(), KafkaError> {
+        self.inner.begin_transaction()
+    }
+
+    /// Sends a record in the open transaction, waiting while the producer's queue is full.
+    pub fn send<K, P>(&self, record: BaseRecord<'_, K, P>) -> Result<(), RuntimeError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let mut record = record;
+        loop {
+            match self.inner.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    self.inner.poll(Duration::from_millis(5));
+                }
+                Err((source, returned)) => {
+                    return Err(RuntimeError::Kafka { context: format!("producing to {}", returned.topic), source });
+                }
+            }
+        }
+    }
+
+    /// The last acknowledged changelog offset of each partition since the last call.
+    pub fn take_acknowledged(&self) -> HashMap<i32, i64> {
+        std::mem::take(&mut *self.inner.context().last_offsets.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl TransactionalProducer for KafkaProducer {
+    type Offsets = (TopicPartitionList, ConsumerGroupMetadata);
+
+    fn send_offsets(&self, (offsets, group): &Self::Offsets, timeout: Duration) -> Result<(), TxnError> {
+        // The test of the watchdog makes this call never return, as librdkafka's does when the
+        // group coordinator it cached went away.
+        fail::fail_point!("engine::send_offsets", |_| {
+            tracing::error!("fault injection (engine::send_offsets): this call never returns");
+            loop {
+                std::thread::park();
+            }
+        });
+        self.inner.send_offsets_to_transaction(offsets, group, timeout).map_err(|e| TxnError::from(&e))
+    }
+
+    fn commit(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.inner.commit_transaction(timeout).map_err(|e| TxnError::from(&e))
+    }
+
+    fn abort(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.inner.abort_transaction(timeout).map_err(|e| TxnError::from(&e))
+    }
+
+    fn poll(&self, timeout: Duration) {
+        self.inner.poll(timeout);
+    }
+}

@@ -1,0 +1,234 @@
+//! Rebalances and restores: what the stream thread does when the group assigns, revokes or
+//! loses partitions, and how newly assigned tasks are restored from their changelogs before any
+//! of their records is processed.
+//!
+//! - **Assigned**: each partition's task restores (a detached one is caught up), the stores of
+//!   partitions owned elsewhere hand their unpublished HTTP decisions over to `orders`, and the
+//!   standby copies follow what has no task.
+//! - **Revoked** (an orderly rebalance): the open transaction settles first, the outbox of the
+//!   revoked tasks in it, then the tasks close.
+//! - **Lost** (the coordinator unreachable for the session timeout): the open transaction is
+//!   aborted and the running tasks kept, detached, to serve the HTTP path.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::restore::restore;
+use super::stream_thread::{Consumer_, Engine, SETTLE_TIMEOUT};
+use super::task::Task;
+use super::{clients, KafkaContext, RuntimeError};
+use crate::kafka::KAFKA_CALL_TIMEOUT;
+
+impl Engine {
+    /// Before partitions go to another member: settle what is open, then close their tasks.
+    /// When the group says the assignment is already lost (its coordinator unreachable for the
+    /// session timeout), the transaction cannot commit any more: it is aborted, and the tasks are
+    /// kept, detached, to serve the HTTP path until the next assignment.
+    pub(super) fn on_revoke(&mut self, consumer: &Consumer_, partitions: &[i32]) {
+        if consumer.assignment_lost() {
+            tracing::warn!(
+                ?partitions,
+                "assignment lost (group coordinator unreachable); tasks kept for the HTTP path"
+            );
+            self.txns.abort();
+            self.tasks.lost(partitions);
+            self.update_gauges();
+            return;
+        }
+        tracing::info!(?partitions, "partitions revoked: settling the open transaction");
+        // Decisions taken over HTTP go out with it, before another member owns their partitions.
+        if self.tasks.running().any(|(p, t)| partitions.contains(&p) && t.outbox_len() > 0) {
+            if let Err(err) = self.begin() {
+                tracing::error!(error = %err, "could not publish the outbox before the partitions were revoked");
+            }
+        }
+        match self.settle(consumer, SETTLE_TIMEOUT) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.fatal.get_or_insert(RuntimeError::NotSettled { waited: SETTLE_TIMEOUT });
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "could not settle the transaction before the partitions were revoked");
+                self.fatal.get_or_insert(err);
+            }
+        }
+        self.tasks.revoked(partitions);
+        self.refresh_standbys();
+        self.update_gauges();
+    }
+
+    /// New partitions: restore them before processing; close detached tasks that did not come
+    /// back.
+    pub(super) fn on_assign(&mut self, partitions: &[i32]) {
+        tracing::info!(?partitions, "partitions assigned");
+        self.metrics.assignment(partitions);
+        let assigned = self.tasks.assigned(partitions);
+        for (partition, outbox) in assigned.closed_detached {
+            tracing::warn!(partition, outbox, "detached task not reassigned; closed");
+        }
+        self.hand_over_orphans(partitions);
+        // Before the restores open their stores: a standby copy of an assigned partition closes.
+        self.refresh_standbys();
+        self.update_gauges();
+    }
+
+    /// Stores of partitions this instance no longer owns that still hold decisions taken over
+    /// HTTP, never published (it lost the partition while Kafka was away, or died before it could
+    /// publish and the partition went elsewhere): the commands go back to `orders`, for the owner
+    /// to decide (a command it has already applied changes nothing), and the local copy is
+    /// dropped, to be restored afresh if the partition comes back.
+    fn hand_over_orphans(&mut self, assigned: &[i32]) {
+        let standby: BTreeSet<i32> =
+            self.standbys.as_ref().map(|s| s.partitions().into_iter().collect()).unwrap_or_default();
+        for partition in self.tasks.without_task(self.partitions) {
+            if assigned.contains(&partition) || standby.contains(&partition) {
+                continue;
+            }
+            let dir = self.config.state_dir.join(format!("partition-{partition}"));
+            if !dir.exists() {
+                continue;
+            }
+            match super::hand_over::hand_over(&self.config, &dir) {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(partition, commands = n, "partition owned elsewhere now: its unpublished HTTP decisions were handed over to orders as commands, and the local copy dropped"),
+                Err(err) => tracing::warn!(partition, error = %err, "could not hand over the unpublished HTTP decisions of a partition owned elsewhere; trying again at the next rebalance"),
+            }
+        }
+    }
+
+    /// Standby copies of every partition that has no task.
+    fn refresh_standbys(&mut self) {
+        let Some(standbys) = &mut self.standbys else { return };
+        let wanted: BTreeSet<i32> = self.tasks.without_task(self.partitions).into_iter().collect();
+        if let Err(err) = standbys.set(&wanted) {
+            tracing::error!(error = %err, "could not set up the standby copies");
+            self.fatal.get_or_insert(err);
+        }
+        self.metrics.standby_partitions.set(standbys.partitions().len() as i64);
+    }
+
+    /// Restores the tasks of newly assigned partitions, before any of their records is processed.
+    /// Each partition resumes as soon as its own restore completes; one that fails (a leader
+    /// moving, a broker restarting: not a reason to stop) waits, paused and without a task, and
+    /// is tried again at the next turn.
+    pub(super) fn restore_assigned(&mut self, consumer: &Consumer_) -> Result<(), RuntimeError> {
+        let partitions = self.tasks.restoring();
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let failure = match self.committed_inputs(consumer, &partitions) {
+            Ok(committed) => {
+                let mut failure = None;
+                for partition in partitions {
+                    match self.restore_one(consumer, partition, &committed) {
+                        Ok(()) => self.resume(consumer, &[partition]),
+                        Err(RuntimeError::Kafka { context, source }) => {
+                            failure = Some((context, source));
+                            break;
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
+                failure
+            }
+            Err(RuntimeError::Kafka { context, source }) => Some((context, source)),
+            Err(other) => return Err(other),
+        };
+        self.update_gauges();
+        if let Some((context, source)) = failure {
+            let waiting = self.tasks.restoring();
+            tracing::warn!(%context, error = %source, partitions = ?waiting, "restore failed; retrying shortly");
+            // A fresh client for the next attempt: an idle consumer refreshes the metadata of a
+            // topic it is not assigned only every few minutes, and after a broker kill its cache
+            // can keep saying "unknown partition" that long (the three-broker test found it).
+            match clients::restore_consumer(&self.config, "restore") {
+                Ok(fresh) => self.restore_consumer = fresh,
+                Err(err) => tracing::warn!(error = %err, "could not recreate the restore consumer"),
+            }
+            self.pause(consumer, &waiting);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    }
+
+    fn partition_list(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.config.topics.orders_topic, *p);
+        }
+        tpl
+    }
+
+    fn pause(&self, consumer: &Consumer_, partitions: &[i32]) {
+        if let Err(err) = consumer.pause(&self.partition_list(partitions)) {
+            tracing::warn!(error = %err, "could not pause partitions");
+        }
+    }
+
+    fn resume(&self, consumer: &Consumer_, partitions: &[i32]) {
+        if let Err(err) = consumer.resume(&self.partition_list(partitions)) {
+            tracing::debug!(error = %err, "could not resume partitions");
+        }
+    }
+
+    /// The committed offsets of `partitions` of `orders`, asked for with read_committed: the
+    /// broker answers only once no transaction that carries offsets for these partitions is
+    /// pending (KIP-447), so a zombie cannot commit changelog records after a restore has read to
+    /// the end.
+    fn committed_inputs(&self, consumer: &Consumer_, partitions: &[i32]) -> Result<TopicPartitionList, RuntimeError> {
+        consumer
+            .committed_offsets(self.partition_list(partitions), KAFKA_CALL_TIMEOUT)
+            .context("reading committed offsets")
+    }
+
+    /// Restores one partition's task and makes it run. On failure the task is closed (a detached
+    /// one too: its store keeps what it holds, outbox included, for the next attempt).
+    fn restore_one(
+        &mut self,
+        consumer: &Consumer_,
+        partition: i32,
+        committed: &TopicPartitionList,
+    ) -> Result<(), RuntimeError> {
+        // A task kept through a lost assignment is caught up, not reopened.
+        let mut task = match self.tasks.take_for_restore(partition) {
+            Some(task) => task,
+            None => Task::open(
+                partition,
+                &self.config.state_dir.join(format!("partition-{partition}")),
+                &self.config.store,
+            )?,
+        };
+        let stats = restore(&self.restore_consumer, &self.config.changelog_topic(), &mut task)?;
+        tracing::info!(
+            partition,
+            from = stats.from.unwrap_or(-1),
+            to = stats.to,
+            records = stats.records,
+            elapsed_ms = stats.elapsed.as_millis() as u64,
+            pending_timers = task.pending_timers(),
+            outbox = task.outbox_len(),
+            "restore complete"
+        );
+        // Where processing resumes, and what every transaction of this task commits until it
+        // reads a record: a transaction must carry an offset for each task, or nothing fences a
+        // zombie's transaction made of timers or outbox entries alone. With no committed offset
+        // (a new group, or one whose offsets expired on a quiet partition), that is where the
+        // consumer starts: the partition's first offset (`auto.offset.reset=earliest`).
+        let orders = &self.config.topics.orders_topic;
+        task.next_input_offset = match committed.find_partition(orders, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => {
+                let (low, _) = consumer
+                    .fetch_watermarks(orders, partition, KAFKA_CALL_TIMEOUT)
+                    .context(format!("reading the first offset of partition {partition}"))?;
+                Some(low)
+            }
+        };
+        self.metrics.restore_done(partition, stats.records, stats.elapsed);
+        self.tasks.restored(task);
+        Ok(())
+    }
+}

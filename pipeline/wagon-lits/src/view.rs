@@ -1,0 +1,197 @@
+//! wagon-lits' view: `order-updates` materialised into RocksDB.
+//!
+//! The view reads every partition of `order-updates` (like a Kafka Streams GlobalKTable), with
+//! `read_committed`, and stores the next offset of each partition in the same RocksDB batch as
+//! the rows. It is exactly once without transactions on this side: after a crash it resumes at
+//! the offsets its last batch wrote.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use state::{ApplyStats, OrderUpdate, StoreOptions, ViewRecord, ViewStore};
+
+use engine::admin::partition_count;
+use engine::kafka::{KafkaArgs, KAFKA_CALL_TIMEOUT};
+
+use crate::metrics::ViewMetrics;
+use crate::WagonLitsError;
+
+pub(crate) fn kafka_err(context: &'static str) -> impl FnOnce(KafkaError) -> WagonLitsError {
+    move |source| WagonLitsError::Kafka { context: context.to_string(), source }
+}
+
+/// Settings of the view materialiser.
+#[derive(Debug, Clone)]
+pub struct ViewConfig {
+    pub kafka: KafkaArgs,
+    pub updates_topic: String,
+    pub state_dir: PathBuf,
+    /// Most records applied in one RocksDB batch.
+    pub max_batch: usize,
+}
+
+/// The view consumer's context: librdkafka's statistics go to the metrics.
+struct ViewContext {
+    metrics: ViewMetrics,
+    topic: String,
+}
+
+impl ClientContext for ViewContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        // The view assigns itself its partitions and stores its offsets in RocksDB: its lag is
+        // from its fetch position (it commits nothing to Kafka).
+        if let Some(lag) = engine::stats::consumer_lag(statistics, &self.topic) {
+            self.metrics.consumer_lag.set(&lag);
+        }
+    }
+}
+
+impl ConsumerContext for ViewContext {}
+
+/// Reads `order-updates` into a [`ViewStore`].
+pub struct Materialiser {
+    consumer: BaseConsumer<ViewContext>,
+    metrics: ViewMetrics,
+    view: Arc<ViewStore>,
+    config: ViewConfig,
+    stats: ApplyStats,
+}
+
+impl Materialiser {
+    /// Opens (or creates) the view under `config.state_dir` and positions a consumer on every
+    /// partition of the updates topic at the offsets the view stored.
+    pub fn new(config: ViewConfig, store: &StoreOptions, metrics: ViewMetrics) -> Result<Materialiser, WagonLitsError> {
+        let view = Arc::new(ViewStore::open(&config.state_dir.join("view"), store)?);
+        let mut c = config.kafka.base();
+        c.set("client.id", "wagon-lits-view")
+            .set("group.id", "wagon-lits-view")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50")
+            .set("statistics.interval.ms", "5000");
+        let context = ViewContext { metrics: metrics.clone(), topic: config.updates_topic.clone() };
+        let consumer: BaseConsumer<ViewContext> =
+            config.kafka.finish(c).create_with_context(context).map_err(kafka_err("creating the view consumer"))?;
+        let partitions = partition_count(&config.kafka, &config.updates_topic, KAFKA_CALL_TIMEOUT)?;
+        let stored = view.offsets()?;
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            assignment
+                .add_partition_offset(&config.updates_topic, p, offset)
+                .map_err(kafka_err("assigning order-updates"))?;
+        }
+        consumer.assign(&assignment).map_err(kafka_err("assigning order-updates"))?;
+        tracing::info!(partitions, resumed = stored.len(), "view materialiser positioned on {}", config.updates_topic);
+        Ok(Materialiser { consumer, metrics, view, config, stats: ApplyStats::default() })
+    }
+
+    /// The materialiser's metrics.
+    pub fn metrics(&self) -> &ViewMetrics {
+        &self.metrics
+    }
+
+    /// The view, for queries from other threads.
+    pub fn view(&self) -> Arc<ViewStore> {
+        Arc::clone(&self.view)
+    }
+
+    pub fn stats(&self) -> ApplyStats {
+        self.stats
+    }
+
+    /// Reads what is there (waiting up to `wait` for the first record) and applies it in one
+    /// batch. Returns how many records it read.
+    pub fn step(&mut self, wait: Duration) -> Result<usize, WagonLitsError> {
+        let mut records = Vec::new();
+        let deadline = Instant::now() + wait;
+        let mut timeout = wait;
+        while records.len() < self.config.max_batch {
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(message)) => {
+                    let update = message.payload().and_then(|p| serde_json::from_slice::<OrderUpdate>(p).ok());
+                    if update.is_none() {
+                        tracing::warn!(
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            "record on order-updates is not an update; skipped"
+                        );
+                    }
+                    records.push(ViewRecord { position: Some((message.partition(), message.offset())), update });
+                    // After the first record, take only what is already fetched.
+                    timeout = Duration::ZERO;
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "view consumer error");
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                timeout = Duration::ZERO;
+            }
+        }
+        let stats = self.view.apply(&records)?;
+        self.stats += stats;
+        let m = &self.metrics;
+        m.read.inc_by(records.len() as u64);
+        m.applied.inc_by(stats.applied);
+        m.stale.inc_by(stats.stale);
+        m.undecodable.inc_by(stats.undecodable);
+        Ok(records.len())
+    }
+
+    /// Reads until the view has caught up with the end of every partition as it was when called.
+    pub fn catch_up(&mut self, timeout: Duration) -> Result<(), WagonLitsError> {
+        let deadline = Instant::now() + timeout;
+        let assignment = self.consumer.assignment().map_err(kafka_err("reading the assignment"))?;
+        let mut ends = Vec::new();
+        for element in assignment.elements() {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(element.topic(), element.partition(), KAFKA_CALL_TIMEOUT)
+                .map_err(kafka_err("reading end offsets"))?;
+            ends.push((element.partition(), high));
+        }
+        loop {
+            self.step(Duration::from_millis(100))?;
+            let positions = self.consumer.position().map_err(kafka_err("reading positions"))?;
+            let caught_up = ends.iter().all(|(partition, high)| {
+                *high == 0
+                    || positions.find_partition(&self.config.updates_topic, *partition).is_some_and(|e| {
+                        match e.offset() {
+                            Offset::Offset(o) => o >= *high,
+                            _ => false,
+                        }
+                    })
+            });
+            if caught_up {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(WagonLitsError::CatchUpTimeout(timeout));
+            }
+        }
+    }
+
+    /// Applies updates until `shutdown` is set.
+    pub fn run(mut self, shutdown: Arc<AtomicBool>) -> Result<ApplyStats, WagonLitsError> {
+        let mut sized = Instant::now();
+        while !shutdown.load(Ordering::Relaxed) {
+            self.step(Duration::from_millis(100))?;
+            if sized.elapsed() > Duration::from_secs(5) {
+                self.metrics.store_size(self.view.size());
+                sized = Instant::now();
+            }
+        }
+        Ok(self.stats)
+    }
+}
