@@ -56,8 +56,18 @@ async fn browser(port: u16) -> Client {
         .expect("a WebDriver session with headless Chromium")
 }
 
+/// The text of the element `css`, waiting up to 10 s for it to appear (a click may have started
+/// a navigation that has not finished).
 async fn text(client: &Client, css: &str) -> String {
-    client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.expect("text")
+    client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .expect("text")
 }
 
 #[test]

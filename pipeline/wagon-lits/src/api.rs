@@ -97,7 +97,13 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/orders/{id}/cancel", post(cancel))
         .route("/orders/{id}/confirm-delivery", post(confirm))
         .route("/status", get(status))
-        .route("/metrics", get(|State(api): State<Arc<Api>>| async move { metrics_response(&api.registry) }))
+        .route(
+            "/metrics",
+            get(|State(api): State<Arc<Api>>| async move {
+                api.sender.refresh_pending_gauges();
+                metrics_response(&api.registry)
+            }),
+        )
         .route("/healthz", get(|| async { json(StatusCode::OK, &serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(|| async { json(StatusCode::OK, &serde_json::json!({"status": "ready"})) }))
         .route_layer(middleware::from_fn(traced))

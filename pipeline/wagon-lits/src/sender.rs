@@ -383,6 +383,18 @@ impl CommandSender {
         Err(SendError::Unavailable(last))
     }
 
+    /// Sets the gauges of the commands decided over HTTP and not on `order-updates` yet from the
+    /// view (by the re-send loop, and by `GET /metrics` before it answers, so a scrape never
+    /// shows a decision the view has confirmed already); returns them.
+    pub fn refresh_pending_gauges(&self) -> Vec<(String, state::Pending)> {
+        let now = now_ms();
+        let pending = self.view.pending_all();
+        self.metrics.pending.set(pending.len() as i64);
+        let oldest = pending.iter().map(|(_, p)| now.saturating_sub(p.since_ms) / 1000).max().unwrap_or(0);
+        self.metrics.pending_age_seconds.set(i64::try_from(oldest).unwrap_or(i64::MAX));
+        pending
+    }
+
     /// Every `every`, while the breaker lets commands go to Kafka, sends again to `orders` each
     /// command decided over HTTP that `order-updates` has not shown `after` after it was decided
     /// (and again every `after`), until `stop` is set. The same command id: whoever owns the
@@ -399,10 +411,7 @@ impl CommandSender {
         while !stop.load(Ordering::Relaxed) {
             tokio::time::sleep(every).await;
             let now = now_ms();
-            let pending = self.view.pending_all();
-            self.metrics.pending.set(pending.len() as i64);
-            let oldest = pending.iter().map(|(_, p)| now.saturating_sub(p.since_ms) / 1000).max().unwrap_or(0);
-            self.metrics.pending_age_seconds.set(i64::try_from(oldest).unwrap_or(i64::MAX));
+            let pending = self.refresh_pending_gauges();
             if !self.breaker.allows_kafka() {
                 continue;
             }
