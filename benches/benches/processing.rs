@@ -1,10 +1,11 @@
-//! dev-materiels' processing step, as the stream thread runs it, with no broker: decode the
-//! record, run the state machine on the task (its write-back cache over the RocksDB store), encode
-//! the update, and at each commit write the cache to RocksDB in one batch. The store holds
+//! dev-materiels' processing step, as the stream thread runs it, with no broker: for each batch
+//! of records polled, read the committed states of their orders in one multi-get, then decode
+//! each record, run the state machine on the task (its write-back cache over the RocksDB store),
+//! encode the update, and at each commit write the cache to RocksDB in one batch. The store holds
 //! 1,000,000 orders; the traffic is mostly new orders, with invalid ones, cancellations, retries
 //! and confirmations of orders in the state. Reported in commands per second.
 //!
-//! `cargo bench -p rail-benches --bench processing` (`BENCH_STATE_ORDERS` sets the state size).
+//! `cargo bench --workspace --bench processing` (with `--workspace`: the build's features, not a second RocksDB build) (`BENCH_STATE_ORDERS` sets the state size).
 
 /// jemalloc for Rust and, unprefixed, for RocksDB and librdkafka too: less time in malloc and
 /// less fragmentation than glibc's allocator under this load (see docs/benchmarks.md).
@@ -23,6 +24,8 @@ use state::{decode_command, StoreOptions};
 const BATCH: usize = 20_000;
 /// Records per transaction: a commit every 100 ms at about 50,000 records per second.
 const PER_COMMIT: usize = 5_000;
+/// Records per poll batch (the stream thread's `MAX_BATCH`).
+const PER_POLL: usize = 500;
 
 fn processing(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -58,21 +61,28 @@ fn processing(c: &mut Criterion) {
             },
             |records| {
                 let mut bytes = 0usize;
-                for (i, (key, value)) in records.iter().enumerate() {
-                    match decode_command(Some(key), Some(value)) {
-                        Ok(envelope) => {
-                            for output in task.process(&envelope, &rules, now).expect("process") {
-                                // The update as produced to order-updates; the changelog value
-                                // is `output.state`, encoded once by the task.
-                                bytes += serde_json::to_vec(&output.update).map_or(0, |u| u.len()) + output.state.len();
+                let mut done = 0;
+                for poll in records.chunks(PER_POLL) {
+                    task.prefetch(poll.iter().map(|(key, _)| key.as_slice())).expect("prefetch");
+                    for (key, value) in poll {
+                        match decode_command(Some(key), Some(value)) {
+                            Ok(envelope) => {
+                                for output in task.process(&envelope, &rules, now).expect("process") {
+                                    // The update as produced to order-updates; the changelog
+                                    // value is `output.state`, encoded once by the task.
+                                    bytes +=
+                                        serde_json::to_vec(&output.update).map_or(0, |u| u.len()) + output.state.len();
+                                }
                             }
+                            Err(_) => bytes += value.len(), // to the dead-letter topic, as it is
                         }
-                        Err(_) => bytes += value.len(), // to the dead-letter topic, as it is
+                        done += 1;
+                        if done % PER_COMMIT == 0 {
+                            position += PER_COMMIT as i64;
+                            task.flush(Some(position)).expect("flush");
+                        }
                     }
-                    if (i + 1) % PER_COMMIT == 0 {
-                        position += PER_COMMIT as i64;
-                        task.flush(Some(position)).expect("flush");
-                    }
+                    task.end_batch();
                 }
                 position += 1;
                 task.flush(Some(position)).expect("flush");

@@ -3,7 +3,7 @@
 //! RocksDB write batch). The view holds 1,000,000 orders; the updates are the first update of new
 //! orders (70%) and the next version of orders in the view (30%). Reported in updates per second.
 //!
-//! `cargo bench -p rail-benches --bench view_apply` (`BENCH_STATE_ORDERS` sets the view size).
+//! `cargo bench --workspace --bench view_apply` (`BENCH_STATE_ORDERS` sets the view size).
 
 /// jemalloc for Rust and, unprefixed, for RocksDB and librdkafka too: less time in malloc and
 /// less fragmentation than glibc's allocator under this load (see docs/benchmarks.md).

@@ -2,7 +2,7 @@
 //!
 //! - `benches/processing.rs` and `benches/view_apply.rs` (criterion, `cargo bench`): the cores,
 //!   with no broker.
-//! - `src/bin/e2e.rs` (`cargo run --release -p rail-benches --bin e2e`): the end-to-end bench on a
+//! - `src/bin/e2e.rs` (`bash scripts/bench.sh`): the end-to-end bench on a
 //!   real broker, with the pass-through ceiling (`src/bin/passthrough.rs`) and the Kafka Streams
 //!   peer (`peers/kafka-streams/`).
 

@@ -2,11 +2,13 @@
 //!
 //! - [`order`]: commands, updates, statuses and the pure state machine;
 //! - [`catalogue`]: the SKUs dev-materiels accepts;
+//! - [`encoding`]: how an order state is written in the store and on the changelog;
 //! - [`store`]: dev-materiels' per-partition order store (RocksDB, committed state only);
 //! - [`timers`]: a task's queue of pending timers;
 //! - [`view`]: wagon-lits' materialised view (RocksDB, exactly once by stored offsets).
 
 pub mod catalogue;
+pub mod encoding;
 pub mod order;
 pub mod store;
 pub mod timers;
@@ -14,9 +16,9 @@ pub mod view;
 
 pub use catalogue::Catalogue;
 pub use order::{
-    decide, decode_command, fire_timer, status_refusal, validate_envelope, Command, CommandEnvelope, Decision,
-    InvalidCommand, OrderLine, OrderState, OrderStatus, OrderUpdate, Outcome, PlaceOrder, Rules, Timer, TimerKind,
-    Trigger,
+    decide, decide_in_place, decode_command, fire_timer, fire_timer_in_place, status_refusal, validate_envelope,
+    Command, CommandEnvelope, Decision, InvalidCommand, OrderLine, OrderState, OrderStatus, OrderUpdate, Outcome,
+    PlaceOrder, Rules, Timer, TimerKind, Trigger,
 };
 pub use store::{OrderStore, OutboxEntry, StoreBatch, StoreError, StoreOptions, StoreSize};
 pub use timers::TimerQueue;

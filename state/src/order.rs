@@ -403,11 +403,26 @@ pub enum Decision {
 /// Runs one command through the state machine. `state` is the order's current state, if it has
 /// one; `now_ms` is the processing time.
 pub fn decide(state: Option<&OrderState>, envelope: &CommandEnvelope, rules: &Rules, now_ms: u64) -> Decision {
-    let current = state.cloned().unwrap_or_else(|| OrderState::new(envelope.order_id.clone()));
-    if current.has_seen(&envelope.command_id) {
-        return Decision::Nothing;
+    let mut current = state.cloned().unwrap_or_else(|| OrderState::new(envelope.order_id.clone()));
+    match decide_in_place(&mut current, envelope, rules, now_ms) {
+        Some(update) => Decision::Update { state: current, update },
+        None => Decision::Nothing,
     }
-    let status = current.status;
+}
+
+/// [`decide`] on a state the caller owns, without copying it: `state` becomes the new state and
+/// the update is returned, or `state` is left exactly as it was and `None` is returned. For an
+/// order never seen, pass `OrderState::new(order_id)`.
+pub fn decide_in_place(
+    state: &mut OrderState,
+    envelope: &CommandEnvelope,
+    rules: &Rules,
+    now_ms: u64,
+) -> Option<OrderUpdate> {
+    if state.has_seen(&envelope.command_id) {
+        return None;
+    }
+    let status = state.status;
     let transition = match (&envelope.command, status) {
         (Command::PlaceOrder(place), None) => match check_order(place, &rules.catalogue) {
             Ok(()) => Step::to(OrderStatus::Accepted, None)
@@ -416,9 +431,9 @@ pub fn decide(state: Option<&OrderState>, envelope: &CommandEnvelope, rules: &Ru
             Err(reason) => Step::to(OrderStatus::Rejected, Some(reason)).placed(place.clone()),
         },
         (Command::PlaceOrder(place), Some(_)) => {
-            if current.placed.as_ref() == Some(place) {
+            if state.placed.as_ref() == Some(place) {
                 // The same order placed again under a new command id: a client retry.
-                return Decision::Nothing;
+                return None;
             }
             Step::refuse("order already placed with different content".to_string())
         }
@@ -431,7 +446,7 @@ pub fn decide(state: Option<&OrderState>, envelope: &CommandEnvelope, rules: &Ru
             None => Step::to(OrderStatus::Delivered, None),
         },
     };
-    transition.apply(current, Trigger::Command, Some(&envelope.command_id), now_ms)
+    Some(transition.apply(state, Trigger::Command, Some(&envelope.command_id), now_ms))
 }
 
 /// Why `command` does not fit an order in `status`, if it does not. A `PlaceOrder` always fits
@@ -449,9 +464,19 @@ pub fn status_refusal(status: Option<OrderStatus>, command: &Command) -> Option<
 
 /// Fires the order's timer, if it is due and still applies.
 pub fn fire_timer(state: &OrderState, rules: &Rules, now_ms: u64) -> Decision {
-    let Some(timer) = state.timer else { return Decision::Nothing };
+    let mut next = state.clone();
+    match fire_timer_in_place(&mut next, rules, now_ms) {
+        Some(update) => Decision::Update { state: next, update },
+        None => Decision::Nothing,
+    }
+}
+
+/// [`fire_timer`] on a state the caller owns: `state` becomes the new state and the update is
+/// returned, or `state` is left as it was and `None` is returned.
+pub fn fire_timer_in_place(state: &mut OrderState, rules: &Rules, now_ms: u64) -> Option<OrderUpdate> {
+    let timer = state.timer?;
     if timer.due_ms > now_ms {
-        return Decision::Nothing;
+        return None;
     }
     let step = match (timer.kind, state.status) {
         (TimerKind::Prepare, Some(OrderStatus::Accepted)) => Step::to(OrderStatus::InPreparation, None)
@@ -459,9 +484,9 @@ pub fn fire_timer(state: &OrderState, rules: &Rules, now_ms: u64) -> Decision {
         (TimerKind::Ship, Some(OrderStatus::InPreparation)) => Step::to(OrderStatus::Shipped, None).clear_timer(),
         // A timer left behind by a status that moved on: never emitted, since every transition
         // out of a timed status clears or replaces the timer. Kept total for safety.
-        _ => return Decision::Nothing,
+        _ => return None,
     };
-    step.apply(state.clone(), timer.kind.trigger(), None, now_ms)
+    Some(step.apply(state, timer.kind.trigger(), None, now_ms))
 }
 
 /// Business checks of a new order. An order that fails them is `Rejected` (an update), not
@@ -524,7 +549,7 @@ impl Step {
         self
     }
 
-    fn apply(self, mut state: OrderState, trigger: Trigger, command_id: Option<&str>, now_ms: u64) -> Decision {
+    fn apply(self, state: &mut OrderState, trigger: Trigger, command_id: Option<&str>, now_ms: u64) -> OrderUpdate {
         let previous_status = state.status;
         if let Some(status) = self.status {
             state.status = Some(status);
@@ -547,7 +572,7 @@ impl Step {
             }
         }
         state.version += 1;
-        let update = OrderUpdate {
+        OrderUpdate {
             schema_version: SCHEMA_VERSION,
             order_id: state.order_id.clone(),
             version: state.version,
@@ -558,7 +583,6 @@ impl Step {
             trigger,
             command_id: command_id.map(str::to_string),
             timestamp_ms: now_ms,
-        };
-        Decision::Update { state, update }
+        }
     }
 }

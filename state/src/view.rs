@@ -14,7 +14,7 @@
 //! owner decides the command again, and its decision is the one the row takes.
 //!
 //! Column families:
-//! - `orders`: order id -> latest [`OrderUpdate`] (JSON);
+//! - `orders`: order id -> latest [`OrderUpdate`] (see [`crate::encoding`]);
 //! - `by_status`: status code ++ order id -> empty, for listing orders by status in pages;
 //! - `meta`: `offset/<partition>` -> next offset (big-endian i64), `count/<code>` -> number of
 //!   orders in that status (big-endian u64).
@@ -252,7 +252,7 @@ impl ViewStore {
     }
 
     fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<OrderUpdate, StoreError> {
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        crate::encoding::decode_row(bytes).map_err(|e| StoreError::Corrupt {
             path: self.path.clone(),
             key: String::from_utf8_lossy(key).into_owned(),
             reason: e.to_string(),
@@ -403,7 +403,7 @@ impl ViewStore {
             if let Some(new) = row.status {
                 batch.put_cf(index, status_key(new, order_id), []);
             }
-            let encoded = serde_json::to_vec(row)
+            let encoded = crate::encoding::encode_row(row)
                 .map_err(|e| StoreError::Encode { what: "a view row", reason: e.to_string() })?;
             batch.put_cf(orders, order_id.as_bytes(), encoded);
         }

@@ -1,18 +1,27 @@
 //! The end-to-end bench, on a real single-node Kafka broker (started here unless `--brokers` is
-//! given): for each contender, N orders are placed on `orders` as fast as the broker takes them,
-//! then the contender processes them under exactly-once into `order-updates`, and wagon-lits
-//! materialises them into its view. The contenders:
+//! given): for each contender, the traffic of N orders is written to `orders` as fast as the
+//! broker takes it, then the contender processes it under exactly-once into `order-updates`, and
+//! wagon-lits materialises it into its view. The traffic runs the whole state machine: the
+//! realistic mix of placements (invalid ones rejected, early cancellations, retries, mistakes,
+//! commands for unknown orders, records sent twice), then a delivery confirmation or a late
+//! cancellation for every order; the preparation and shipping timers (2 s each by default) fire
+//! while the run goes on, so confirmations read late enough are applied and the others refused.
+//! The contenders:
 //!
 //! - `rust`: dev-materiels, this project;
 //! - `passthrough`: the ceiling, a consume-transform-produce loop under the same transactions and
 //!   commit interval, with no state and no logic (`src/bin/passthrough.rs`);
 //! - `streams`: the peer, the same topology with Apache Kafka Streams (`peers/kafka-streams/`).
 //!
-//! Reported per contender: sustained throughput (committed by the processor, and in the view),
-//! the CPU seconds per million orders and the peak RSS of the processor and of the view, and the
-//! end-to-end latency (command produced → its update committed on `order-updates`, where the view
-//! reads it) p50/p99/p999 at fixed offered rates. `--check` verifies that every order got exactly
-//! one update and exits non-zero otherwise. Timings are reported, never asserted.
+//! Reported per contender: sustained throughput (commands and orders per second committed by the
+//! processor, and orders per second reaching the view), the CPU seconds per million orders of the
+//! processor over that same window (the JVM's start-up and warm-up are left out, as they are of
+//! the throughput), the peak RSS of the processor and of the view, and the end-to-end latency
+//! (command produced → its update committed on `order-updates`, where the view reads it)
+//! p50/p99/p999 at fixed offered rates, with the probes sent and received. `--check` reads
+//! `order-updates` back and exits non-zero unless every order's updates are exactly once and in
+//! version order (see [`check_exactly_once`]). The raw results of every run are written to
+//! `benches/results/<date>-<commit>.json`. Timings are reported, never asserted.
 //!
 //! ```text
 //! bash scripts/bench.sh                  # builds everything, then runs this with its defaults
@@ -69,15 +78,25 @@ struct Args {
     /// Commit interval of every contender.
     #[arg(long, default_value_t = 100)]
     commit_interval_ms: u64,
+    /// From Accepted to InPreparation, in the contenders with a state machine.
+    #[arg(long, default_value_t = 2_000)]
+    prepare_after_ms: u64,
+    /// From InPreparation to Shipped.
+    #[arg(long, default_value_t = 2_000)]
+    ship_after_ms: u64,
     /// Java heap of the Kafka Streams peer (-Xmx).
     #[arg(long, default_value = "1g")]
     peer_heap: String,
+    /// Stream threads of the Kafka Streams peer (`num.stream.threads`); by default one per core,
+    /// as its own documentation advises. dev-materiels runs one stream thread.
+    #[arg(long)]
+    peer_threads: Option<usize>,
     /// Check that every order got exactly one update; exit non-zero otherwise.
     #[arg(long)]
     check: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    /// Where the raw results of the run go, as `<date>-<commit>.json`.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    results_dir: PathBuf,
 }
 
 const TOKEN: &str = "bench-token";
@@ -213,20 +232,89 @@ struct Latency {
 struct Outcome {
     contender: String,
     orders: usize,
+    /// Records written to `orders` for them (the whole state machine's traffic).
+    commands: usize,
     produce_per_sec: f64,
-    /// Orders per second committed by the processor (input offsets committed), after its start-up.
-    processed_per_sec: f64,
+    /// Commands per second committed by the processor (input offsets committed), from its first
+    /// commit to its last: its start-up is left out.
+    commands_per_sec: f64,
+    /// The same window, in orders (`commands_per_sec` × orders / commands).
+    orders_per_sec: f64,
     /// Orders per second reaching the view, after its first one.
     viewed_per_sec: f64,
+    /// CPU seconds of the processor over the throughput window (not since its start).
     processor_cpu_s: f64,
     processor_cpu_s_per_million: f64,
     processor_peak_rss_mib: f64,
+    /// CPU seconds of the view per million orders, over its own window.
     view_cpu_s_per_million: f64,
     view_peak_rss_mib: f64,
     latency: Vec<Latency>,
     checked: bool,
     missing: usize,
     duplicated: usize,
+    out_of_order: usize,
+}
+
+/// What a run writes to `benches/results/`: the settings, the machine and every contender's
+/// outcome.
+#[derive(Serialize)]
+struct Results<'a> {
+    date: String,
+    commit: String,
+    machine: Machine,
+    orders: usize,
+    partitions: i32,
+    commit_interval_ms: u64,
+    prepare_after_ms: u64,
+    ship_after_ms: u64,
+    rates: &'a [u64],
+    latency_seconds: u64,
+    peer_threads: usize,
+    peer_heap: &'a str,
+    outcomes: &'a [Outcome],
+}
+
+#[derive(Serialize)]
+struct Machine {
+    cores: usize,
+    cpu: String,
+    kernel: String,
+}
+
+impl Machine {
+    fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+        Machine { cores: std::thread::available_parallelism().map_or(1, |n| n.get()), cpu, kernel }
+    }
+}
+
+/// The commit the bench was built from (`git describe`), `-dirty` if the tree had changes.
+fn commit() -> String {
+    Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty", "--abbrev=10"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Today's date (UTC), from the `date` command (no date crate for one call).
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown-date".into())
 }
 
 fn main() -> std::process::ExitCode {
@@ -269,10 +357,27 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     if std::env::var_os("E2E_KEEP").is_some() {
         eprintln!("work directory (logs, state) kept: {}", work.keep().display());
     }
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&outcomes)?)?;
-    }
-    Ok(outcomes.iter().all(|o| o.missing == 0 && o.duplicated == 0))
+    let results = Results {
+        date: today(),
+        commit: commit(),
+        machine: Machine::read(),
+        orders: args.orders,
+        partitions: args.partitions,
+        commit_interval_ms: args.commit_interval_ms,
+        prepare_after_ms: args.prepare_after_ms,
+        ship_after_ms: args.ship_after_ms,
+        rates: &args.rates,
+        latency_seconds: args.latency_seconds,
+        peer_threads: args.peer_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        peer_heap: &args.peer_heap,
+        outcomes: &outcomes,
+    };
+    std::fs::create_dir_all(&args.results_dir).with_context(|| format!("creating {}", args.results_dir.display()))?;
+    let path = args.results_dir.join(format!("{}-{}.json", results.date, results.commit));
+    std::fs::write(&path, serde_json::to_vec_pretty(&results)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("raw results: {}", path.display());
+    Ok(outcomes.iter().all(|o| o.missing == 0 && o.duplicated == 0 && o.out_of_order == 0))
 }
 
 fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, work: &Path) -> anyhow::Result<Outcome> {
@@ -293,10 +398,13 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
         ],
     )?;
 
-    // The orders, placed as fast as the broker takes them.
+    // The traffic, written as fast as the broker takes it: the placements with the realistic mix,
+    // then a confirmation or a late cancellation for every order.
     let producer = CommandProducer::new(kafka, &names.orders, Duration::from_secs(120))?;
     let mut workload = Workload::new(run_id, format!("E2E-{contender}"), now_ms());
-    let commands = workload.place_phase(args.orders, Mix::CLEAN);
+    let mut commands = workload.place_phase(args.orders, Mix::REALISTIC);
+    let placed: Vec<String> = (0..args.orders).map(|i| workload.order_id(i)).collect();
+    commands.extend(workload.delivery_phase(&placed, 0.5, 0.5, 0.02));
     let started = Instant::now();
     for chunk in commands.chunks(50_000) {
         let futures = chunk.iter().map(|c| producer.send(c)).collect::<Result<Vec<_>, _>>()?;
@@ -308,8 +416,8 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
             }
         }
     }
-    let produce_per_sec = args.orders as f64 / started.elapsed().as_secs_f64();
-    eprintln!("placed {} orders at {produce_per_sec:.0}/s", args.orders);
+    let produce_per_sec = commands.len() as f64 / started.elapsed().as_secs_f64();
+    eprintln!("wrote {} commands for {} orders at {produce_per_sec:.0}/s", commands.len(), args.orders);
 
     // The view, then the processor.
     let api_port = kafka_harness::free_port()?;
@@ -324,13 +432,15 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
         .env("RUST_LOG", "warn");
     let mut view = Service::spawn("wagon-lits", view_command, &dir)?;
     let commit = args.commit_interval_ms.to_string();
+    let (prepare, ship) = (args.prepare_after_ms.to_string(), args.ship_after_ms.to_string());
+    let peer_threads = args.peer_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let processor_command = match contender {
         "rust" => {
             let mut c = Command::new(sibling("dev-materiels")?);
             c.args(["--brokers", &kafka.brokers, "--orders-topic", &names.orders, "--updates-topic", &names.updates])
                 .args(["--dlq-topic", &names.dlq, "--partitions", &args.partitions.to_string()])
                 .args(["--application-id", &names.group, "--instance-id", "bench-0"])
-                .args(["--commit-interval-ms", &commit, "--prepare-after-ms", "3600000", "--ship-after-ms", "3600000"])
+                .args(["--commit-interval-ms", &commit, "--prepare-after-ms", &prepare, "--ship-after-ms", &ship])
                 .arg("--state-dir")
                 .arg(dir.join("dev-materiels"))
                 .env("RUST_LOG", "warn");
@@ -354,7 +464,8 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
                 .arg("rail.peer.Main")
                 .args(["--bootstrap", &kafka.brokers, "--application-id", &names.group])
                 .args(["--orders-topic", &names.orders, "--updates-topic", &names.updates, "--dlq-topic", &names.dlq])
-                .args(["--commit-interval-ms", &commit, "--prepare-after-ms", "3600000", "--ship-after-ms", "3600000"])
+                .args(["--threads", &peer_threads.to_string()])
+                .args(["--commit-interval-ms", &commit, "--prepare-after-ms", &prepare, "--ship-after-ms", &ship])
                 .arg("--state-dir")
                 .arg(dir.join("kafka-streams"));
             c
@@ -376,7 +487,9 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
     type FirstSeen = Option<(Instant, u64)>;
     let (mut first_processed, mut first_viewed): (FirstSeen, FirstSeen) = (None, None);
     let (mut processed_at, mut viewed_at) = (None, None);
-    let mut processor_cpu = 0.0;
+    // CPU seconds at the start and at the end of each window.
+    let (mut processor_cpu, mut view_cpu) = ((0.0, 0.0), (0.0, 0.0));
+    let total = commands.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(3_600);
     while viewed_at.is_none() || processed_at.is_none() {
         processor.check_running()?;
@@ -389,56 +502,63 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
             let done = offsets.committed();
             if done > 0 && first_processed.is_none() {
                 first_processed = Some((Instant::now(), done));
+                processor_cpu.0 = processor.cpu_seconds();
             }
-            if done >= args.orders as u64 {
+            if done >= total {
                 processed_at = Some(Instant::now());
-                processor_cpu = processor.cpu_seconds();
+                processor_cpu.1 = processor.cpu_seconds();
             }
         }
         let viewed = client.count();
         progress.set_position(viewed);
         if viewed > 0 && first_viewed.is_none() {
             first_viewed = Some((Instant::now(), viewed));
+            view_cpu.0 = view.cpu_seconds();
         }
         if viewed >= args.orders as u64 && viewed_at.is_none() {
             viewed_at = Some(Instant::now());
+            view_cpu.1 = view.cpu_seconds();
         }
     }
     progress.finish_and_clear();
-    let rate = |first: FirstSeen, done: Option<Instant>| match (first, done) {
-        (Some((t0, n0)), Some(t1)) if n0 < args.orders as u64 && t1 > t0 => {
-            (args.orders as u64 - n0) as f64 / (t1 - t0).as_secs_f64()
+    // (per second, the share of the work inside the window, CPU seconds in it)
+    let window = |first: FirstSeen, done: Option<Instant>, of: u64, cpu: (f64, f64)| match (first, done) {
+        (Some((t0, n0)), Some(t1)) if n0 < of && t1 > t0 => {
+            ((of - n0) as f64 / (t1 - t0).as_secs_f64(), (of - n0) as f64 / of as f64, cpu.1 - cpu.0)
         }
         // Everything arrived before the second look (small runs): count from the start.
-        (Some(_), Some(t1)) => args.orders as f64 / t1.duration_since(processor_started).as_secs_f64(),
-        _ => 0.0,
+        (Some(_), Some(t1)) => (of as f64 / t1.duration_since(processor_started).as_secs_f64(), 1.0, cpu.1),
+        _ => (0.0, 1.0, cpu.1),
     };
-    let processed_per_sec = rate(first_processed, processed_at);
-    let viewed_per_sec = rate(first_viewed, viewed_at);
-    let view_cpu = view.cpu_seconds();
+    let (commands_per_sec, processed_share, processor_cpu) =
+        window(first_processed, processed_at, total, processor_cpu);
+    let (viewed_per_sec, viewed_share, view_cpu) = window(first_viewed, viewed_at, args.orders as u64, view_cpu);
 
-    // Latency at fixed offered rates.
+    // Latency at fixed offered rates: new valid orders (one decision each, timed to its update)
+    // while the timers of the throughput run's orders keep firing.
     let mut latency = Vec::new();
-    let mut sent_ids: Vec<String> = commands.iter().map(|c| c.order_id.clone()).collect();
+    let mut sent = commands;
     for (i, rate) in args.rates.iter().enumerate() {
         let mut workload = Workload::new(run_id + 1 + i as u64, format!("LAT{rate}-{contender}"), now_ms());
         let n = (*rate * args.latency_seconds) as usize;
-        let commands = workload.place_phase(n, Mix::CLEAN);
-        sent_ids.extend(commands.iter().map(|c| c.order_id.clone()));
-        latency.push(measure_latency(kafka, &names.updates, &producer, &commands, *rate)?);
+        let probes = workload.place_phase(n, Mix::CLEAN);
+        latency.push(measure_latency(kafka, &names.updates, &producer, &probes, *rate)?);
+        sent.extend(probes);
         processor.check_running()?;
     }
-    let million = 1_000_000.0 / args.orders as f64;
+    let orders = args.orders as f64;
     let mut outcome = Outcome {
         contender: contender.to_string(),
         orders: args.orders,
+        commands: total as usize,
         produce_per_sec,
-        processed_per_sec,
+        commands_per_sec,
+        orders_per_sec: commands_per_sec * orders / total as f64,
         viewed_per_sec,
         processor_cpu_s: processor_cpu,
-        processor_cpu_s_per_million: processor_cpu * million,
+        processor_cpu_s_per_million: processor_cpu * 1_000_000.0 / (orders * processed_share),
         processor_peak_rss_mib: processor.peak_rss_mib(),
-        view_cpu_s_per_million: view_cpu * million,
+        view_cpu_s_per_million: view_cpu * 1_000_000.0 / (orders * viewed_share),
         view_peak_rss_mib: view.peak_rss_mib(),
         latency,
         ..Outcome::default()
@@ -446,11 +566,18 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
     processor.stop();
     view.stop();
     if args.check {
-        let (missing, duplicated) = check_exactly_once(kafka, &names.updates, &sent_ids)?;
+        let check = check_exactly_once(kafka, &names.updates, &sent, contender != "passthrough")?;
         outcome.checked = true;
-        outcome.missing = missing;
-        outcome.duplicated = duplicated;
-        eprintln!("{contender}: {} orders checked: missing={missing} duplicated={duplicated}", sent_ids.len());
+        outcome.missing = check.missing;
+        outcome.duplicated = check.duplicated;
+        outcome.out_of_order = check.out_of_order;
+        eprintln!(
+            "{contender}: {} commands checked: missing={} duplicated={} out-of-order={}",
+            sent.len(),
+            check.missing,
+            check.duplicated,
+            check.out_of_order
+        );
     }
     Ok(outcome)
 }
@@ -608,8 +735,29 @@ fn measure_latency(
     })
 }
 
-/// Reads all of `updates` (read_committed): every id in `ids` must have exactly one update.
-fn check_exactly_once(kafka: &KafkaArgs, updates: &str, ids: &[String]) -> anyhow::Result<(usize, usize)> {
+/// What [`check_exactly_once`] found.
+struct Check {
+    missing: usize,
+    duplicated: usize,
+    out_of_order: usize,
+}
+
+/// Reads all of `updates` (read_committed), once the writers are stopped, and checks it against
+/// what was `sent`.
+///
+/// With a state machine (`machine`), each order's updates must carry versions 1, 2, 3… in topic
+/// order (a version seen twice is a duplicate, any other jump is out of order), no command id may
+/// be decided twice, and every order placed must have at least one update (else it is missing).
+/// Whether a given command moves its order depends on when it was read (a confirmation before
+/// shipping is refused): the system tests' oracle checks decisions, this check checks delivery.
+///
+/// Without one (the pass-through), each order gets exactly one record per command sent for it.
+fn check_exactly_once(
+    kafka: &KafkaArgs,
+    updates: &str,
+    sent: &[state::CommandEnvelope],
+    machine: bool,
+) -> anyhow::Result<Check> {
     let mut config = kafka.base();
     config.set("group.id", "e2e-check").set("enable.auto.commit", "false").set("isolation.level", "read_committed");
     let consumer: BaseConsumer = kafka.finish(config).create()?;
@@ -622,10 +770,16 @@ fn check_exactly_once(kafka: &KafkaArgs, updates: &str, ids: &[String]) -> anyho
         tpl.add_partition_offset(updates, p.id(), Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let mut counts: HashMap<Vec<u8>, usize> = HashMap::with_capacity(ids.len());
+    // Per order: records seen, the last version, the command ids decided.
+    #[derive(Default)]
+    struct Seen {
+        records: usize,
+        version: u64,
+        commands: std::collections::HashSet<String>,
+    }
+    let mut seen: HashMap<Vec<u8>, Seen> = HashMap::new();
+    let (mut duplicated, mut out_of_order) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(600);
-    // The writers are stopped: read until the position passes each partition's end (markers
-    // included).
     loop {
         let reached = consumer.position()?.elements().iter().all(|e| match e.offset() {
             Offset::Offset(o) => o >= ends.get(&e.partition()).copied().unwrap_or(0),
@@ -637,37 +791,76 @@ fn check_exactly_once(kafka: &KafkaArgs, updates: &str, ids: &[String]) -> anyho
         if Instant::now() > deadline {
             bail!("reading {updates} did not reach its end");
         }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => *counts.entry(m.key().unwrap_or_default().to_vec()).or_default() += 1,
+        let m = match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => m,
             Some(Err(err)) => bail!("reading {updates}: {err}"),
-            None => {}
+            None => continue,
+        };
+        let order = seen.entry(m.key().unwrap_or_default().to_vec()).or_default();
+        order.records += 1;
+        if !machine {
+            continue;
+        }
+        let update: state::OrderUpdate = serde_json::from_slice(m.payload().unwrap_or_default())
+            .with_context(|| format!("an update on {updates} does not read"))?;
+        if update.version <= order.version {
+            duplicated += 1;
+            continue;
+        }
+        if update.version != order.version + 1 {
+            out_of_order += 1;
+        }
+        order.version = update.version;
+        if let Some(id) = update.command_id {
+            if !order.commands.insert(id) {
+                duplicated += 1;
+            }
         }
     }
-    let missing = ids.iter().filter(|id| !counts.contains_key(id.as_bytes())).count();
-    let duplicated = counts.values().filter(|n| **n > 1).map(|n| n - 1).sum();
-    Ok((missing, duplicated))
+    let mut missing = 0;
+    if machine {
+        let placed: std::collections::HashSet<&str> = sent
+            .iter()
+            .filter(|c| matches!(c.command, state::Command::PlaceOrder(_)))
+            .map(|c| c.order_id.as_str())
+            .collect();
+        missing = placed.iter().filter(|id| !seen.contains_key(id.as_bytes())).count();
+    } else {
+        let mut expected: HashMap<&str, usize> = HashMap::new();
+        for c in sent {
+            *expected.entry(c.order_id.as_str()).or_default() += 1;
+        }
+        for (id, n) in expected {
+            let got = seen.get(id.as_bytes()).map_or(0, |s| s.records);
+            missing += n.saturating_sub(got);
+            duplicated += got.saturating_sub(n);
+        }
+    }
+    Ok(Check { missing, duplicated, out_of_order })
 }
 
 fn print_table(args: &Args, outcomes: &[Outcome]) {
     let mut table = Table::new();
     let mut header = vec![
         "contender".to_string(),
-        "processed/s".into(),
+        "commands/s".into(),
+        "orders/s".into(),
         "in view/s".into(),
-        "CPU s per 1M (processor)".into(),
+        "CPU s per 1M orders (processor)".into(),
         "peak RSS MiB (processor)".into(),
         "CPU s per 1M (view)".into(),
         "peak RSS MiB (view)".into(),
     ];
     for rate in &args.rates {
-        header.push(format!("latency @{rate}/s p50/p99/p999 ms"));
+        header.push(format!("latency @{rate}/s p50/p99/p999 ms (received/sent)"));
     }
     header.push("exactly once".into());
     table.set_header(header);
     for o in outcomes {
         let mut row = vec![
             o.contender.clone(),
-            format!("{:.0}", o.processed_per_sec),
+            format!("{:.0}", o.commands_per_sec),
+            format!("{:.0}", o.orders_per_sec),
             format!("{:.0}", o.viewed_per_sec),
             format!("{:.1}", o.processor_cpu_s_per_million),
             format!("{:.0}", o.processor_peak_rss_mib),
@@ -675,11 +868,23 @@ fn print_table(args: &Args, outcomes: &[Outcome]) {
             format!("{:.0}", o.view_peak_rss_mib),
         ];
         for l in &o.latency {
-            row.push(format!("{:.1} / {:.1} / {:.1}", l.p50_ms, l.p99_ms, l.p999_ms));
+            row.push(format!("{:.1} / {:.1} / {:.1} ({}/{})", l.p50_ms, l.p99_ms, l.p999_ms, l.received, l.sent));
         }
-        row.push(if o.checked { format!("missing {} dup {}", o.missing, o.duplicated) } else { "not checked".into() });
+        row.push(if o.checked {
+            format!("missing {} dup {} out-of-order {}", o.missing, o.duplicated, o.out_of_order)
+        } else {
+            "not checked".into()
+        });
         table.add_row(row);
     }
-    println!("{} orders, {} partitions, commit interval {} ms", args.orders, args.partitions, args.commit_interval_ms);
+    println!(
+        "{} orders ({} commands), {} partitions, commit interval {} ms, timers {} ms + {} ms",
+        args.orders,
+        outcomes.first().map_or(0, |o| o.commands),
+        args.partitions,
+        args.commit_interval_ms,
+        args.prepare_after_ms,
+        args.ship_after_ms
+    );
     println!("{table}");
 }

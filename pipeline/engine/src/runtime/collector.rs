@@ -73,7 +73,7 @@ impl RecordCollector {
         let headers =
             OwnedHeaders::new_with_capacity(1).insert(Header { key: TRACEPARENT, value: Some(traceparent.as_bytes()) });
         self.producer.send(BaseRecord::to(&self.updates_topic).key(key).payload(&update).headers(headers))?;
-        self.producer.send(BaseRecord::to(&self.changelog).partition(partition).key(key).payload(&output.state))?;
+        self.producer.send(BaseRecord::to(&self.changelog).partition(partition).key(key).payload(&output.state[..]))?;
         self.metrics.update_produced();
         Ok(())
     }

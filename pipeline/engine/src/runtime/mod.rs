@@ -19,6 +19,7 @@
 
 pub mod clients;
 pub mod collector;
+pub mod commit;
 pub mod direct;
 pub mod dlq;
 pub mod hand_over;

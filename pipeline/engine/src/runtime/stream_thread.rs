@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! loop {
-//!     poll one record from `orders`            (rebalance callbacks run inside this poll)
+//!     poll a batch of records from `orders`    (rebalance callbacks run inside these polls)
 //!     restore newly assigned tasks             (before any of their records is processed)
 //!     begin a transaction if none is open      (it starts with the outbox: decisions taken
 //!                                               over HTTP while Kafka was away, in order)
@@ -26,18 +26,20 @@
 //! still abort, and a crash costs a replay of the changelog from the store's position only.
 //!
 //! The parts: [`super::task_manager`] (each partition's task and its state),
+//! [`super::commit`] (the commit interval, settling, writing the caches after the commit),
 //! [`super::transaction`] (the open transaction and the committer thread),
 //! [`super::clients`] (the Kafka clients), [`super::collector`] (the records a transaction
 //! produces), [`super::restore`] and [`super::standby`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use state::{decode_command, validate_envelope};
@@ -49,9 +51,9 @@ use super::direct::{DirectRefusal, DirectReply, DirectRequest, QueryReply};
 use super::producer::{KafkaProducer, TransactionalProducer};
 use super::restore::RestoreContext;
 use super::standby::Standbys;
-use super::task::{flush_committed, Direct};
+use super::task::Direct;
 use super::task_manager::TaskManager;
-use super::transaction::{Settled, Transactions};
+use super::transaction::Transactions;
 use super::{clients, prepare_topics, KafkaContext, RuntimeError, StreamConfig};
 use crate::kafka::KAFKA_CALL_TIMEOUT;
 use crate::metrics::{StreamMetrics, StreamStats};
@@ -61,11 +63,11 @@ use crate::metrics::{StreamMetrics, StreamStats};
 const POLL: Duration = Duration::from_millis(5);
 /// How long the stream thread waits for the committer thread at each turn of the loop before it
 /// goes back to answering HTTP requests.
-const COMMIT_STEP: Duration = Duration::from_millis(5);
+pub(super) const COMMIT_STEP: Duration = Duration::from_millis(5);
 /// How long a revocation or a shutdown waits for the open transaction to settle.
 pub(super) const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -89,12 +91,24 @@ pub(super) struct Engine {
     pub(super) metrics: Arc<StreamMetrics>,
 }
 
+/// Most records taken from the consumer per turn of the loop. The rest of the turn (HTTP
+/// requests, standbys, the producer's events, the commit clock) is paid once per batch rather
+/// than once per record; a batch of this size takes a few milliseconds to process.
+const MAX_BATCH: usize = 500;
 /// The consumer's context: routes rebalance callbacks to the engine, and librdkafka's
 /// statistics to the metrics.
 pub(super) struct StreamContext {
     engine: Arc<Mutex<Engine>>,
     metrics: Arc<StreamMetrics>,
     orders_topic: String,
+    /// Rebalances seen (revocations and assignments), for [`poll_batch`].
+    rebalances: AtomicU64,
+}
+
+impl StreamContext {
+    fn new(engine: Arc<Mutex<Engine>>, metrics: Arc<StreamMetrics>, orders_topic: &str) -> StreamContext {
+        StreamContext { engine, metrics, orders_topic: orders_topic.to_string(), rebalances: AtomicU64::new(0) }
+    }
 }
 
 fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
@@ -116,12 +130,14 @@ impl ClientContext for StreamContext {
 
 impl ConsumerContext for StreamContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::AcqRel);
         if let Rebalance::Revoke(tpl) = rebalance {
             lock(&self.engine).on_revoke(consumer, &partitions_of(tpl));
         }
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::AcqRel);
         match rebalance {
             Rebalance::Assign(tpl) => lock(&self.engine).on_assign(&partitions_of(tpl)),
             Rebalance::Revoke(_) => {}
@@ -131,6 +147,34 @@ impl ConsumerContext for StreamContext {
 }
 
 pub(super) type Consumer_ = BaseConsumer<StreamContext>;
+
+/// Takes up to [`MAX_BATCH`] records (or one error) from the consumer, waiting at most [`POLL`]
+/// for the first one. Rebalance callbacks run inside these polls: the group's rebalancing is eager
+/// (librdkafka's default assignors), so a rebalance puts every assigned partition back at its
+/// committed offset, and the records polled before it are dropped here, to be read again from
+/// there (processed, they would be applied on top of what another owner may have committed
+/// meanwhile).
+fn poll_batch(consumer: &Consumer_) -> Vec<KafkaResult<BorrowedMessage<'_>>> {
+    let mut batch = Vec::new();
+    let mut wait = POLL;
+    while batch.len() < MAX_BATCH {
+        let rebalances = consumer.context().rebalances.load(Ordering::Acquire);
+        let polled = consumer.poll(wait);
+        if consumer.context().rebalances.load(Ordering::Acquire) != rebalances {
+            batch.clear();
+        }
+        match polled {
+            None => break,
+            Some(Err(err)) => {
+                batch.push(Err(err));
+                break;
+            }
+            Some(Ok(message)) => batch.push(Ok(message)),
+        }
+        wait = Duration::ZERO;
+    }
+    batch
+}
 
 /// Runs dev-materiels' stream thread until `shutdown` is set, then commits what is open and
 /// returns its counters. `direct` brings the commands and queries that came over HTTP.
@@ -142,11 +186,7 @@ pub fn run(
 ) -> Result<StreamStats, RuntimeError> {
     let partitions = prepare_topics(&config)?;
     let engine = Arc::new(Mutex::new(Engine::new(config.clone(), partitions, Arc::clone(&metrics), direct)?));
-    let context = StreamContext {
-        engine: Arc::clone(&engine),
-        metrics: Arc::clone(&metrics),
-        orders_topic: config.topics.orders_topic.clone(),
-    };
+    let context = StreamContext::new(Arc::clone(&engine), Arc::clone(&metrics), &config.topics.orders_topic);
     let consumer = clients::main_consumer(&config, context)?;
     consumer.subscribe(&[&config.topics.orders_topic]).context("subscribing to orders")?;
     tracing::info!(
@@ -162,11 +202,11 @@ pub fn run(
     while !shutdown.load(Ordering::Relaxed) {
         // While a transaction settles, no record may join it: leave them in the consumer.
         let settling = lock(&engine).txns.is_settling();
-        let message = if settling {
+        let batch = if settling {
             std::thread::sleep(POLL);
-            None
+            Vec::new()
         } else {
-            consumer.poll(POLL)
+            poll_batch(&consumer)
         };
         let mut engine = lock(&engine);
         if let Some(err) = engine.fatal.take() {
@@ -175,20 +215,32 @@ pub fn run(
         if !engine.txns.is_settling() {
             engine.restore_assigned(&consumer)?;
         }
-        match message {
-            None => {}
-            Some(Ok(message)) => engine.process(&consumer, &message)?,
-            // The consumer cannot go on (librdkafka says so): stop, and let a restart rebuild it.
-            Some(Err(err @ KafkaError::MessageConsumptionFatal(_))) => {
-                return Err(RuntimeError::Kafka { context: "consuming orders".into(), source: err });
+        engine.prefetch(&batch)?;
+        // Partitions rewound in this batch: their later records in it are read again too.
+        let mut rewound = BTreeSet::new();
+        for polled in batch {
+            match polled {
+                Ok(message) if rewound.contains(&message.partition()) => {}
+                Ok(message) => {
+                    if let Some(partition) = engine.process(&consumer, &message)? {
+                        rewound.insert(partition);
+                    }
+                }
+                // The consumer cannot go on (librdkafka says so): stop, and let a restart rebuild it.
+                Err(err @ KafkaError::MessageConsumptionFatal(_)) => {
+                    return Err(RuntimeError::Kafka { context: "consuming orders".into(), source: err });
+                }
+                // Transient consumer errors (a broker down, a partition moving): librdkafka
+                // retries by itself. Say so at most once a second.
+                Err(err) if last_consumer_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) => {
+                    tracing::warn!(error = %err, "consumer error");
+                    last_consumer_error = Some(Instant::now());
+                }
+                Err(_) => {}
             }
-            // Transient consumer errors (a broker down, a partition moving): librdkafka retries
-            // by itself. Say so at most once a second.
-            Some(Err(err)) if last_consumer_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) => {
-                tracing::warn!(error = %err, "consumer error");
-                last_consumer_error = Some(Instant::now());
-            }
-            Some(Err(_)) => {}
+        }
+        for (_, task) in engine.tasks.tasks_mut() {
+            task.end_batch();
         }
         engine.serve_direct();
         engine.poll_standbys()?;
@@ -301,8 +353,25 @@ impl Engine {
         Ok(())
     }
 
-    /// Processes one record of `orders` inside the open transaction.
-    fn process(&mut self, consumer: &Consumer_, message: &BorrowedMessage<'_>) -> Result<(), RuntimeError> {
+    /// Reads the committed states of the batch's orders, task by task, in one multi-get each.
+    fn prefetch(&mut self, batch: &[KafkaResult<BorrowedMessage<'_>>]) -> Result<(), RuntimeError> {
+        let mut keys: std::collections::BTreeMap<i32, Vec<&[u8]>> = std::collections::BTreeMap::new();
+        for message in batch.iter().flatten() {
+            if let Some(key) = message.key() {
+                keys.entry(message.partition()).or_default().push(key);
+            }
+        }
+        for (partition, keys) in keys {
+            if let Some(task) = self.tasks.running_task(partition) {
+                task.prefetch(keys)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes one record of `orders` inside the open transaction. Returns the record's
+    /// partition if it was rewound to this record instead (its task is restoring).
+    fn process(&mut self, consumer: &Consumer_, message: &BorrowedMessage<'_>) -> Result<Option<i32>, RuntimeError> {
         let partition = message.partition();
         let offset = message.offset();
         if self.tasks.restoring().contains(&partition) {
@@ -310,13 +379,13 @@ impl Engine {
             consumer
                 .seek(&self.config.topics.orders_topic, partition, Offset::Offset(offset), KAFKA_CALL_TIMEOUT)
                 .context(format!("rewinding partition {partition} to offset {offset}"))?;
-            return Ok(());
+            return Ok(Some(partition));
         }
         if self.tasks.running_task(partition).is_none() {
             // A record fetched just before its partition was revoked, or lost: a detached task
             // takes no record (its transaction would not be fenced; the next owner reads it).
             tracing::debug!(partition, offset, "record for a partition this thread does not run; skipped");
-            return Ok(());
+            return Ok(None);
         }
         self.begin()?;
         self.txns.read(partition, offset);
@@ -330,7 +399,7 @@ impl Engine {
         match decode_command(message.key(), message.payload()) {
             Ok(envelope) => {
                 self.metrics.commands_kafka.inc();
-                let Some(task) = self.tasks.running_task(partition) else { return Ok(()) };
+                let Some(task) = self.tasks.running_task(partition) else { return Ok(None) };
                 let processed = task.process(&envelope, &self.config.rules, now_ms())?;
                 for output in &processed.outbox {
                     self.records.emit(partition, output, None)?;
@@ -354,7 +423,7 @@ impl Engine {
         if let Some(task) = self.tasks.running_task(partition) {
             task.next_input_offset = Some(offset + 1);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Answers the requests that came over HTTP since the last turn.
@@ -399,164 +468,4 @@ impl Engine {
             Err(err) => Err(DirectRefusal::Failed(err.to_string())),
         }
     }
-
-    /// Every commit interval: fires due timers, publishes the outbox, commits. While a commit or
-    /// abort is under way, takes it one step further instead.
-    fn maybe_commit(&mut self, consumer: &Consumer_) -> Result<(), RuntimeError> {
-        if self.txns.is_settling() {
-            self.step(consumer, COMMIT_STEP)?;
-            return Ok(());
-        }
-        if self.last_commit.elapsed() < self.config.commit_interval {
-            return Ok(());
-        }
-        self.punctuate()?;
-        if self.tasks.running().any(|(_, t)| t.outbox_len() > 0) {
-            self.begin()?;
-        }
-        if self.txns.is_open() {
-            self.txns.commit();
-            self.step(consumer, COMMIT_STEP)?;
-        } else {
-            self.last_commit = Instant::now();
-        }
-        Ok(())
-    }
-
-    /// Fires the due timers of the running tasks. A detached task fires none: another member may
-    /// own its partition already, and its transaction would carry no offsets (no group
-    /// generation) for it, so nothing would fence a zombie's timer updates. The chaos runner
-    /// found this: the same timer fired by the new owner and by the detached task, both
-    /// committed.
-    fn punctuate(&mut self) -> Result<(), RuntimeError> {
-        let now = now_ms();
-        let rules = &self.config.rules;
-        let mut fired = Vec::new();
-        for (partition, task) in self.tasks.running() {
-            for output in task.punctuate(rules, now)? {
-                fired.push((partition, output));
-            }
-        }
-        if fired.is_empty() {
-            return Ok(());
-        }
-        self.begin()?;
-        for (partition, output) in &fired {
-            self.records.emit(*partition, output, None)?;
-        }
-        Ok(())
-    }
-
-    /// Commits (or aborts) the open transaction, whatever its phase, waiting up to `timeout`.
-    /// Returns whether it settled.
-    pub(super) fn settle(&mut self, consumer: &Consumer_, timeout: Duration) -> Result<bool, RuntimeError> {
-        self.txns.commit();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.step(consumer, COMMIT_STEP)? {
-                return Ok(true);
-            }
-            if Instant::now() > deadline {
-                return Ok(false);
-            }
-        }
-    }
-
-    /// Takes the settling transaction one step further, waiting at most `wait` for the committer
-    /// thread; returns whether nothing is left to settle.
-    fn step(&mut self, consumer: &Consumer_, wait: Duration) -> Result<bool, RuntimeError> {
-        let orders = self.config.topics.orders_topic.clone();
-        let tasks = &mut self.tasks;
-        let settled = self.txns.step(wait, || offsets_to_commit(consumer, &orders, tasks))?;
-        match settled {
-            Settled::Idle => Ok(true),
-            Settled::NotYet => Ok(false),
-            Settled::Committed { took, .. } => {
-                self.metrics.commit_seconds.observe(took.as_secs_f64());
-                self.after_commit()?;
-                Ok(true)
-            }
-            Settled::Aborted { txn, took } => {
-                self.metrics.abort_seconds.observe(took.as_secs_f64());
-                self.after_abort(consumer, &txn.first_offsets)?;
-                Ok(true)
-            }
-            Settled::ProducerLost { txn, reason } => {
-                tracing::error!(%reason, "the transactional producer cannot go on; its transaction is lost; starting a new producer");
-                self.after_abort(consumer, &txn.first_offsets)?;
-                let producer = clients::transactional_producer(&self.config)?;
-                self.txns.replace(Arc::clone(&producer))?;
-                self.records.replace_producer(Arc::clone(&producer));
-                self.producer = producer;
-                self.metrics.producers_replaced.inc();
-                Ok(true)
-            }
-        }
-    }
-
-    /// After Kafka committed: the write-back caches go to RocksDB with their changelog positions.
-    fn after_commit(&mut self) -> Result<(), RuntimeError> {
-        let acknowledged = self.producer.take_acknowledged();
-        // The one moment at which Kafka is ahead of RocksDB: a crash here must cost a replay of
-        // exactly what was missed (the crash test aborts the process at this fail point).
-        fail::fail_point!("engine::after_commit", |_| {
-            tracing::error!(
-                "fault injection (engine::after_commit): aborting between the Kafka commit and the store write"
-            );
-            std::process::abort()
-        });
-        let published = flush_committed(self.tasks.tasks_mut(), &acknowledged)?;
-        self.metrics.outbox_published.inc_by(published as u64);
-        // The next commit interval counts from here: the thread gets a full interval of records.
-        self.last_commit = Instant::now();
-        self.metrics.commits.inc();
-        self.update_gauges();
-        Ok(())
-    }
-
-    /// After a transaction that did not commit: the caches are dropped and the consumer goes back
-    /// to the first record the transaction read on each partition it still runs.
-    fn after_abort(
-        &mut self,
-        consumer: &Consumer_,
-        first_offsets: &std::collections::BTreeMap<i32, i64>,
-    ) -> Result<(), RuntimeError> {
-        self.producer.take_acknowledged();
-        self.metrics.aborts.inc();
-        self.last_commit = Instant::now();
-        for (_, task) in self.tasks.tasks_mut() {
-            task.discard()?;
-        }
-        for (partition, first) in first_offsets {
-            if let Some(task) = self.tasks.running_task(*partition) {
-                task.next_input_offset = Some(*first);
-                consumer
-                    .seek(&self.config.topics.orders_topic, *partition, Offset::Offset(*first), KAFKA_CALL_TIMEOUT)
-                    .context(format!("rewinding partition {partition} to offset {first}"))?;
-            }
-        }
-        self.update_gauges();
-        Ok(())
-    }
-}
-
-/// The consumed offsets to send with the commit, with the group metadata: one for every running
-/// task, not only those that read records, so that a transaction made of timers or outbox
-/// entries alone still carries the group generation, and a zombie's cannot commit.
-fn offsets_to_commit(
-    consumer: &Consumer_,
-    orders: &str,
-    tasks: &mut TaskManager,
-) -> Result<Option<(TopicPartitionList, ConsumerGroupMetadata)>, RuntimeError> {
-    let mut offsets = TopicPartitionList::new();
-    for (partition, task) in tasks.running() {
-        if let Some(next) = task.next_input_offset {
-            offsets.add_partition_offset(orders, partition, Offset::Offset(next))?;
-        }
-    }
-    if offsets.count() == 0 {
-        return Ok(None);
-    }
-    let group = consumer.group_metadata().ok_or(RuntimeError::NoGroupMetadata)?;
-    Ok(Some((offsets, group)))
 }

@@ -8,23 +8,25 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use bytes::Bytes;
 use state::store::encode_state;
 use state::{
-    decide, fire_timer, CommandEnvelope, Decision, OrderState, OrderStore, OrderUpdate, OutboxEntry, Rules, StoreBatch,
-    StoreError, StoreOptions, Timer, TimerQueue,
+    decide, decide_in_place, fire_timer_in_place, CommandEnvelope, Decision, OrderState, OrderStore, OrderUpdate,
+    OutboxEntry, Rules, StoreBatch, StoreError, StoreOptions, Timer, TimerQueue,
 };
 
 /// What the task decided for one command or timer: the update to emit and the new state to
 /// write to the changelog.
 pub struct Output {
     pub update: OrderUpdate,
-    /// The state's changelog record value (JSON), encoded once for Kafka and RocksDB.
-    pub state: Vec<u8>,
+    /// The state's changelog record value ([`state::encoding`]), encoded once for Kafka and
+    /// RocksDB.
+    pub state: Bytes,
 }
 
 struct Pending {
     state: OrderState,
-    encoded: Vec<u8>,
+    encoded: Bytes,
     /// The timer of the committed state this one replaces, for the store's timer index.
     committed_timer: Option<Timer>,
 }
@@ -43,6 +45,10 @@ pub struct Task {
     outbox_in_txn: Vec<u64>,
     /// Changelog records this task produced in the open transaction.
     changelog_records: usize,
+    /// Committed states of the orders of the batch being processed, read at once by
+    /// [`Task::prefetch`]; each is taken by the first command of its order, and what is left is
+    /// dropped at the end of the batch ([`Task::end_batch`]).
+    prefetched: HashMap<String, Option<OrderState>>,
 }
 
 /// What a command read from `orders` produced, in the order it goes out.
@@ -87,6 +93,7 @@ impl Task {
             outbox,
             outbox_in_txn: Vec::new(),
             changelog_records: 0,
+            prefetched: HashMap::new(),
         })
     }
 
@@ -94,9 +101,35 @@ impl Task {
         &self.store
     }
 
+    /// Reads the committed states of the orders of a batch of records at once (`keys`: the
+    /// records' keys, the order ids), so that processing them does not look each one up alone.
+    /// Orders with writes in the open transaction are skipped: the write-back cache has them.
+    pub fn prefetch<'k>(&mut self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<(), StoreError> {
+        let mut ids: Vec<&str> = keys
+            .into_iter()
+            .filter_map(|k| std::str::from_utf8(k).ok())
+            .filter(|id| !self.pending.contains_key(*id) && !self.prefetched.contains_key(*id))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let states = self.store.get_many(&ids)?;
+        self.prefetched.extend(ids.into_iter().map(str::to_string).zip(states));
+        Ok(())
+    }
+
+    /// Drops what [`Task::prefetch`] read and no record took: the committed state may change
+    /// between batches (a decision over HTTP, a restore, a commit).
+    pub fn end_batch(&mut self) {
+        self.prefetched.clear();
+    }
+
     /// Reloads the timer queue and the outbox from the store (after a restore changed them
     /// underneath).
     pub fn reload(&mut self) -> Result<(), StoreError> {
+        self.prefetched.clear();
         self.timers = TimerQueue::from_entries(self.store.timers()?);
         self.outbox = self.store.outbox()?.into_iter().collect();
         Ok(())
@@ -119,6 +152,7 @@ impl Task {
         if self.pending.contains_key(&envelope.order_id) {
             return Ok(Direct::Busy);
         }
+        self.prefetched.remove(&envelope.order_id);
         let current = self.store.get(&envelope.order_id)?;
         let old_timer = current.as_ref().and_then(|s| s.timer);
         let Decision::Update { state, update } = decide(current.as_ref(), envelope, rules, now_ms) else {
@@ -150,7 +184,7 @@ impl Task {
             self.outbox_in_txn.push(seq);
             let Some(entry) = self.outbox.get(&seq) else { continue };
             if !entry.superseded {
-                out.push(Output { update: entry.update.clone(), state: encode_state(&entry.state)? });
+                out.push(Output { update: entry.update.clone(), state: Bytes::from(encode_state(&entry.state)?) });
                 self.changelog_records += 1;
                 continue;
             }
@@ -187,7 +221,33 @@ impl Task {
         self.timers.len()
     }
 
-    /// The order's state as the open transaction sees it, and the timer of its committed state.
+    /// Records a decision in the open transaction: the new state goes to the write-back cache
+    /// (encoded once, for the changelog and for RocksDB), its timer to the queue.
+    fn take(
+        &mut self,
+        state: OrderState,
+        update: OrderUpdate,
+        previous_timer: Option<Timer>,
+        committed_timer: Option<Timer>,
+    ) -> Result<Output, StoreError> {
+        let encoded = Bytes::from(encode_state(&state)?);
+        self.changelog_records += 1;
+        self.timers.replace(&state.order_id, previous_timer, state.timer);
+        let output = Output { update, state: encoded.clone() };
+        match self.pending.get_mut(&state.order_id) {
+            Some(pending) => {
+                pending.state = state;
+                pending.encoded = encoded;
+            }
+            None => {
+                self.pending.insert(state.order_id.clone(), Pending { state, encoded, committed_timer });
+            }
+        }
+        Ok(output)
+    }
+
+    /// The order's state as the open transaction sees it (a copy only when the write-back cache
+    /// holds it; a committed state is decoded fresh), and the timer of its committed state.
     fn current(&self, order_id: &str) -> Result<(Option<OrderState>, Option<Timer>), StoreError> {
         match self.pending.get(order_id) {
             Some(p) => Ok((Some(p.state.clone()), p.committed_timer)),
@@ -197,20 +257,6 @@ impl Task {
                 Ok((committed, timer))
             }
         }
-    }
-
-    fn take(
-        &mut self,
-        decision: Decision,
-        previous_timer: Option<Timer>,
-        committed_timer: Option<Timer>,
-    ) -> Result<Option<Output>, StoreError> {
-        let Decision::Update { state, update } = decision else { return Ok(None) };
-        let encoded = encode_state(&state)?;
-        self.changelog_records += 1;
-        self.timers.replace(&state.order_id, previous_timer, state.timer);
-        self.pending.insert(state.order_id.clone(), Pending { state, encoded: encoded.clone(), committed_timer });
-        Ok(Some(Output { update, state: encoded }))
     }
 
     /// Runs a command through the state machine, in the open transaction. Decisions taken over
@@ -223,10 +269,31 @@ impl Task {
     }
 
     fn decide(&mut self, envelope: &CommandEnvelope, rules: &Rules, now_ms: u64) -> Result<Option<Output>, StoreError> {
-        let (current, committed_timer) = self.current(&envelope.order_id)?;
-        let previous_timer = current.as_ref().and_then(|s| s.timer);
-        let decision = decide(current.as_ref(), envelope, rules, now_ms);
-        self.take(decision, previous_timer, committed_timer)
+        // In the write-back cache: decided in place there (the machine leaves a state it does
+        // not change as it was).
+        if let Some(pending) = self.pending.get_mut(&envelope.order_id) {
+            let previous_timer = pending.state.timer;
+            let mut state = std::mem::replace(&mut pending.state, OrderState::new(String::new()));
+            let update = decide_in_place(&mut state, envelope, rules, now_ms);
+            let committed_timer = pending.committed_timer;
+            return match update {
+                Some(update) => self.take(state, update, previous_timer, committed_timer).map(Some),
+                None => {
+                    pending.state = state;
+                    Ok(None)
+                }
+            };
+        }
+        let committed = match self.prefetched.remove(&envelope.order_id) {
+            Some(prefetched) => prefetched,
+            None => self.store.get(&envelope.order_id)?,
+        };
+        let committed_timer = committed.as_ref().and_then(|s| s.timer);
+        let mut state = committed.unwrap_or_else(|| OrderState::new(envelope.order_id.clone()));
+        match decide_in_place(&mut state, envelope, rules, now_ms) {
+            Some(update) => self.take(state, update, committed_timer, committed_timer).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Fires the timers due at `now_ms` (the task's punctuation), after the decisions taken over
@@ -239,9 +306,10 @@ impl Task {
         }
         out.extend(self.drain_outbox(rules, now_ms)?);
         for order_id in due {
-            let (Some(state), committed_timer) = self.current(&order_id)? else { continue };
-            if let Some(output) = self.take(fire_timer(&state, rules, now_ms), state.timer, committed_timer)? {
-                out.push(output);
+            let (Some(mut state), committed_timer) = self.current(&order_id)? else { continue };
+            let previous_timer = state.timer;
+            if let Some(update) = fire_timer_in_place(&mut state, rules, now_ms) {
+                out.push(self.take(state, update, previous_timer, committed_timer)?);
             }
         }
         Ok(out)
@@ -264,6 +332,7 @@ impl Task {
         let written = batch.len();
         self.store.write(batch)?;
         self.pending.clear();
+        self.prefetched.clear();
         self.changelog_records = 0;
         for seq in self.outbox_in_txn.drain(..) {
             self.outbox.remove(&seq);

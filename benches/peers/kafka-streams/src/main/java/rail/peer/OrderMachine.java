@@ -1,178 +1,203 @@
 package rail.peer;
 
-import com.fasterxml.jackson.databind.JsonNode;
-import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.node.ArrayNode;
-import com.fasterxml.jackson.databind.node.JsonNodeFactory;
-import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.util.Set;
+import rail.peer.Model.CancelOrder;
+import rail.peer.Model.Command;
+import rail.peer.Model.CommandEnvelope;
+import rail.peer.Model.OrderLine;
+import rail.peer.Model.OrderState;
+import rail.peer.Model.OrderStatus;
+import rail.peer.Model.OrderUpdate;
+import rail.peer.Model.Outcome;
+import rail.peer.Model.PlaceOrder;
+import rail.peer.Model.Timer;
+import rail.peer.Model.TimerKind;
+import rail.peer.Model.Trigger;
 
 /**
- * dev-materiels' state machine (state/src/order.rs), in Java, on the same JSON: commands as on
- * `orders`, updates as on `order-updates`. The state is a JSON object like the Rust store's.
+ * dev-materiels' state machine, {@code state/src/order.rs}, in Java: the same checks in the same
+ * order, the same reasons word for word, the same versions. Pure: no clock, no I/O; the caller
+ * passes the processing time in.
  */
 final class OrderMachine {
-    static final ObjectMapper JSON = new ObjectMapper();
-    private static final JsonNodeFactory NODES = JsonNodeFactory.instance;
+    /** {@code SCHEMA_VERSION}. */
     static final int SCHEMA_VERSION = 1;
+    /** {@code MAX_LINES}. */
     static final int MAX_LINES = 50;
+    /** {@code QUANTITY_RANGE}: 1..=999. */
+    static final long MIN_QUANTITY = 1;
+    static final long MAX_QUANTITY = 999;
+    /** {@code REMEMBERED_REFUSALS}: how many refused command ids an order remembers. */
+    static final int REMEMBERED_REFUSALS = 256;
+    /** {@code MAX_ID_LEN}, in UTF-8 bytes. */
     static final int MAX_ID_LEN = 128;
-    static final int REMEMBERED_COMMANDS = 256;
-    static final Set<String> CATALOGUE = Set.of(
+    /** {@code catalogue::DEFAULT_SKUS}. */
+    static final Set<String> DEFAULT_CATALOGUE = Set.of(
             "BRAKE-PAD-UIC", "BRAKE-DISC-640", "WHEELSET-BA004", "AXLE-BOX-BEARING", "BOGIE-SPRING-Y32",
             "COUPLER-UIC-520", "BUFFER-105MM", "PANTOGRAPH-STRIP", "DOOR-SEAL-1800", "WINDOW-PANE-LAM",
             "BERTH-MATTRESS-80", "BERTH-LADDER", "LINEN-SET-SINGLE", "LINEN-SET-DOUBLE", "WASHBASIN-TAP",
             "WC-VACUUM-VALVE", "HVAC-FILTER-G4", "LED-READING-LAMP", "BATTERY-110V-NICD", "FIRE-EXTINGUISHER-6L");
 
+    private final Set<String> catalogue;
     private final long prepareAfterMs;
     private final long shipAfterMs;
 
+    /** {@code Rules}, with the default catalogue. */
     OrderMachine(long prepareAfterMs, long shipAfterMs) {
+        this(DEFAULT_CATALOGUE, prepareAfterMs, shipAfterMs);
+    }
+
+    OrderMachine(Set<String> catalogue, long prepareAfterMs, long shipAfterMs) {
+        this.catalogue = catalogue;
         this.prepareAfterMs = prepareAfterMs;
         this.shipAfterMs = shipAfterMs;
     }
 
-    /** A new state and the update to emit; or nothing. */
-    record Decision(ObjectNode state, ObjectNode update) {}
-
-    /** Why a record is not a valid command, or null if it is one. */
-    static String invalid(String key, JsonNode c) {
-        if (c == null || !c.isObject()) return "malformed: not a JSON object";
-        if (c.path("schema_version").asInt(-1) != SCHEMA_VERSION) return "unsupported schema version";
-        for (String field : new String[] {"command_id", "order_id"}) {
-            JsonNode v = c.get(field);
-            if (v == null || !v.isTextual()) return "malformed: missing field " + field;
-            if (v.asText().isBlank()) return "empty field " + field;
-            if (v.asText().length() > MAX_ID_LEN) return "field too long: " + field;
+    /**
+     * {@code decide_in_place}: runs one command on {@code state} (for an order never seen, a
+     * {@code new OrderState(orderId)}). Returns the update, {@code state} having become the new
+     * state; or null, {@code state} being left exactly as it was.
+     */
+    OrderUpdate decideInPlace(OrderState state, CommandEnvelope envelope, long nowMs) {
+        if (state.hasSeen(envelope.commandId())) return null;
+        OrderStatus status = state.status;
+        Command command = envelope.command();
+        Step step;
+        if (command instanceof PlaceOrder place) {
+            if (status == null) {
+                String reason = checkOrder(place);
+                step = reason == null
+                        ? Step.to(OrderStatus.Accepted, null)
+                                .timer(new Timer(TimerKind.Prepare, saturatingAdd(nowMs, prepareAfterMs)))
+                                .placed(place)
+                        : Step.to(OrderStatus.Rejected, reason).placed(place);
+            } else {
+                // The same order placed again under a new command id: a client retry.
+                if (place.equals(state.placed)) return null;
+                step = Step.refuse("order already placed with different content");
+            }
+        } else if (command instanceof CancelOrder cancel) {
+            String refusal = statusRefusal(status, command);
+            step = refusal != null ? Step.refuse(refusal) : Step.to(OrderStatus.Cancelled, cancel.reason()).clearTimer();
+        } else {
+            String refusal = statusRefusal(status, command);
+            step = refusal != null ? Step.refuse(refusal) : Step.to(OrderStatus.Delivered, null);
         }
-        if (!c.path("issued_at_ms").canConvertToLong()) return "malformed: missing field issued_at_ms";
-        String type = c.path("command").path("type").asText("");
-        if (!Set.of("PlaceOrder", "CancelOrder", "ConfirmDelivery").contains(type)) return "malformed: unknown command " + type;
-        if (key != null && !key.equals(c.get("order_id").asText())) return "key mismatch";
-        return null;
+        return step.apply(state, Trigger.Command, envelope.commandId(), nowMs);
     }
 
-    static ObjectNode newState(String orderId) {
-        ObjectNode s = NODES.objectNode();
-        s.put("order_id", orderId);
-        s.put("version", 0);
-        s.putNull("status");
-        s.putNull("placed");
-        s.putArray("seen_commands");
-        s.putNull("timer");
-        return s;
-    }
-
-    private static boolean hasSeen(ObjectNode state, String commandId) {
-        for (JsonNode id : state.get("seen_commands")) {
-            if (id.asText().equals(commandId)) return true;
-        }
-        return false;
-    }
-
-    private static String checkOrder(JsonNode place) {
-        JsonNode lines = place.path("lines");
-        if (!lines.isArray() || lines.isEmpty()) return "order has no lines";
-        if (lines.size() > MAX_LINES) return "order has " + lines.size() + " lines, at most " + MAX_LINES + " are allowed";
-        int index = 0;
-        for (JsonNode line : lines) {
-            index++;
-            long q = line.path("quantity").asLong();
-            String sku = line.path("sku").asText();
-            if (q < 1 || q > 999) return "line " + index + " (" + sku + "): quantity " + q + " is outside 1..=999";
-            if (!CATALOGUE.contains(sku)) return "line " + index + ": unknown SKU \"" + sku + "\"";
-        }
-        return null;
-    }
-
-    private static String statusRefusal(String status, String type) {
-        if (type.equals("PlaceOrder")) return null;
+    /** {@code status_refusal}: why {@code command} does not fit an order in {@code status}, or null. */
+    static String statusRefusal(OrderStatus status, Command command) {
+        if (command instanceof PlaceOrder) return null;
         if (status == null) return "unknown order";
-        if (type.equals("CancelOrder")) {
-            return status.equals("Accepted") || status.equals("InPreparation") ? null : "cannot cancel an order that is " + status;
+        if (command instanceof CancelOrder) {
+            return status == OrderStatus.Accepted || status == OrderStatus.InPreparation
+                    ? null
+                    : "cannot cancel an order that is " + status.name();
         }
-        return status.equals("Shipped") ? null : "cannot confirm delivery of an order that is " + status;
+        return status == OrderStatus.Shipped ? null : "cannot confirm delivery of an order that is " + status.name();
     }
 
-    /** Runs one command; {@code state} is null for an order never seen. */
-    Decision decide(ObjectNode state, JsonNode command, long nowMs) {
-        String orderId = command.get("order_id").asText();
-        ObjectNode current = state == null ? newState(orderId) : state.deepCopy();
-        String commandId = command.get("command_id").asText();
-        if (hasSeen(current, commandId)) return null;
-        String status = current.get("status").isNull() ? null : current.get("status").asText();
-        JsonNode body = command.get("command");
-        String type = body.get("type").asText();
-        switch (type) {
-            case "PlaceOrder": {
-                ObjectNode place = body.deepCopy();
-                place.remove("type");
-                if (status == null) {
-                    String reason = checkOrder(place);
-                    current.set("placed", place);
-                    if (reason == null) {
-                        ObjectNode timer = NODES.objectNode().put("kind", "Prepare").put("due_ms", nowMs + prepareAfterMs);
-                        current.set("timer", timer);
-                        return apply(current, "Applied", "Accepted", null, "Command", commandId, nowMs);
-                    }
-                    return apply(current, "Applied", "Rejected", reason, "Command", commandId, nowMs);
-                }
-                if (current.get("placed").equals(place)) return null;
-                return apply(current, "Refused", null, "order already placed with different content", "Command", commandId, nowMs);
-            }
-            case "CancelOrder": {
-                String refusal = statusRefusal(status, type);
-                if (refusal != null) return apply(current, "Refused", null, refusal, "Command", commandId, nowMs);
-                current.putNull("timer");
-                return apply(current, "Applied", "Cancelled", body.path("reason").asText(), "Command", commandId, nowMs);
-            }
-            default: {
-                String refusal = statusRefusal(status, type);
-                if (refusal != null) return apply(current, "Refused", null, refusal, "Command", commandId, nowMs);
-                return apply(current, "Applied", "Delivered", null, "Command", commandId, nowMs);
-            }
+    /**
+     * {@code fire_timer_in_place}: fires the order's timer if it is due and still applies. Returns
+     * the update, {@code state} having become the new state; or null, {@code state} unchanged.
+     */
+    OrderUpdate fireTimerInPlace(OrderState state, long nowMs) {
+        Timer timer = state.timer;
+        if (timer == null || Long.compareUnsigned(timer.dueMs(), nowMs) > 0) return null;
+        Step step;
+        if (timer.kind() == TimerKind.Prepare && state.status == OrderStatus.Accepted) {
+            step = Step.to(OrderStatus.InPreparation, null).timer(new Timer(TimerKind.Ship, saturatingAdd(nowMs, shipAfterMs)));
+        } else if (timer.kind() == TimerKind.Ship && state.status == OrderStatus.InPreparation) {
+            step = Step.to(OrderStatus.Shipped, null).clearTimer();
+        } else {
+            // A timer left behind by a status that moved on: never happens, kept total as in Rust.
+            return null;
         }
+        return step.apply(state, timer.kind().trigger, null, nowMs);
     }
 
-    /** Fires the order's timer if it is due. */
-    Decision fire(ObjectNode state, long nowMs) {
-        JsonNode timer = state.get("timer");
-        if (timer == null || timer.isNull() || timer.get("due_ms").asLong() > nowMs) return null;
-        ObjectNode current = state.deepCopy();
-        String status = current.get("status").asText();
-        if (timer.get("kind").asText().equals("Prepare") && status.equals("Accepted")) {
-            current.set("timer", NODES.objectNode().put("kind", "Ship").put("due_ms", nowMs + shipAfterMs));
-            return apply(current, "Applied", "InPreparation", null, "PrepareTimer", null, nowMs);
-        }
-        if (timer.get("kind").asText().equals("Ship") && status.equals("InPreparation")) {
-            current.putNull("timer");
-            return apply(current, "Applied", "Shipped", null, "ShipTimer", null, nowMs);
+    /** {@code check_order}: the business checks of a new order; the reason it fails them, or null. */
+    String checkOrder(PlaceOrder place) {
+        int count = place.lines().size();
+        if (count == 0) return "order has no lines";
+        if (count > MAX_LINES) return "order has " + count + " lines, at most " + MAX_LINES + " are allowed";
+        for (int i = 0; i < count; i++) {
+            OrderLine line = place.lines().get(i);
+            if (line.quantity() < MIN_QUANTITY || line.quantity() > MAX_QUANTITY) {
+                return "line " + (i + 1) + " (" + line.sku() + "): quantity " + line.quantity() + " is outside "
+                        + MIN_QUANTITY + "..=" + MAX_QUANTITY;
+            }
+            if (!catalogue.contains(line.sku())) {
+                return "line " + (i + 1) + ": unknown SKU " + RustDebug.string(line.sku());
+            }
         }
         return null;
     }
 
-    private static Decision apply(
-            ObjectNode state, String outcome, String newStatus, String reason, String trigger, String commandId, long nowMs) {
-        JsonNode previous = state.get("status");
-        if (newStatus != null) state.put("status", newStatus);
-        if (commandId != null) {
-            ArrayNode seen = (ArrayNode) state.get("seen_commands");
-            if (seen.size() >= REMEMBERED_COMMANDS) seen.remove(0);
-            seen.add(commandId);
+    /** {@code u64::saturating_add}, on the 64 bits of {@code a} and {@code b} read as unsigned. */
+    static long saturatingAdd(long a, long b) {
+        long sum = a + b;
+        return Long.compareUnsigned(sum, a) < 0 ? -1L /* u64::MAX */ : sum;
+    }
+
+    /** {@code Step}: one step of the machine, before it is stamped with a version. */
+    private static final class Step {
+        final Outcome outcome;
+        final OrderStatus status;
+        final String reason;
+        boolean setsTimer;
+        Timer timer;
+        PlaceOrder placed;
+
+        private Step(Outcome outcome, OrderStatus status, String reason) {
+            this.outcome = outcome;
+            this.status = status;
+            this.reason = reason;
         }
-        long version = state.get("version").asLong() + 1;
-        state.put("version", version);
-        ObjectNode update = NODES.objectNode();
-        update.put("schema_version", SCHEMA_VERSION);
-        update.put("order_id", state.get("order_id").asText());
-        update.put("version", version);
-        update.set("status", state.get("status"));
-        update.set("previous_status", previous);
-        update.put("outcome", outcome);
-        if (reason == null) update.putNull("reason"); else update.put("reason", reason);
-        update.put("trigger", trigger);
-        if (commandId == null) update.putNull("command_id"); else update.put("command_id", commandId);
-        update.put("timestamp_ms", nowMs);
-        return new Decision(state, update);
+
+        static Step to(OrderStatus status, String reason) {
+            return new Step(Outcome.Applied, status, reason);
+        }
+
+        static Step refuse(String reason) {
+            return new Step(Outcome.Refused, null, reason);
+        }
+
+        Step timer(Timer timer) {
+            this.setsTimer = true;
+            this.timer = timer;
+            return this;
+        }
+
+        Step clearTimer() {
+            this.setsTimer = true;
+            this.timer = null;
+            return this;
+        }
+
+        Step placed(PlaceOrder place) {
+            this.placed = place;
+            return this;
+        }
+
+        /** {@code Step::apply}: changes {@code state} and returns the update with its next version. */
+        OrderUpdate apply(OrderState state, Trigger trigger, String commandId, long nowMs) {
+            OrderStatus previousStatus = state.status;
+            if (status != null) state.status = status;
+            if (setsTimer) state.timer = timer;
+            if (placed != null) state.placed = placed;
+            if (commandId != null) {
+                if (outcome == Outcome.Applied) {
+                    state.appliedCommands.add(commandId);
+                } else {
+                    if (state.refusedCommands.size() >= REMEMBERED_REFUSALS) state.refusedCommands.removeFirst();
+                    state.refusedCommands.addLast(commandId);
+                }
+            }
+            state.version += 1;
+            return new OrderUpdate(SCHEMA_VERSION, state.orderId, state.version, state.status, previousStatus, outcome, reason,
+                    trigger, commandId, nowMs);
+        }
     }
 }
