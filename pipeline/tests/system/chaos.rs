@@ -29,7 +29,7 @@
 //!
 //! ```text
 //! CHAOS_SEED=7 CHAOS_SECONDS=900 CHAOS_MIN_KILLS=100 \
-//!   cargo test --release -p pipeline --test chaos -- --nocapture
+//!   cargo test --release -p pipeline --test system chaos -- --nocapture
 //! ```
 
 use std::collections::{HashMap, HashSet, VecDeque};

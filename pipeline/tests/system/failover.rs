@@ -8,7 +8,7 @@
 //! `FAILOVER_ORDERS` sets N (default 20,000; the figures in docs/failover.md use 1,000,000):
 //!
 //! ```text
-//! FAILOVER_ORDERS=1000000 cargo test --release -p pipeline --test failover -- --nocapture
+//! FAILOVER_ORDERS=1000000 cargo test --release -p pipeline --test system failover -- --nocapture
 //! ```
 //!
 //! It checks that the survivor's restore read far fewer records with standby copies, and that
