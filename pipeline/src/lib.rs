@@ -7,6 +7,8 @@
 //! - `wagon-lits/`: the command sender, the view, the API and the operations page.
 //!
 //! This library holds [`workload`]: reproducible order traffic for the demo, the tests and the
-//! benches.
+//! benches; and [`check`]: `order-updates` read back and checked for exactly-once, by the demo and
+//! the end-to-end bench.
 
+pub mod check;
 pub mod workload;

@@ -42,6 +42,7 @@ use comfy_table::Table;
 use engine::admin::ensure_topics;
 use engine::kafka::KafkaArgs;
 use kafka_harness::{Cluster, ClusterConfig};
+use pipeline::check::{read_to_end, UpdateCheck};
 use pipeline::workload::{Mix, Workload};
 use rail_benches::now_ms;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -745,11 +746,11 @@ struct Check {
 /// Reads all of `updates` (read_committed), once the writers are stopped, and checks it against
 /// what was `sent`.
 ///
-/// With a state machine (`machine`), each order's updates must carry versions 1, 2, 3… in topic
-/// order (a version seen twice is a duplicate, any other jump is out of order), no command id may
-/// be decided twice, and every order placed must have at least one update (else it is missing).
-/// Whether a given command moves its order depends on when it was read (a confirmation before
-/// shipping is refused): the system tests' oracle checks decisions, this check checks delivery.
+/// With a state machine (`machine`), [`UpdateCheck`]: each order's updates carry versions 1,
+/// 2, 3… in topic order (a version seen again, or a command id decided twice, is a duplicate; a
+/// jump is out of order), and every order placed has updates (else it is missing). Whether a
+/// given command moves its order depends on when it was read (a confirmation before shipping is
+/// refused): the system tests' oracle checks decisions, this check checks delivery.
 ///
 /// Without one (the pass-through), each order gets exactly one record per command sent for it.
 fn check_exactly_once(
@@ -758,85 +759,38 @@ fn check_exactly_once(
     sent: &[state::CommandEnvelope],
     machine: bool,
 ) -> anyhow::Result<Check> {
-    let mut config = kafka.base();
-    config.set("group.id", "e2e-check").set("enable.auto.commit", "false").set("isolation.level", "read_committed");
-    let consumer: BaseConsumer = kafka.finish(config).create()?;
-    let metadata = consumer.fetch_metadata(Some(updates), Duration::from_secs(10))?;
-    let mut ends = HashMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (_, high) = consumer.fetch_watermarks(updates, p.id(), Duration::from_secs(10))?;
-        ends.insert(p.id(), high);
-        tpl.add_partition_offset(updates, p.id(), Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    // Per order: records seen, the last version, the command ids decided.
-    #[derive(Default)]
-    struct Seen {
-        records: usize,
-        version: u64,
-        commands: std::collections::HashSet<String>,
-    }
-    let mut seen: HashMap<Vec<u8>, Seen> = HashMap::new();
-    let (mut duplicated, mut out_of_order) = (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let reached = consumer.position()?.elements().iter().all(|e| match e.offset() {
-            Offset::Offset(o) => o >= ends.get(&e.partition()).copied().unwrap_or(0),
-            _ => ends.get(&e.partition()).copied().unwrap_or(0) == 0,
-        });
-        if reached {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("reading {updates} did not reach its end");
-        }
-        let m = match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => m,
-            Some(Err(err)) => bail!("reading {updates}: {err}"),
-            None => continue,
-        };
-        let order = seen.entry(m.key().unwrap_or_default().to_vec()).or_default();
-        order.records += 1;
-        if !machine {
-            continue;
-        }
-        let update: state::OrderUpdate = serde_json::from_slice(m.payload().unwrap_or_default())
-            .with_context(|| format!("an update on {updates} does not read"))?;
-        if update.version <= order.version {
-            duplicated += 1;
-            continue;
-        }
-        if update.version != order.version + 1 {
-            out_of_order += 1;
-        }
-        order.version = update.version;
-        if let Some(id) = update.command_id {
-            if !order.commands.insert(id) {
-                duplicated += 1;
-            }
-        }
-    }
-    let mut missing = 0;
+    let timeout = Duration::from_secs(600);
     if machine {
-        let placed: std::collections::HashSet<&str> = sent
-            .iter()
-            .filter(|c| matches!(c.command, state::Command::PlaceOrder(_)))
-            .map(|c| c.order_id.as_str())
-            .collect();
-        missing = placed.iter().filter(|id| !seen.contains_key(id.as_bytes())).count();
-    } else {
-        let mut expected: HashMap<&str, usize> = HashMap::new();
-        for c in sent {
-            *expected.entry(c.order_id.as_str()).or_default() += 1;
-        }
-        for (id, n) in expected {
-            let got = seen.get(id.as_bytes()).map_or(0, |s| s.records);
-            missing += n.saturating_sub(got);
-            duplicated += got.saturating_sub(n);
-        }
+        let mut check = UpdateCheck::new();
+        read_to_end(kafka, updates, "e2e-check", timeout, |m| {
+            let update: state::OrderUpdate = serde_json::from_slice(m.payload().unwrap_or_default())
+                .with_context(|| format!("an update on {updates} does not read"))?;
+            check.record(update);
+            Ok(())
+        })?;
+        check.finish(sent);
+        return Ok(Check {
+            missing: check.orders_without_updates,
+            duplicated: check.repeated_versions + check.repeated_commands,
+            out_of_order: check.skipped_versions,
+        });
     }
-    Ok(Check { missing, duplicated, out_of_order })
+    let mut records: HashMap<Vec<u8>, usize> = HashMap::new();
+    read_to_end(kafka, updates, "e2e-check", timeout, |m| {
+        *records.entry(m.key().unwrap_or_default().to_vec()).or_default() += 1;
+        Ok(())
+    })?;
+    let mut expected: HashMap<&str, usize> = HashMap::new();
+    for c in sent {
+        *expected.entry(c.order_id.as_str()).or_default() += 1;
+    }
+    let (mut missing, mut duplicated) = (0, 0);
+    for (id, n) in expected {
+        let got = records.get(id.as_bytes()).copied().unwrap_or(0);
+        missing += n.saturating_sub(got);
+        duplicated += got.saturating_sub(n);
+    }
+    Ok(Check { missing, duplicated, out_of_order: 0 })
 }
 
 fn print_table(args: &Args, outcomes: &[Outcome]) {

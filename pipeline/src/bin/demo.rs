@@ -7,7 +7,7 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,12 +20,10 @@ use dev_materiels::DevMaterielsArgs;
 use engine::kafka::KafkaArgs;
 use engine::logging::{self, LogFormat};
 use indicatif::{ProgressBar, ProgressStyle};
+use pipeline::check::{read_to_end, UpdateCheck};
 use pipeline::workload::{Mix, Workload};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::{Offset, TopicPartitionList};
 use state::{CommandEnvelope, OrderStatus, OrderUpdate, StoreOptions, ViewStore};
 use wagon_lits::{CommandProducer, Materialiser, ViewConfig};
 use wire::topics::changelog_name as changelog_topic;
@@ -251,7 +249,7 @@ fn run(args: &DemoArgs) -> anyhow::Result<()> {
         Kafka::Mock { .. } => println!("Exactly-once is not checked on the mock cluster (it ignores read_committed)."),
         Kafka::Started { .. } | Kafka::Cluster => {
             let check = check_exactly_once(&kafka, &topics.updates_topic, &report)?;
-            println!("{}", check.summary());
+            println!("{}", summary(&check));
             if !check.holds() {
                 bail!("the exactly-once check failed: {:#?}", check.examples);
             }
@@ -391,125 +389,38 @@ fn drive(args: &DemoArgs, run_id: &str, producer: &CommandProducer, view: &ViewS
     Ok(Report { missing: missing.len().max(absent) + undelivered.len(), ids, commands })
 }
 
-/// What `order-updates` says about the orders of this run.
-struct ExactlyOnce {
-    updates: usize,
-    orders: usize,
-    /// (order, version) seen more than once, or skipped below the highest.
-    repeated_versions: usize,
-    skipped_versions: usize,
-    /// Command ids on more than one update.
-    repeated_commands: usize,
-    /// Commands sent whose id no update carries, though the order took them (placements of
-    /// orders with no update).
-    orders_without_updates: usize,
-    examples: Vec<String>,
-}
-
-impl ExactlyOnce {
-    fn holds(&self) -> bool {
-        self.repeated_versions == 0
-            && self.skipped_versions == 0
-            && self.repeated_commands == 0
-            && self.orders_without_updates == 0
-    }
-
-    fn summary(&self) -> String {
-        let yes = |ok: bool| if ok { "yes" } else { "NO" };
-        format!(
-            "Exactly-once check, reading order-updates back with read_committed: {} updates for {} orders; every order's \
-             versions 1..n, none repeated or skipped: {} ({} repeated, {} skipped); every command id on at most one \
-             update: {} ({} on several); every order placed has its updates: {}.",
-            self.updates,
-            self.orders,
-            yes(self.repeated_versions == 0 && self.skipped_versions == 0),
-            self.repeated_versions,
-            self.skipped_versions,
-            yes(self.repeated_commands == 0),
-            self.repeated_commands,
-            yes(self.orders_without_updates == 0),
-        )
-    }
+/// The line the demo prints about exactly-once.
+fn summary(check: &UpdateCheck) -> String {
+    let yes = |ok: bool| if ok { "yes" } else { "NO" };
+    format!(
+        "Exactly-once check, reading order-updates back with read_committed: {} updates for {} orders; every order's \
+         versions 1..n, none repeated or skipped: {} ({} repeated, {} skipped); every command id on at most one \
+         update: {} ({} on several); every order placed has its updates: {}.",
+        check.updates,
+        check.orders(),
+        yes(check.repeated_versions == 0 && check.skipped_versions == 0),
+        check.repeated_versions,
+        check.skipped_versions,
+        yes(check.repeated_commands == 0),
+        check.repeated_commands,
+        yes(check.orders_without_updates == 0),
+    )
 }
 
 /// Reads `order-updates` from its beginning to its end, committed records only, and checks the
 /// updates of this run's orders.
-fn check_exactly_once(kafka: &KafkaArgs, topic: &str, report: &Report) -> anyhow::Result<ExactlyOnce> {
-    let mut config = kafka.base();
-    config
-        .set("group.id", "demo-check")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = kafka.finish(config).create().context("creating the reader")?;
-    let partitions = engine::admin::partition_count(kafka, topic, Duration::from_secs(30))?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+fn check_exactly_once(kafka: &KafkaArgs, topic: &str, report: &Report) -> anyhow::Result<UpdateCheck> {
     let ours: HashSet<&str> = report.ids.iter().map(String::as_str).collect();
-    let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let mut commands: HashMap<String, usize> = HashMap::new();
-    let mut updates = 0;
-    let mut at_end = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while at_end.len() < partitions as usize {
-        if Instant::now() > deadline {
-            bail!("reading {topic} did not reach its end in 120 s");
+    let mut check = UpdateCheck::new();
+    read_to_end(kafka, topic, "demo-check", Duration::from_secs(120), |message| {
+        let update: OrderUpdate = serde_json::from_slice(message.payload().unwrap_or_default())
+            .with_context(|| format!("an update at offset {} of {topic}", message.offset()))?;
+        if ours.contains(update.order_id.as_str()) {
+            check.record(update);
         }
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(message)) => {
-                let update: OrderUpdate = serde_json::from_slice(message.payload().unwrap_or_default())
-                    .with_context(|| format!("an update at offset {} of {topic}", message.offset()))?;
-                if !ours.contains(update.order_id.as_str()) {
-                    continue;
-                }
-                updates += 1;
-                versions.entry(update.order_id.clone()).or_default().push(update.version);
-                if let Some(id) = update.command_id {
-                    *commands.entry(id).or_default() += 1;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            Some(Err(err)) => return Err(err).context(format!("reading {topic}")),
-            None => {}
-        }
-    }
-    let mut check = ExactlyOnce {
-        updates,
-        orders: versions.len(),
-        repeated_versions: 0,
-        skipped_versions: 0,
-        repeated_commands: commands.values().filter(|n| **n > 1).count(),
-        orders_without_updates: 0,
-        examples: Vec::new(),
-    };
-    for (order, seen) in &versions {
-        let mut sorted = seen.clone();
-        sorted.sort_unstable();
-        let distinct: Vec<u64> = {
-            let mut d = sorted.clone();
-            d.dedup();
-            d
-        };
-        check.repeated_versions += sorted.len() - distinct.len();
-        let highest = distinct.last().copied().unwrap_or(0);
-        let skipped = highest as usize - distinct.len();
-        check.skipped_versions += skipped;
-        if (sorted.len() != distinct.len() || skipped > 0) && check.examples.len() < 10 {
-            check.examples.push(format!("{order}: versions {seen:?}"));
-        }
-    }
-    let placed: HashSet<&str> = report
-        .commands
-        .iter()
-        .filter(|c| matches!(c.command, state::Command::PlaceOrder(_)))
-        .map(|c| c.order_id.as_str())
-        .collect();
-    check.orders_without_updates = placed.iter().filter(|id| !versions.contains_key(**id)).count();
+        Ok(())
+    })?;
+    check.finish(&report.commands);
     Ok(check)
 }
 
