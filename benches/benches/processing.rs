@@ -79,12 +79,14 @@ fn processing(c: &mut Criterion) {
                         done += 1;
                         if done % PER_COMMIT == 0 {
                             position += PER_COMMIT as i64;
+                            task.seal();
                             task.flush(Some(position)).expect("flush");
                         }
                     }
                     task.end_batch();
                 }
                 position += 1;
+                task.seal();
                 task.flush(Some(position)).expect("flush");
                 bytes
             },

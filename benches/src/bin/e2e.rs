@@ -444,7 +444,8 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
                 .args(["--commit-interval-ms", &commit, "--prepare-after-ms", &prepare, "--ship-after-ms", &ship])
                 .arg("--state-dir")
                 .arg(dir.join("dev-materiels"))
-                .env("RUST_LOG", "warn");
+                // E2E_RUST_LOG: dev-materiels' log filter, for a diagnosis (`warn` otherwise).
+                .env("RUST_LOG", std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "warn".into()));
             c
         }
         "passthrough" => {

@@ -79,6 +79,12 @@ pub struct DevMaterielsArgs {
     /// (or, stuck in the commit itself, the process stops for a restart to resolve it).
     #[arg(long, env = "TRANSACTION_CALL_STUCK_AFTER_MS", default_value_t = runtime::STUCK_CALL_AFTER.as_millis() as u64)]
     pub transaction_call_stuck_after_ms: u64,
+    /// Overlapped commits: the stream thread opens the next transaction on a second
+    /// transactional producer (`<application id>-<instance id>#1`) while the previous one
+    /// commits, instead of taking no record until it has. Order and fencing are kept (see
+    /// docs/architecture.md).
+    #[arg(long, env = "OVERLAP_COMMITS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub overlap_commits: bool,
 }
 
 impl DevMaterielsArgs {
@@ -107,6 +113,7 @@ impl DevMaterielsArgs {
             create_topics: self.create_topics,
             standby: self.standby,
             stuck_call_after: Duration::from_millis(self.transaction_call_stuck_after_ms),
+            overlap_commits: self.overlap_commits,
         })
     }
 }

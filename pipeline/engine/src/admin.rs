@@ -88,14 +88,22 @@ pub fn partition_count(kafka: &KafkaArgs, topic: &str, timeout: Duration) -> Res
     let consumer: BaseConsumer = kafka.finish(kafka.base()).create()?;
     let start = std::time::Instant::now();
     loop {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
-            if t.error().is_none() && !t.partitions().is_empty() {
-                return Ok(t.partitions().len() as i32);
+        // A broker that does not answer (paused, restarting) fails one call; another broker may
+        // answer the next, within `timeout` (the chaos runner saw dev-materiels exit at start-up
+        // on one such call while a broker of three was paused).
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            Ok(metadata) => {
+                if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
+                    if t.error().is_none() && !t.partitions().is_empty() {
+                        return Ok(t.partitions().len() as i32);
+                    }
+                }
+                if start.elapsed() > timeout {
+                    return Err(TopicError::Missing(topic.to_string()));
+                }
             }
-        }
-        if start.elapsed() > timeout {
-            return Err(TopicError::Missing(topic.to_string()));
+            Err(err) if start.elapsed() > timeout => return Err(err.into()),
+            Err(err) => tracing::warn!(topic, error = %err, "reading the topic's metadata failed; trying again"),
         }
         std::thread::sleep(Duration::from_millis(200));
     }

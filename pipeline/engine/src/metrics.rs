@@ -18,6 +18,7 @@
 //! | `rail_assignments_total`, `rail_assigned{partition}` | assignments received; 1 for each partition of the last one |
 //! | `rail_standby_partitions`, `rail_standby_records_total` | standby copies |
 //! | `rail_producers_replaced_total` | transactional producers replaced (fenced, stuck) |
+//! | `rail_records_during_commit_total` | records taken while the previous transaction committed (overlapped commits) |
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -150,6 +151,8 @@ pub struct StreamMetrics {
     pub standby_partitions: Gauge,
     /// Transactional producers replaced after a fatal error or a stuck call.
     pub producers_replaced: Counter,
+    /// Records taken into a transaction while the previous one committed.
+    pub records_during_commit: Counter,
     /// Assignments received from the group.
     pub assignments: Counter,
     assigned: Family<Partition, Gauge>,
@@ -204,6 +207,7 @@ impl StreamMetrics {
             standby_records: Counter::default(),
             standby_partitions: Gauge::default(),
             producers_replaced: Counter::default(),
+            records_during_commit: Counter::default(),
             assignments: Counter::default(),
             assigned: Family::default(),
             restores: Family::default(),
@@ -251,6 +255,11 @@ impl StreamMetrics {
             "rail_producers_replaced",
             "Transactional producers replaced (fenced, or stuck in a call)",
             m.producers_replaced.clone(),
+        );
+        registry.register(
+            "rail_records_during_commit",
+            "Records taken into a transaction while the previous one committed (overlapped commits)",
+            m.records_during_commit.clone(),
         );
         registry.register("rail_assignments", "Assignments received from the consumer group", m.assignments.clone());
         registry.register("rail_assigned", "1 for each partition of the last assignment", m.assigned.clone());
@@ -360,6 +369,7 @@ impl StreamMetrics {
             standby_records: self.standby_records.get(),
             standby_partitions: gauge(&self.standby_partitions),
             producers_replaced: self.producers_replaced.get(),
+            records_during_commit: self.records_during_commit.get(),
             assignments: self.assignments.get(),
             assigned: seen.0,
             restores: seen.1,
@@ -398,6 +408,9 @@ pub struct StreamStats {
     pub standby_records: u64,
     pub standby_partitions: u64,
     pub producers_replaced: u64,
+    /// Records taken into a transaction while the previous one committed.
+    #[serde(default)]
+    pub records_during_commit: u64,
     pub assignments: u64,
     /// The partitions of the last assignment.
     pub assigned: Vec<i32>,

@@ -1,6 +1,6 @@
 //! The stream thread's Kafka clients, built in one place: the main consumer (the group member,
 //! `read_committed`), the restore consumer (no group: it assigns changelog partitions itself), and
-//! the transactional producer.
+//! the transactional producers.
 
 use std::sync::Arc;
 
@@ -65,10 +65,10 @@ pub fn standby_consumer(config: &StreamConfig) -> Result<BaseConsumer<RestoreCon
     config.kafka.finish(c).create_with_context(RestoreContext).context("creating the standby consumer")
 }
 
-fn producer_config(config: &StreamConfig) -> ClientConfig {
+fn producer_config(config: &StreamConfig, transactional_id: &str) -> ClientConfig {
     let mut p = config.kafka.base();
-    p.set("transactional.id", config.transactional_id())
-        .set("client.id", format!("{}-producer", config.transactional_id()))
+    p.set("transactional.id", transactional_id)
+        .set("client.id", format!("{transactional_id}-producer"))
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -79,11 +79,25 @@ fn producer_config(config: &StreamConfig) -> ClientConfig {
     config.kafka.finish(p)
 }
 
-/// The transactional producer, initialised: fences any previous incarnation with the same
-/// transactional id and aborts what it left open.
-pub fn transactional_producer(config: &StreamConfig) -> Result<Arc<KafkaProducer>, RuntimeError> {
-    let producer = KafkaProducer::create(&producer_config(config), &config.changelog_topic())
-        .context("creating the transactional producer")?;
-    producer.init(KAFKA_CALL_TIMEOUT).context("initialising transactions")?;
+/// The transactional producer of `slot` ([`StreamConfig::transactional_id_of`]), initialised:
+/// fences any previous incarnation with the same transactional id and aborts what it left open.
+pub fn transactional_producer(config: &StreamConfig, slot: usize) -> Result<Arc<KafkaProducer>, RuntimeError> {
+    let id = config.transactional_id_of(slot);
+    let producer = KafkaProducer::create(&producer_config(config, &id), &config.changelog_topic())
+        .context(format!("creating the transactional producer {id}"))?;
+    producer.init(KAFKA_CALL_TIMEOUT).context(format!("initialising transactions of {id}"))?;
     Ok(Arc::new(producer))
+}
+
+/// The stream thread's transactional producers ([`StreamConfig::producer_slots`]). With commits
+/// not overlapped, the second transactional id is still initialised once, then let go: a
+/// transaction an earlier run left open on it is aborted now rather than holding the readers of
+/// its partitions until its timeout.
+pub fn transactional_producers(config: &StreamConfig) -> Result<Vec<Arc<KafkaProducer>>, RuntimeError> {
+    let producers =
+        (0..config.producer_slots()).map(|slot| transactional_producer(config, slot)).collect::<Result<Vec<_>, _>>()?;
+    if !config.overlap_commits {
+        drop(transactional_producer(config, 1)?);
+    }
+    Ok(producers)
 }

@@ -44,7 +44,7 @@ impl RecordCollector {
         &self.producer
     }
 
-    /// After a producer was replaced: the new one.
+    /// The producer of the transaction just opened (the producers take turns).
     pub fn replace_producer(&mut self, producer: Arc<KafkaProducer>) {
         self.producer = producer;
     }

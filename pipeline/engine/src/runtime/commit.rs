@@ -1,8 +1,11 @@
 //! The commit: every commit interval the stream thread fires the due timers (punctuation),
-//! hands the open transaction to the committer thread, and takes it one step further at each
-//! turn of its loop until it settles. Then, and only then, each task's write-back cache goes to
-//! RocksDB with its changelog position; after an abort, the caches are dropped and the consumer
-//! goes back to the transaction's first records.
+//! closes the open transaction (each task seals its write-back cache) and hands it to a committer
+//! thread, and takes it one step further at each turn of its loop until it settles. With
+//! overlapped commits the loop takes records into the next transaction meanwhile, on the other
+//! producer. Once Kafka has committed, and only then, each task's sealed cache goes to RocksDB
+//! with its changelog position; after an abort (which takes every later transaction with it), the
+//! caches are dropped and the consumer goes back to the first records the aborted transactions
+//! read.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,12 +21,17 @@ use super::{clients, KafkaContext, RuntimeError};
 use crate::kafka::KAFKA_CALL_TIMEOUT;
 
 impl Engine {
-    /// Every commit interval: fires due timers, publishes the outbox, commits. While a commit or
-    /// abort is under way, takes it one step further instead.
+    /// Takes a closed transaction one step further; then, every commit interval once nothing is
+    /// left settling: fires due timers, publishes the outbox, closes the open transaction.
     pub(super) fn maybe_commit(&mut self, consumer: &Consumer_) -> Result<(), RuntimeError> {
         if self.txns.is_settling() {
-            self.step(consumer, COMMIT_STEP)?;
-            return Ok(());
+            // While records go on into the next transaction, only look; otherwise wait a little
+            // for the committer.
+            let wait = if self.txns.accepts_records() { Duration::ZERO } else { COMMIT_STEP };
+            self.step(consumer, wait)?;
+            if self.txns.is_settling() {
+                return Ok(());
+            }
         }
         if self.last_commit.elapsed() < self.config.commit_interval {
             return Ok(());
@@ -33,8 +41,8 @@ impl Engine {
             self.begin()?;
         }
         if self.txns.is_open() {
-            self.txns.commit();
-            self.step(consumer, COMMIT_STEP)?;
+            self.close(consumer)?;
+            self.step(consumer, Duration::ZERO)?;
         } else {
             self.last_commit = Instant::now();
         }
@@ -47,6 +55,9 @@ impl Engine {
     /// found this: the same timer fired by the new owner and by the detached task, both
     /// committed.
     fn punctuate(&mut self) -> Result<(), RuntimeError> {
+        if !self.txns.accepts_records() {
+            return Ok(());
+        }
         let now = now_ms();
         let rules = &self.config.rules;
         let mut fired = Vec::new();
@@ -55,23 +66,48 @@ impl Engine {
                 fired.push((partition, output));
             }
         }
-        if fired.is_empty() {
+        if fired.is_empty() || !self.begin()? {
             return Ok(());
         }
-        self.begin()?;
         for (partition, output) in &fired {
             self.records.emit(*partition, output, None)?;
         }
         Ok(())
     }
 
-    /// Commits (or aborts) the open transaction, whatever its phase, waiting up to `timeout`.
-    /// Returns whether it settled.
+    /// Closes the open transaction, if the previous one has settled: it commits the consumed
+    /// offsets as they stand now, and each task seals what it wrote. Returns whether it closed.
+    fn close(&mut self, consumer: &Consumer_) -> Result<bool, RuntimeError> {
+        if !self.txns.may_close() {
+            return Ok(false);
+        }
+        let offsets = offsets_to_commit(consumer, &self.config.topics.orders_topic, &mut self.tasks)?;
+        for (_, task) in self.tasks.tasks_mut() {
+            task.seal();
+        }
+        self.txns.close(offsets);
+        tracing::debug!(since_last_close_ms = self.last_commit.elapsed().as_millis() as u64, "transaction closed");
+        if self.txns.overlapped() {
+            // The next transaction takes records from now: the next commit interval counts from
+            // here.
+            self.last_commit = Instant::now();
+        }
+        Ok(true)
+    }
+
+    /// Commits (or aborts) every transaction, the open one included, waiting up to `timeout`.
+    /// Returns whether they settled.
     pub(super) fn settle(&mut self, consumer: &Consumer_, timeout: Duration) -> Result<bool, RuntimeError> {
-        self.txns.commit();
         let deadline = Instant::now() + timeout;
         loop {
-            if self.step(consumer, COMMIT_STEP)? {
+            if !self.txns.is_settling() {
+                if !self.txns.is_open() {
+                    return Ok(true);
+                }
+                self.close(consumer)?;
+            }
+            self.step(consumer, COMMIT_STEP)?;
+            if !self.txns.is_settling() && !self.txns.is_open() {
                 return Ok(true);
             }
             if Instant::now() > deadline {
@@ -80,41 +116,34 @@ impl Engine {
         }
     }
 
-    /// Takes the settling transaction one step further, waiting at most `wait` for the committer
-    /// thread; returns whether nothing is left to settle.
-    fn step(&mut self, consumer: &Consumer_, wait: Duration) -> Result<bool, RuntimeError> {
-        let orders = self.config.topics.orders_topic.clone();
-        let tasks = &mut self.tasks;
-        let settled = self.txns.step(wait, || offsets_to_commit(consumer, &orders, tasks))?;
-        match settled {
-            Settled::Idle => Ok(true),
-            Settled::NotYet => Ok(false),
-            Settled::Committed { took, .. } => {
+    /// Takes the oldest closed transaction one step further, waiting at most `wait` for its
+    /// committer thread.
+    fn step(&mut self, consumer: &Consumer_, wait: Duration) -> Result<(), RuntimeError> {
+        match self.txns.step(wait)? {
+            Settled::Idle | Settled::NotYet => {}
+            Settled::Committed { txn, took } => {
                 self.metrics.commit_seconds.observe(took.as_secs_f64());
-                self.after_commit()?;
-                Ok(true)
+                self.after_commit(txn.slot)?;
             }
-            Settled::Aborted { txn, took } => {
+            Settled::Aborted { first_offsets, took } => {
                 self.metrics.abort_seconds.observe(took.as_secs_f64());
-                self.after_abort(consumer, &txn.first_offsets)?;
-                Ok(true)
+                self.after_abort(consumer, &first_offsets)?;
             }
-            Settled::ProducerLost { txn, reason } => {
-                tracing::error!(%reason, "the transactional producer cannot go on; its transaction is lost; starting a new producer");
-                self.after_abort(consumer, &txn.first_offsets)?;
-                let producer = clients::transactional_producer(&self.config)?;
-                self.txns.replace(Arc::clone(&producer))?;
-                self.records.replace_producer(Arc::clone(&producer));
-                self.producer = producer;
+            Settled::ProducerLost { slot, reason } => {
+                tracing::error!(%reason, slot, "a transactional producer cannot go on; its transaction is lost, and the ones after it are aborted; starting a new producer");
+                let producer = clients::transactional_producer(&self.config, slot)?;
+                self.txns.replace(slot, Arc::clone(&producer))?;
+                self.producers[slot] = producer;
                 self.metrics.producers_replaced.inc();
-                Ok(true)
             }
         }
+        Ok(())
     }
 
-    /// After Kafka committed: the write-back caches go to RocksDB with their changelog positions.
-    fn after_commit(&mut self) -> Result<(), RuntimeError> {
-        let acknowledged = self.producer.take_acknowledged();
+    /// After Kafka committed the transaction of producer `slot`: the sealed caches go to RocksDB
+    /// with their changelog positions.
+    fn after_commit(&mut self, slot: usize) -> Result<(), RuntimeError> {
+        let acknowledged = self.producers[slot].take_acknowledged();
         // The one moment at which Kafka is ahead of RocksDB: a crash here must cost a replay of
         // exactly what was missed (the crash test aborts the process at this fail point).
         fail::fail_point!("engine::after_commit", |_| {
@@ -125,21 +154,26 @@ impl Engine {
         });
         let published = flush_committed(self.tasks.tasks_mut(), &acknowledged)?;
         self.metrics.outbox_published.inc_by(published as u64);
-        // The next commit interval counts from here: the thread gets a full interval of records.
-        self.last_commit = Instant::now();
+        if !self.txns.overlapped() {
+            // The next commit interval counts from here: the thread gets a full interval of
+            // records.
+            self.last_commit = Instant::now();
+        }
         self.metrics.commits.inc();
         self.update_gauges();
         Ok(())
     }
 
-    /// After a transaction that did not commit: the caches are dropped and the consumer goes back
-    /// to the first record the transaction read on each partition it still runs.
+    /// After the transactions that did not commit aborted: the caches are dropped and the
+    /// consumer goes back to the first record they read on each partition it still runs.
     fn after_abort(
         &mut self,
         consumer: &Consumer_,
         first_offsets: &std::collections::BTreeMap<i32, i64>,
     ) -> Result<(), RuntimeError> {
-        self.producer.take_acknowledged();
+        for producer in &self.producers {
+            producer.take_acknowledged();
+        }
         self.metrics.aborts.inc();
         self.last_commit = Instant::now();
         for (_, task) in self.tasks.tasks_mut() {

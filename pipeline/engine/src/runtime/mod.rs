@@ -1,13 +1,15 @@
 //! The runtime that runs dev-materiels, in Kafka Streams' terms:
 //!
-//! - a **stream thread** ([`stream_thread`]) consumes `orders` in a consumer group and owns one
-//!   transactional producer ([`producer`], [`clients`]); its loop polls, processes, punctuates
-//!   and commits;
+//! - a **stream thread** ([`stream_thread`]) consumes `orders` in a consumer group and owns two
+//!   transactional producers ([`producer`], [`clients`]) that take turns, so that it keeps taking
+//!   records while the previous transaction commits; its loop polls, processes, punctuates and
+//!   commits;
 //! - the **task manager** ([`task_manager`]) holds each assigned partition's **task** ([`task`])
 //!   with its state (restoring, running, detached); a task runs the state machine over its
 //!   records, with its **state store** (RocksDB) and a write-back cache for the open transaction;
-//! - the open **transaction** and the committer thread that ends it ([`transaction`]); the
-//!   records it produces go through the **record collector** ([`collector`]);
+//! - the open **transaction**, the closed one committing meanwhile, and the committer threads that
+//!   end them ([`transaction`]); the records they produce go through the **record collector**
+//!   ([`collector`]);
 //! - each state change is also written to the store's **changelog** topic (compacted, one
 //!   partition per `orders` partition), from which a task is **restored** ([`restore`]) when it is
 //!   assigned ([`rebalance`]);
@@ -73,6 +75,9 @@ pub struct StreamConfig {
     /// A transactional call still running this long after it started is stuck
     /// ([`transaction`]).
     pub stuck_call_after: Duration,
+    /// Open the next transaction on a second producer while the previous one commits
+    /// ([`transaction`]); off, the stream thread takes no record during a commit.
+    pub overlap_commits: bool,
 }
 
 /// The watchdog's default patience: 30 s past the calls' own timeout.
@@ -84,8 +89,28 @@ impl StreamConfig {
         wire::topics::changelog_name(&self.application_id)
     }
 
+    /// The transactional id of the first producer: `<application_id>-<instance_id>`.
     pub fn transactional_id(&self) -> String {
         format!("{}-{}", self.application_id, self.instance_id)
+    }
+
+    /// The transactional id of producer `slot`: the first keeps [`StreamConfig::transactional_id`]
+    /// (so an instance upgraded to overlapped commits fences its previous incarnation), the
+    /// second adds `#1`.
+    pub fn transactional_id_of(&self, slot: usize) -> String {
+        match slot {
+            0 => self.transactional_id(),
+            n => format!("{}#{n}", self.transactional_id()),
+        }
+    }
+
+    /// How many transactional producers a stream thread runs: two when commits overlap.
+    pub fn producer_slots(&self) -> usize {
+        if self.overlap_commits {
+            2
+        } else {
+            1
+        }
     }
 }
 

@@ -5,10 +5,10 @@
 //! - **Assigned**: each partition's task restores (a detached one is caught up), the stores of
 //!   partitions owned elsewhere hand their unpublished HTTP decisions over to `orders`, and the
 //!   standby copies follow what has no task.
-//! - **Revoked** (an orderly rebalance): the open transaction settles first, the outbox of the
-//!   revoked tasks in it, then the tasks close.
-//! - **Lost** (the coordinator unreachable for the session timeout): the open transaction is
-//!   aborted and the running tasks kept, detached, to serve the HTTP path.
+//! - **Revoked** (an orderly rebalance): the transactions settle first (the closed one, then the
+//!   open one), the outbox of the revoked tasks with them, then the tasks close.
+//! - **Lost** (the coordinator unreachable for the session timeout): the transactions not yet
+//!   committed are aborted and the running tasks kept, detached, to serve the HTTP path.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -39,13 +39,15 @@ impl Engine {
             return;
         }
         tracing::info!(?partitions, "partitions revoked: settling the open transaction");
-        // Decisions taken over HTTP go out with it, before another member owns their partitions.
-        if self.tasks.running().any(|(p, t)| partitions.contains(&p) && t.outbox_len() > 0) {
-            if let Err(err) = self.begin() {
-                tracing::error!(error = %err, "could not publish the outbox before the partitions were revoked");
-            }
+        // Decisions taken over HTTP go out before another member owns their partitions: with
+        // what is open, or in one more transaction once everything else has committed.
+        let has_outbox =
+            |engine: &mut Engine| engine.tasks.running().any(|(p, t)| partitions.contains(&p) && t.outbox_len() > 0);
+        let mut settled = self.settle(consumer, SETTLE_TIMEOUT);
+        if matches!(settled, Ok(true)) && has_outbox(self) {
+            settled = self.begin().and_then(|_| self.settle(consumer, SETTLE_TIMEOUT));
         }
-        match self.settle(consumer, SETTLE_TIMEOUT) {
+        match settled {
             Ok(true) => {}
             Ok(false) => {
                 self.fatal.get_or_insert(RuntimeError::NotSettled { waited: SETTLE_TIMEOUT });

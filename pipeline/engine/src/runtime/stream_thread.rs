@@ -11,19 +11,24 @@
 //!     the dead-letter topic                    (all inside the transaction)
 //!     answer the commands that came over HTTP  (decided on committed state, written to the
 //!                                               store and the outbox at once)
-//!     every commit interval:
+//!     every commit interval, once the previous transaction has committed:
 //!         fire due timers (punctuation)        (same transaction)
-//!         send the consumed offsets with the group metadata, commit the transaction
-//!                                              (on the committer thread: the loop goes on
-//!                                               answering HTTP, taking no record, meanwhile)
-//!         then, and only then, write each task's cache to RocksDB with its changelog position
+//!         close the transaction: seal each task's cache, then on the committer thread flush,
+//!         send the consumed offsets with the group metadata, commit
+//!                                              (meanwhile the loop answers HTTP and, once the
+//!                                               flush is done, takes records into the next
+//!                                               transaction, on the other producer)
+//!         then, and only then, write each task's sealed cache to RocksDB with its changelog
+//!         position
 //! }
 //! ```
 //!
-//! This is Kafka Streams' `exactly_once_v2`: one transactional producer per thread, zombies
-//! fenced by the consumer group generation carried with the offsets. What differs is the state
-//! store: it is written after the commit, never before, so it never holds state that Kafka might
-//! still abort, and a crash costs a replay of the changelog from the store's position only.
+//! This is Kafka Streams' `exactly_once_v2`: zombies fenced by the consumer group generation
+//! carried with the offsets. What differs: the state store is written after the commit, never
+//! before, so it never holds state that Kafka might still abort, and a crash costs a replay of
+//! the changelog from the store's position only; and the thread has two transactional producers
+//! that take turns, so that it keeps working while a commit is under way (overlapped commits,
+//! [`super::transaction`]; `--overlap-commits false` keeps one).
 //!
 //! The parts: [`super::task_manager`] (each partition's task and its state),
 //! [`super::commit`] (the commit interval, settling, writing the caches after the commit),
@@ -76,7 +81,8 @@ pub(super) struct Engine {
     pub(super) config: StreamConfig,
     /// Partitions of `orders` (and of the changelog).
     pub(super) partitions: i32,
-    pub(super) producer: Arc<KafkaProducer>,
+    /// The transactional producers, taking turns ([`Transactions::next_slot`]).
+    pub(super) producers: Vec<Arc<KafkaProducer>>,
     pub(super) records: RecordCollector,
     pub(super) txns: Transactions<KafkaProducer>,
     pub(super) restore_consumer: BaseConsumer<RestoreContext>,
@@ -176,6 +182,22 @@ fn poll_batch(consumer: &Consumer_) -> Vec<KafkaResult<BorrowedMessage<'_>>> {
     batch
 }
 
+/// [`prepare_topics`], tried again (three times in all) when an admin call fails for want of an
+/// answer: a broker of several paused or restarting fails one call, not the start.
+fn prepare_topics_patiently(config: &StreamConfig) -> Result<i32, RuntimeError> {
+    let mut attempt = 1;
+    loop {
+        match prepare_topics(config) {
+            Err(RuntimeError::Topics(crate::admin::TopicError::Kafka(err))) if attempt < 3 => {
+                tracing::warn!(error = %err, attempt, "preparing the topics failed; trying again in 1 s");
+                attempt += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs dev-materiels' stream thread until `shutdown` is set, then commits what is open and
 /// returns its counters. `direct` brings the commands and queries that came over HTTP.
 pub fn run(
@@ -184,14 +206,14 @@ pub fn run(
     metrics: Arc<StreamMetrics>,
     direct: Receiver<DirectRequest>,
 ) -> Result<StreamStats, RuntimeError> {
-    let partitions = prepare_topics(&config)?;
+    let partitions = prepare_topics_patiently(&config)?;
     let engine = Arc::new(Mutex::new(Engine::new(config.clone(), partitions, Arc::clone(&metrics), direct)?));
     let context = StreamContext::new(Arc::clone(&engine), Arc::clone(&metrics), &config.topics.orders_topic);
     let consumer = clients::main_consumer(&config, context)?;
     consumer.subscribe(&[&config.topics.orders_topic]).context("subscribing to orders")?;
     tracing::info!(
         group = %config.application_id,
-        transactional_id = %config.transactional_id(),
+        transactional_ids = ?(0..config.producer_slots()).map(|s| config.transactional_id_of(s)).collect::<Vec<_>>(),
         commit_interval_ms = config.commit_interval.as_millis() as u64,
         "dev-materiels stream thread started"
     );
@@ -200,14 +222,11 @@ pub fn run(
     let mut last_sizes = Instant::now();
     let mut last_consumer_error: Option<Instant> = None;
     while !shutdown.load(Ordering::Relaxed) {
-        // While a transaction settles, no record may join it: leave them in the consumer.
-        let settling = lock(&engine).txns.is_settling();
-        let batch = if settling {
-            std::thread::sleep(POLL);
-            Vec::new()
-        } else {
-            poll_batch(&consumer)
-        };
+        // While no transaction may take records (one commit at a time, or the previous
+        // transaction's records not all acknowledged yet), leave them in the consumer; the commit
+        // step below waits for the committer meanwhile.
+        let accepts = lock(&engine).txns.accepts_records();
+        let batch = if accepts { poll_batch(&consumer) } else { Vec::new() };
         let mut engine = lock(&engine);
         if let Some(err) = engine.fatal.take() {
             return Err(err);
@@ -244,9 +263,10 @@ pub fn run(
         }
         engine.serve_direct();
         engine.poll_standbys()?;
-        if !engine.txns.is_settling() {
-            // (While the committer thread commits, it serves the producer's events itself.)
-            engine.records.producer().poll(Duration::ZERO);
+        // The open transaction's delivery reports. (A committer thread serves its producer's
+        // events itself while it commits.)
+        if let Some(slot) = engine.txns.open_slot().filter(|slot| !engine.txns.is_busy(*slot)) {
+            engine.producers[slot].poll(Duration::ZERO);
         }
         engine.maybe_commit(&consumer)?;
         if last_sizes.elapsed() > Duration::from_secs(5) {
@@ -288,15 +308,15 @@ impl Engine {
     ) -> Result<Engine, RuntimeError> {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|source| RuntimeError::Io { path: config.state_dir.clone(), source })?;
-        let producer = clients::transactional_producer(&config)?;
-        let txns = Transactions::new(Arc::clone(&producer), KAFKA_CALL_TIMEOUT, config.stuck_call_after)?;
-        let records = RecordCollector::new(&config, Arc::clone(&producer), Arc::clone(&metrics));
+        let producers = clients::transactional_producers(&config)?;
+        let txns = Transactions::new(producers.clone(), KAFKA_CALL_TIMEOUT, config.stuck_call_after)?;
+        let records = RecordCollector::new(&config, Arc::clone(&producers[0]), Arc::clone(&metrics));
         let restore_consumer = clients::restore_consumer(&config, "restore")?;
         let standbys = if config.standby { Some(Standbys::new(&config)?) } else { None };
         Ok(Engine {
             config,
             partitions,
-            producer,
+            producers,
             records,
             txns,
             restore_consumer,
@@ -333,12 +353,19 @@ impl Engine {
 
     /// Opens a transaction if none is, and puts the outbox entries of every running task first
     /// in it, so that what was decided over HTTP is published before anything decided after it.
-    pub(super) fn begin(&mut self) -> Result<(), RuntimeError> {
+    /// Returns whether a transaction is open: none can be while the previous one's records are
+    /// not all acknowledged, or while a transaction aborts ([`Transactions::accepts_records`]).
+    pub(super) fn begin(&mut self) -> Result<bool, RuntimeError> {
         if self.txns.is_open() {
-            return Ok(());
+            return Ok(true);
         }
-        self.producer.begin().context("beginning a transaction")?;
+        if !self.txns.accepts_records() {
+            return Ok(false);
+        }
+        let producer = Arc::clone(&self.producers[self.txns.next_slot()]);
+        producer.begin().context("beginning a transaction")?;
         self.txns.opened();
+        self.records.replace_producer(producer);
         let now = now_ms();
         let rules = &self.config.rules;
         let mut drained = Vec::new();
@@ -350,7 +377,7 @@ impl Engine {
         for (partition, output) in &drained {
             self.records.emit(*partition, output, None)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Reads the committed states of the batch's orders, task by task, in one multi-get each.
@@ -374,8 +401,11 @@ impl Engine {
     fn process(&mut self, consumer: &Consumer_, message: &BorrowedMessage<'_>) -> Result<Option<i32>, RuntimeError> {
         let partition = message.partition();
         let offset = message.offset();
-        if self.tasks.restoring().contains(&partition) {
-            // Fetched before the partition was paused for its restore: read it again afterwards.
+        // Fetched before the partition was paused for its restore, or with no transaction to take
+        // it (an abort under way): read it again afterwards.
+        if self.tasks.restoring().contains(&partition)
+            || (self.tasks.running_task(partition).is_some() && !self.begin()?)
+        {
             consumer
                 .seek(&self.config.topics.orders_topic, partition, Offset::Offset(offset), KAFKA_CALL_TIMEOUT)
                 .context(format!("rewinding partition {partition} to offset {offset}"))?;
@@ -387,9 +417,11 @@ impl Engine {
             tracing::debug!(partition, offset, "record for a partition this thread does not run; skipped");
             return Ok(None);
         }
-        self.begin()?;
         self.txns.read(partition, offset);
         self.metrics.records.inc();
+        if self.txns.is_settling() {
+            self.metrics.records_during_commit.inc();
+        }
         // The command's span, from its record (if it came with one).
         let trace = message
             .headers()

@@ -1,9 +1,12 @@
 //! A task: the processing of one `orders` partition, with its state store.
 //!
 //! A task reads and writes order states for the open transaction in memory (its write-back
-//! cache), on top of the committed state in its RocksDB [`OrderStore`]. When the transaction
-//! commits, [`Task::flush`] writes the cache to RocksDB in one batch with the changelog position;
-//! when it aborts, [`Task::discard`] drops it. RocksDB never holds state Kafka did not commit.
+//! cache), on top of the committed state in its RocksDB [`OrderStore`]. The cache has two layers:
+//! when a transaction closes, its layer is sealed ([`Task::seal`]) and the next transaction writes
+//! a new one on top of it while it commits (overlapped commits). When the sealed transaction
+//! commits, [`Task::flush`] writes its layer to RocksDB in one batch with the changelog position;
+//! when it aborts, [`Task::discard`] drops both layers (the open transaction aborts with it).
+//! RocksDB never holds state Kafka did not commit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -31,20 +34,36 @@ struct Pending {
     committed_timer: Option<Timer>,
 }
 
+/// The writes of one transaction, not yet in RocksDB.
+#[derive(Default)]
+struct Layer {
+    /// The orders it changed, in their latest state.
+    pending: HashMap<String, Pending>,
+    /// Outbox entries it produced, deleted from the store when it commits.
+    outbox: Vec<u64>,
+    /// Changelog records it produced.
+    changelog_records: usize,
+}
+
+impl Layer {
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.outbox.is_empty()
+    }
+}
+
 pub struct Task {
     pub partition: i32,
     store: OrderStore,
-    pending: HashMap<String, Pending>,
+    /// The open transaction's writes.
+    open: Layer,
+    /// The closed transaction's writes, while it commits.
+    sealed: Layer,
     timers: TimerQueue,
     /// The next `orders` offset to commit for this partition: the committed group offset at
     /// assignment, then one past each record processed.
     pub next_input_offset: Option<i64>,
     /// Decisions taken over HTTP and not yet published, by sequence number (mirrors the store).
     outbox: BTreeMap<u64, OutboxEntry>,
-    /// Outbox entries produced in the open transaction, deleted from the store when it commits.
-    outbox_in_txn: Vec<u64>,
-    /// Changelog records this task produced in the open transaction.
-    changelog_records: usize,
     /// Committed states of the orders of the batch being processed, read at once by
     /// [`Task::prefetch`]; each is taken by the first command of its order, and what is left is
     /// dropped at the end of the batch ([`Task::end_batch`]).
@@ -87,12 +106,11 @@ impl Task {
         Ok(Task {
             partition,
             store,
-            pending: HashMap::new(),
+            open: Layer::default(),
+            sealed: Layer::default(),
             timers,
             next_input_offset: None,
             outbox,
-            outbox_in_txn: Vec::new(),
-            changelog_records: 0,
             prefetched: HashMap::new(),
         })
     }
@@ -103,12 +121,13 @@ impl Task {
 
     /// Reads the committed states of the orders of a batch of records at once (`keys`: the
     /// records' keys, the order ids), so that processing them does not look each one up alone.
-    /// Orders with writes in the open transaction are skipped: the write-back cache has them.
+    /// Orders with writes in a transaction not yet committed are skipped: the write-back cache
+    /// has them.
     pub fn prefetch<'k>(&mut self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<(), StoreError> {
         let mut ids: Vec<&str> = keys
             .into_iter()
             .filter_map(|k| std::str::from_utf8(k).ok())
-            .filter(|id| !self.pending.contains_key(*id) && !self.prefetched.contains_key(*id))
+            .filter(|id| !self.in_cache(id) && !self.prefetched.contains_key(*id))
             .collect();
         if ids.is_empty() {
             return Ok(());
@@ -118,6 +137,11 @@ impl Task {
         let states = self.store.get_many(&ids)?;
         self.prefetched.extend(ids.into_iter().map(str::to_string).zip(states));
         Ok(())
+    }
+
+    /// Whether a transaction not yet committed changed the order.
+    fn in_cache(&self, order_id: &str) -> bool {
+        self.open.pending.contains_key(order_id) || self.sealed.pending.contains_key(order_id)
     }
 
     /// Drops what [`Task::prefetch`] read and no record took: the committed state may change
@@ -142,14 +166,15 @@ impl Task {
 
     /// Runs a command that came over HTTP, outside any Kafka transaction: the decision is written
     /// to the store and the outbox at once, durably, and published by the next transaction.
-    /// Decided on committed state only, so an order with writes in the open transaction is busy.
+    /// Decided on committed state only, so an order with writes in a transaction not yet
+    /// committed is busy.
     pub fn process_direct(
         &mut self,
         envelope: &CommandEnvelope,
         rules: &Rules,
         now_ms: u64,
     ) -> Result<Direct, StoreError> {
-        if self.pending.contains_key(&envelope.order_id) {
+        if self.in_cache(&envelope.order_id) {
             return Ok(Direct::Busy);
         }
         self.prefetched.remove(&envelope.order_id);
@@ -176,16 +201,21 @@ impl Task {
     /// owner) publishes nothing of its own: its command is decided again, on that history.
     pub fn drain_outbox(&mut self, rules: &Rules, now_ms: u64) -> Result<Vec<Output>, StoreError> {
         let mut out = Vec::new();
-        if self.outbox.len() == self.outbox_in_txn.len() {
+        if self.outbox.len() == self.open.outbox.len() + self.sealed.outbox.len() {
             return Ok(out);
         }
-        let waiting: Vec<u64> = self.outbox.keys().filter(|seq| !self.outbox_in_txn.contains(seq)).copied().collect();
+        let waiting: Vec<u64> = self
+            .outbox
+            .keys()
+            .filter(|seq| !self.open.outbox.contains(seq) && !self.sealed.outbox.contains(seq))
+            .copied()
+            .collect();
         for seq in waiting {
-            self.outbox_in_txn.push(seq);
+            self.open.outbox.push(seq);
             let Some(entry) = self.outbox.get(&seq) else { continue };
             if !entry.superseded {
                 out.push(Output { update: entry.update.clone(), state: Bytes::from(encode_state(&entry.state)?) });
-                self.changelog_records += 1;
+                self.open.changelog_records += 1;
                 continue;
             }
             match entry.command.clone() {
@@ -201,15 +231,30 @@ impl Task {
         Ok(out)
     }
 
-    /// Whether the open transaction carries anything of this task's to write after the commit.
-    pub fn needs_flush(&self) -> bool {
-        !self.pending.is_empty() || !self.outbox_in_txn.is_empty()
+    /// The open transaction closed: its writes are sealed, to be written to RocksDB when it
+    /// commits; the next transaction writes on top of them. (The previous sealed layer was
+    /// written or dropped when its transaction settled: a transaction closes only then.)
+    pub fn seal(&mut self) {
+        debug_assert!(self.sealed.is_empty(), "a transaction closed before the previous one settled");
+        let open = std::mem::take(&mut self.open);
+        let sealed = std::mem::replace(&mut self.sealed, open);
+        // Should the debug assertion not hold, keep the older writes rather than lose them.
+        for (order_id, pending) in sealed.pending {
+            self.sealed.pending.entry(order_id).or_insert(pending);
+        }
+        self.sealed.outbox.extend(sealed.outbox);
+        self.sealed.changelog_records += sealed.changelog_records;
     }
 
-    /// Changelog records this task produced in the open transaction. None means the transaction
+    /// Whether the closed transaction carries anything of this task's to write after the commit.
+    pub fn needs_flush(&self) -> bool {
+        !self.sealed.is_empty()
+    }
+
+    /// Changelog records this task produced in the closed transaction. None means the transaction
     /// acknowledges no changelog offset for it, and its store's position stays where it is.
     pub fn changelog_records_in_txn(&self) -> usize {
-        self.changelog_records
+        self.sealed.changelog_records
     }
 
     /// The committed (or outbox-applied) state of an order: what an interactive query sees.
@@ -231,26 +276,30 @@ impl Task {
         committed_timer: Option<Timer>,
     ) -> Result<Output, StoreError> {
         let encoded = Bytes::from(encode_state(&state)?);
-        self.changelog_records += 1;
+        self.open.changelog_records += 1;
         self.timers.replace(&state.order_id, previous_timer, state.timer);
         let output = Output { update, state: encoded.clone() };
-        match self.pending.get_mut(&state.order_id) {
+        match self.open.pending.get_mut(&state.order_id) {
             Some(pending) => {
                 pending.state = state;
                 pending.encoded = encoded;
             }
             None => {
-                self.pending.insert(state.order_id.clone(), Pending { state, encoded, committed_timer });
+                self.open.pending.insert(state.order_id.clone(), Pending { state, encoded, committed_timer });
             }
         }
         Ok(output)
     }
 
     /// The order's state as the open transaction sees it (a copy only when the write-back cache
-    /// holds it; a committed state is decoded fresh), and the timer of its committed state.
+    /// holds it; a committed state is decoded fresh), and the timer of the state the open
+    /// transaction's write replaces in RocksDB once the sealed one is written.
     fn current(&self, order_id: &str) -> Result<(Option<OrderState>, Option<Timer>), StoreError> {
-        match self.pending.get(order_id) {
-            Some(p) => Ok((Some(p.state.clone()), p.committed_timer)),
+        if let Some(p) = self.open.pending.get(order_id) {
+            return Ok((Some(p.state.clone()), p.committed_timer));
+        }
+        match self.sealed.pending.get(order_id) {
+            Some(p) => Ok((Some(p.state.clone()), p.state.timer)),
             None => {
                 let committed = self.store.get(order_id)?;
                 let timer = committed.as_ref().and_then(|s| s.timer);
@@ -271,7 +320,7 @@ impl Task {
     fn decide(&mut self, envelope: &CommandEnvelope, rules: &Rules, now_ms: u64) -> Result<Option<Output>, StoreError> {
         // In the write-back cache: decided in place there (the machine leaves a state it does
         // not change as it was).
-        if let Some(pending) = self.pending.get_mut(&envelope.order_id) {
+        if let Some(pending) = self.open.pending.get_mut(&envelope.order_id) {
             let previous_timer = pending.state.timer;
             let mut state = std::mem::replace(&mut pending.state, OrderState::new(String::new()));
             let update = decide_in_place(&mut state, envelope, rules, now_ms);
@@ -284,9 +333,14 @@ impl Task {
                 }
             };
         }
-        let committed = match self.prefetched.remove(&envelope.order_id) {
-            Some(prefetched) => prefetched,
-            None => self.store.get(&envelope.order_id)?,
+        // In the sealed layer (written by the transaction that is committing): decided on a copy,
+        // which replaces the sealed state once that is written.
+        let committed = match self.sealed.pending.get(&envelope.order_id) {
+            Some(sealed) => Some(sealed.state.clone()),
+            None => match self.prefetched.remove(&envelope.order_id) {
+                Some(prefetched) => prefetched,
+                None => self.store.get(&envelope.order_id)?,
+            },
         };
         let committed_timer = committed.as_ref().and_then(|s| s.timer);
         let mut state = committed.unwrap_or_else(|| OrderState::new(envelope.order_id.clone()));
@@ -315,15 +369,16 @@ impl Task {
         Ok(out)
     }
 
-    /// After Kafka committed the transaction: writes its states to RocksDB with the changelog
-    /// position they reach (`None`: the transaction wrote nothing to this task's changelog
-    /// partition, the position stays), in one batch.
+    /// After Kafka committed the closed transaction: writes its sealed states to RocksDB with the
+    /// changelog position they reach (`None`: the transaction wrote nothing to this task's
+    /// changelog partition, the position stays), in one batch.
     pub fn flush(&mut self, next_changelog_offset: Option<i64>) -> Result<usize, StoreError> {
+        let sealed = std::mem::take(&mut self.sealed);
         let mut batch = StoreBatch::new();
-        for pending in self.pending.values() {
+        for pending in sealed.pending.values() {
             self.store.put(&mut batch, &pending.state, &pending.encoded, pending.committed_timer)?;
         }
-        for seq in &self.outbox_in_txn {
+        for seq in &sealed.outbox {
             self.store.delete_outbox(&mut batch, *seq)?;
         }
         if let Some(next) = next_changelog_offset {
@@ -331,21 +386,18 @@ impl Task {
         }
         let written = batch.len();
         self.store.write(batch)?;
-        self.pending.clear();
         self.prefetched.clear();
-        self.changelog_records = 0;
-        for seq in self.outbox_in_txn.drain(..) {
+        for seq in sealed.outbox {
             self.outbox.remove(&seq);
         }
         Ok(written)
     }
 
-    /// After the transaction aborted: forgets its writes (outbox entries stay, to go out with
-    /// the next transaction).
+    /// After the closed transaction aborted (and the open one with it): forgets their writes
+    /// (outbox entries stay, to go out with the next transaction).
     pub fn discard(&mut self) -> Result<(), StoreError> {
-        self.pending.clear();
-        self.outbox_in_txn.clear();
-        self.changelog_records = 0;
+        self.open = Layer::default();
+        self.sealed = Layer::default();
         self.reload()
     }
 }
@@ -378,131 +430,4 @@ pub fn flush_committed<'a>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use state::{Catalogue, Command, Decision, OrderLine, Outcome, PlaceOrder};
-
-    fn rules() -> Rules {
-        Rules {
-            catalogue: Catalogue::default(),
-            prepare_after: std::time::Duration::from_secs(60),
-            ship_after: std::time::Duration::from_secs(60),
-        }
-    }
-
-    fn place(command_id: &str, quantity: u32) -> CommandEnvelope {
-        let order = PlaceOrder {
-            wagon_id: "WL-1".into(),
-            requested_by: "agent".into(),
-            lines: vec![OrderLine { sku: state::catalogue::DEFAULT_SKUS[0].into(), quantity }],
-        };
-        CommandEnvelope::new(command_id, "ORD-1", 1, Command::PlaceOrder(order))
-    }
-
-    #[test]
-    fn a_decision_superseded_by_another_owner_is_decided_again_on_its_history() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut task = Task::open(0, dir.path(), &StoreOptions::default()).expect("open");
-        let rules = rules();
-        // Over HTTP, this instance placed the order (c1) while Kafka was away.
-        assert!(matches!(task.process_direct(&place("c1", 2), &rules, 10).expect("direct"), Direct::Applied(_)));
-        assert_eq!(task.outbox_len(), 1);
-        // Meanwhile another owner placed it with other content (d1): that is the changelog's history.
-        let Decision::Update { state: other, .. } = decide(None, &place("d1", 5), &rules, 20) else {
-            panic!("d1 places the order")
-        };
-        task.store().restore(&[(b"ORD-1".to_vec(), Some(encode_state(&other).expect("encode")))], 7).expect("restore");
-        task.reload().expect("reload");
-        assert_eq!(task.query("ORD-1").expect("query"), Some(other));
-        // The next transaction publishes no update of c1's own: it decides c1 again, on d1's
-        // state, where it is a conflicting PlaceOrder, refused at version 2.
-        let out = task.drain_outbox(&rules, 30).expect("drain");
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].update.version, 2);
-        assert_eq!(out[0].update.command_id.as_deref(), Some("c1"));
-        assert_eq!(out[0].update.outcome, Outcome::Refused);
-        task.flush(Some(8)).expect("flush");
-        assert_eq!(task.outbox_len(), 0);
-        assert!(task.store().outbox().expect("outbox").is_empty());
-    }
-
-    fn cancel(command_id: &str) -> CommandEnvelope {
-        CommandEnvelope::new(command_id, "ORD-1", 1, Command::CancelOrder { reason: "wagon withdrawn".into() })
-    }
-
-    fn open(dir: &Path) -> Task {
-        Task::open(0, dir, &StoreOptions::default()).expect("open")
-    }
-
-    /// Versions of ORD-1 in the order a transaction emits them.
-    fn versions(outputs: &[Output]) -> Vec<u64> {
-        outputs.iter().filter(|o| o.update.order_id == "ORD-1").map(|o| o.update.version).collect()
-    }
-
-    #[test]
-    fn a_superseded_entry_that_decides_to_nothing_leaves_the_outbox_at_the_commit() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rules = rules();
-        {
-            let mut task = open(dir.path());
-            // Over HTTP, this instance placed the order (c1).
-            assert!(matches!(task.process_direct(&place("c1", 2), &rules, 10).expect("direct"), Direct::Applied(_)));
-            // Another owner placed the same order, same content, under another id (d1): a client
-            // retry that went the other way. That is the changelog's history.
-            let Decision::Update { state: other, .. } = decide(None, &place("d1", 2), &rules, 20) else {
-                panic!("d1 places the order")
-            };
-            task.store()
-                .restore(&[(b"ORD-1".to_vec(), Some(encode_state(&other).expect("encode")))], 7)
-                .expect("restore");
-            task.reload().expect("reload");
-            // Decided again on d1's state, c1 is a retry of the same order: nothing to publish.
-            let out = task.drain_outbox(&rules, 30).expect("drain");
-            assert!(out.is_empty(), "c1 decides to nothing on d1's state");
-            // The transaction commits with no changelog record of this partition acknowledged.
-            let mut tasks = BTreeMap::from([(0, task)]);
-            let published = flush_committed(tasks.iter_mut().map(|(p, t)| (*p, t)), &HashMap::new())
-                .expect("the commit is written to the store");
-            assert_eq!(published, 1, "the entry left the outbox");
-            assert_eq!(tasks[&0].store().changelog_position().expect("position"), Some(7), "the position did not move");
-        }
-        // And it stays gone after a restart (no crash loop).
-        let task = open(dir.path());
-        assert_eq!(task.outbox_len(), 0);
-    }
-
-    #[test]
-    fn an_http_decision_goes_out_before_a_later_decision_of_its_order_in_the_same_transaction() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut task = open(dir.path());
-        let rules = rules();
-        // A transaction is open: a record of another order was processed.
-        let other = CommandEnvelope::new("k0", "ORD-2", 1, place("k0", 1).command);
-        let mut emitted: Vec<Output> = Vec::new();
-        emitted.extend(task.process(&other, &rules, 5).expect("process"));
-        // Over HTTP, ORD-1 is placed: version 1, in the outbox.
-        assert!(matches!(task.process_direct(&place("c1", 2), &rules, 10).expect("direct"), Direct::Applied(_)));
-        // A record of ORD-1 read in the same transaction: its cancellation, version 2.
-        emitted.extend(task.process(&cancel("c2"), &rules, 20).expect("process"));
-        // The next transaction starts with what is left in the outbox.
-        emitted.extend(task.drain_outbox(&rules, 30).expect("drain"));
-        assert_eq!(versions(&emitted), vec![1, 2], "ORD-1's updates in the order they reach order-updates");
-    }
-
-    #[test]
-    fn an_http_decision_goes_out_before_a_timer_of_its_order_in_the_same_transaction() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut task = open(dir.path());
-        let rules = rules();
-        let mut emitted: Vec<Output> = Vec::new();
-        emitted.extend(
-            task.process(&CommandEnvelope::new("k0", "ORD-2", 1, place("k0", 1).command), &rules, 5).expect("process"),
-        );
-        // Over HTTP, ORD-1 is placed at t=10: its preparation timer is due at 60,010.
-        assert!(matches!(task.process_direct(&place("c1", 2), &rules, 10).expect("direct"), Direct::Applied(_)));
-        // The punctuation of the same transaction, once the timer is due: version 2.
-        emitted.extend(task.punctuate(&rules, 70_000).expect("punctuate"));
-        emitted.extend(task.drain_outbox(&rules, 70_001).expect("drain"));
-        assert_eq!(versions(&emitted), vec![1, 2], "ORD-1's updates in the order they reach order-updates");
-    }
-}
+mod tests;
