@@ -6,15 +6,14 @@
 //! the state stores record as their changelog position after the commit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, ToBytes};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::TopicPartitionList;
 
 use super::RuntimeError;
@@ -78,15 +77,34 @@ pub trait TransactionalProducer: Send + Sync + 'static {
 
 /// Counts the producer's acknowledged changelog offsets, per partition, for the open
 /// transaction, and the records sent and not yet acknowledged (for [`KafkaProducer`]'s flush).
+/// Its delivery callback runs on the producer's polling thread.
 pub struct DeliveryTracker {
     changelog: String,
     last_offsets: Mutex<HashMap<i32, i64>>,
-    in_flight: AtomicUsize,
+    in_flight: Mutex<usize>,
+    /// Signalled when `in_flight` reaches zero.
+    drained: Condvar,
 }
 
 impl DeliveryTracker {
+    fn sent_one(&self) {
+        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
     fn acknowledged_one(&self) {
-        let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        *in_flight = in_flight.saturating_sub(1);
+        if *in_flight == 0 {
+            self.drained.notify_all();
+        }
+    }
+
+    /// Waits until every record sent is acknowledged; false if `timeout` passed first.
+    fn wait_drained(&self, timeout: Duration) -> bool {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let (in_flight, _) =
+            self.drained.wait_timeout_while(in_flight, timeout, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
+        *in_flight == 0
     }
 }
 
@@ -112,9 +130,10 @@ impl ProducerContext for DeliveryTracker {
     }
 }
 
-/// librdkafka's transactional producer.
+/// librdkafka's transactional producer, its events (delivery reports) served by a thread of its
+/// own: a flush wakes up as soon as the last report is in, and nobody else needs to poll it.
 pub struct KafkaProducer {
-    inner: BaseProducer<DeliveryTracker>,
+    inner: ThreadedProducer<DeliveryTracker>,
 }
 
 impl KafkaProducer {
@@ -124,7 +143,8 @@ impl KafkaProducer {
         let tracker = DeliveryTracker {
             changelog: changelog.to_string(),
             last_offsets: Mutex::default(),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Mutex::new(0),
+            drained: Condvar::new(),
         };
         Ok(KafkaProducer { inner: config.create_with_context(tracker)? })
     }
@@ -148,7 +168,7 @@ impl KafkaProducer {
         let mut record = record;
         loop {
             // Counted before the send: its delivery report may come before `send` returns.
-            self.inner.context().in_flight.fetch_add(1, Ordering::AcqRel);
+            self.inner.context().sent_one();
             let sent = self.inner.send(record);
             if sent.is_err() {
                 self.inner.context().acknowledged_one();
@@ -157,7 +177,8 @@ impl KafkaProducer {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
-                    self.inner.poll(Duration::from_millis(5));
+                    // The polling thread serves the delivery reports that make room.
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((source, returned)) => {
                     return Err(RuntimeError::Kafka { context: format!("producing to {}", returned.topic), source });
@@ -175,20 +196,15 @@ impl KafkaProducer {
 impl TransactionalProducer for KafkaProducer {
     type Offsets = (TopicPartitionList, ConsumerGroupMetadata);
 
-    /// Serves delivery reports until every record sent is acknowledged. (rdkafka's `flush` polls
-    /// in slices of 100 ms that each run to their end: it takes at least 100 ms whenever a record
-    /// is in flight, which the overlapped commits' first measurement showed.)
+    /// Waits until every record sent is acknowledged. (Not rdkafka's `flush`: it polls in slices
+    /// of 100 ms that each run to their end, so it took at least 100 ms whenever a record was in
+    /// flight, which the overlapped commits' first measurement showed.)
     fn flush(&self, timeout: Duration) -> Result<(), TxnError> {
-        let deadline = Instant::now() + timeout;
-        let tracker = self.inner.context();
-        while tracker.in_flight.load(Ordering::Acquire) > 0 {
-            if Instant::now() > deadline {
-                return Err(TxnError::new(TxnErrorKind::Retriable, "flush: records not acknowledged in time"));
-            }
-            // One event (or 1 ms without one) per turn.
-            self.inner.poll(Duration::from_millis(1));
+        if self.inner.context().wait_drained(timeout) {
+            Ok(())
+        } else {
+            Err(TxnError::new(TxnErrorKind::Retriable, "flush: records not acknowledged in time"))
         }
-        Ok(())
     }
 
     fn send_offsets(&self, (offsets, group): &Self::Offsets, timeout: Duration) -> Result<(), TxnError> {

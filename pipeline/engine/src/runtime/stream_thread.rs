@@ -53,7 +53,7 @@ use wire::{TraceParent, TRACEPARENT};
 
 use super::collector::RecordCollector;
 use super::direct::{DirectRefusal, DirectReply, DirectRequest, QueryReply};
-use super::producer::{KafkaProducer, TransactionalProducer};
+use super::producer::KafkaProducer;
 use super::restore::RestoreContext;
 use super::standby::Standbys;
 use super::task::Direct;
@@ -263,11 +263,6 @@ pub fn run(
         }
         engine.serve_direct();
         engine.poll_standbys()?;
-        // The open transaction's delivery reports. (A committer thread serves its producer's
-        // events itself while it commits.)
-        if let Some(slot) = engine.txns.open_slot().filter(|slot| !engine.txns.is_busy(*slot)) {
-            engine.producers[slot].poll(Duration::ZERO);
-        }
         engine.maybe_commit(&consumer)?;
         if last_sizes.elapsed() > Duration::from_secs(5) {
             engine.refresh_store_sizes();

@@ -158,8 +158,8 @@ impl<O: Send + 'static> Committer<O> {
                                 })
                             })
                             .and_then(|()| until_settled(p, &slot, Call::Commit, || p.commit(call_timeout))),
-                        // Short attempts: an abort waits for the delivery reports of the purged
-                        // records, which only polling the producer (between attempts) serves.
+                        // Short attempts, made again while Kafka does not answer (the abort
+                        // waits for the delivery reports of the purged records).
                         Op::Abort => until_settled(p, &slot, Call::Abort, || p.abort(Duration::from_millis(500))),
                     };
                     *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -302,11 +302,6 @@ impl<P: TransactionalProducer> Transactions<P> {
         self.open.is_some()
     }
 
-    /// The producer of the open transaction.
-    pub fn open_slot(&self) -> Option<usize> {
-        self.open.as_ref().map(|t| t.slot)
-    }
-
     /// Whether a closed transaction is committing or aborting.
     pub fn is_settling(&self) -> bool {
         !self.closed.is_empty() || self.cascade.is_some()
@@ -328,11 +323,6 @@ impl<P: TransactionalProducer> Transactions<P> {
             }
             _ => false,
         }
-    }
-
-    /// Whether the producer of `slot` has a call in flight (its committer serves its events).
-    pub fn is_busy(&self, slot: usize) -> bool {
-        self.committers[slot].in_flight.is_some()
     }
 
     /// The producer the next transaction opens on; call [`Transactions::opened`] once it has
