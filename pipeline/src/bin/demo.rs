@@ -186,7 +186,7 @@ fn run(args: &DemoArgs) -> anyhow::Result<()> {
         create_topics,
         standby: false,
         transaction_call_stuck_after_ms: engine::runtime::STUCK_CALL_AFTER.as_millis() as u64,
-        overlap_commits: true,
+        overlap_commits: false,
     };
     let processor = dev_materiels::DevMateriels::new(&dev).context("configuring dev-materiels")?;
     let metrics = processor.metrics();

@@ -35,7 +35,8 @@ fn ten_thousand_orders_match_the_reference_model_exactly_once() {
 
     let report = converge(&env, &view, &sent);
     dev.assert_running();
-    // Overlapped commits (on by default) took records while the previous transaction committed.
+    // Overlapped commits (on in these tests) took records while the previous transaction
+    // committed.
     let status = dev.status().expect("dev-materiels' status");
     assert!(status.records_during_commit > 0, "no record was taken during a commit: {status:?}");
     dev.terminate();

@@ -260,7 +260,7 @@ fn dev_materiels_endpoint_answers_every_request_with_a_documented_status() {
         create_topics: true,
         standby: false,
         stuck_call_after: STUCK_CALL_AFTER,
-        overlap_commits: true,
+        overlap_commits: false,
     };
     let (direct, requests) = DirectHandle::channel();
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -1,9 +1,9 @@
 //! The runtime that runs dev-materiels, in Kafka Streams' terms:
 //!
-//! - a **stream thread** ([`stream_thread`]) consumes `orders` in a consumer group and owns two
-//!   transactional producers ([`producer`], [`clients`]) that take turns, so that it keeps taking
-//!   records while the previous transaction commits; its loop polls, processes, punctuates and
-//!   commits;
+//! - a **stream thread** ([`stream_thread`]) consumes `orders` in a consumer group and owns a
+//!   transactional producer ([`producer`], [`clients`]), or two that take turns with overlapped
+//!   commits, so that it keeps taking records while the previous transaction commits; its loop
+//!   polls, processes, punctuates and commits;
 //! - the **task manager** ([`task_manager`]) holds each assigned partition's **task** ([`task`])
 //!   with its state (restoring, running, detached); a task runs the state machine over its
 //!   records, with its **state store** (RocksDB) and a write-back cache for the open transaction;

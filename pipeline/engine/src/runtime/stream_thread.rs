@@ -26,9 +26,9 @@
 //! This is Kafka Streams' `exactly_once_v2`: zombies fenced by the consumer group generation
 //! carried with the offsets. What differs: the state store is written after the commit, never
 //! before, so it never holds state that Kafka might still abort, and a crash costs a replay of
-//! the changelog from the store's position only; and the thread has two transactional producers
-//! that take turns, so that it keeps working while a commit is under way (overlapped commits,
-//! [`super::transaction`]; `--overlap-commits false` keeps one).
+//! the changelog from the store's position only; and the thread can have two transactional
+//! producers that take turns, so that it keeps working while a commit is under way (overlapped commits,
+//! [`super::transaction`], `--overlap-commits true`; by default the thread keeps one).
 //!
 //! The parts: [`super::task_manager`] (each partition's task and its state),
 //! [`super::commit`] (the commit interval, settling, writing the caches after the commit),
