@@ -196,11 +196,20 @@ impl KafkaProducer {
 impl TransactionalProducer for KafkaProducer {
     type Offsets = (TopicPartitionList, ConsumerGroupMetadata);
 
-    /// Waits until every record sent is acknowledged. (Not rdkafka's `flush`: it polls in slices
+    /// Waits until every record sent is acknowledged. Not rdkafka's `flush`: it polls in slices
     /// of 100 ms that each run to their end, so it took at least 100 ms whenever a record was in
-    /// flight, which the overlapped commits' first measurement showed.)
+    /// flight (the overlapped commits' first measurement showed it). librdkafka's own
+    /// `rd_kafka_flush` is called instead: it tells the broker threads to send what lingers at
+    /// once, and waits for the delivery reports, which the polling thread serves meanwhile
+    /// (`benches/txn-probe`: 3.5-4.2 ms at p50 against 8.2 ms for waiting on the tracker alone,
+    /// which let the last batch sit out `linger.ms`). The tracker confirms.
     fn flush(&self, timeout: Duration) -> Result<(), TxnError> {
-        if self.inner.context().wait_drained(timeout) {
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: the pointer is this producer's live librdkafka handle, valid while `self` is;
+        // rd_kafka_flush is thread-safe and only waits (the polling thread serves the reports).
+        #[allow(unsafe_code)]
+        let _ = unsafe { rdkafka::bindings::rd_kafka_flush(self.inner.client().native_ptr(), millis) };
+        if self.inner.context().wait_drained(Duration::from_millis(100)) {
             Ok(())
         } else {
             Err(TxnError::new(TxnErrorKind::Retriable, "flush: records not acknowledged in time"))
