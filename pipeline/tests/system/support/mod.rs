@@ -166,10 +166,6 @@ impl TestEnv {
             .arg("6000")
             .arg("--catalogue")
             .arg(CATALOGUE_FILE)
-            // The system tests (crash, zombie, chaos, scale-out, end to end) run the overlapped
-            // commits, the path with more to go wrong; the compose test, the demo and the HTTP
-            // fuzz test run the default.
-            .args(["--overlap-commits", "true"])
             .args(&self.dev_args);
         command
     }
