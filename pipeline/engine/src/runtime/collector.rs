@@ -39,11 +39,6 @@ impl RecordCollector {
         }
     }
 
-    /// The producer the records go through (polled by the stream thread between commits).
-    pub fn producer(&self) -> &KafkaProducer {
-        &self.producer
-    }
-
     /// The producer of the transaction just opened (the producers take turns).
     pub fn replace_producer(&mut self, producer: Arc<KafkaProducer>) {
         self.producer = producer;

@@ -76,23 +76,23 @@ impl Engine {
     }
 
     /// Closes the open transaction, if the previous one has settled: it commits the consumed
-    /// offsets as they stand now, and each task seals what it wrote. Returns whether it closed.
-    fn close(&mut self, consumer: &Consumer_) -> Result<bool, RuntimeError> {
+    /// offsets as they stand now, and each task seals what it wrote.
+    fn close(&mut self, consumer: &Consumer_) -> Result<(), RuntimeError> {
         if !self.txns.may_close() {
-            return Ok(false);
+            return Ok(());
         }
         let offsets = offsets_to_commit(consumer, &self.config.topics.orders_topic, &mut self.tasks)?;
         for (_, task) in self.tasks.tasks_mut() {
             task.seal();
         }
         self.txns.close(offsets);
-        tracing::debug!(since_last_close_ms = self.last_commit.elapsed().as_millis() as u64, "transaction closed");
+        tracing::debug!(interval_ms = self.last_commit.elapsed().as_millis() as u64, "transaction closed");
         if self.txns.overlapped() {
             // The next transaction takes records from now: the next commit interval counts from
             // here.
             self.last_commit = Instant::now();
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Commits (or aborts) every transaction, the open one included, waiting up to `timeout`.
