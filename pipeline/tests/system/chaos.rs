@@ -26,6 +26,10 @@
 //! | `CHAOS_SECONDS`   | 100     | how long orders are placed and things killed     |
 //! | `CHAOS_MIN_KILLS` | 24      | kills go on past the duration until this many    |
 //! | `CHAOS_RATE`      | 40      | orders placed per second (plus their follow-ups) |
+//! | `CHAOS_OVERLAP`   | mixed   | overlapped commits: `on`, `off`, or `mixed` (each processor alternates from one incarnation to the next, starting where the seed says) |
+//!
+//! With `mixed`, both commit modes run in every run, side by side in one group (as during an
+//! upgrade that turns them on one instance at a time).
 //!
 //! ```text
 //! CHAOS_SEED=7 CHAOS_SECONDS=900 CHAOS_MIN_KILLS=100 \
@@ -244,6 +248,39 @@ struct Services<'a> {
     restarts: u32,
     /// Processes that exited by themselves (and were restarted).
     exits: Vec<String>,
+    overlap: Overlap,
+}
+
+/// Which processors run with overlapped commits (`CHAOS_OVERLAP`).
+#[derive(Clone, Copy, Debug)]
+enum Overlap {
+    On,
+    Off,
+    /// Alternating per incarnation, starting on or off as the seed says.
+    Mixed {
+        seed: u64,
+    },
+}
+
+impl Overlap {
+    fn from_env(seed: u64) -> Overlap {
+        match std::env::var("CHAOS_OVERLAP").as_deref() {
+            Ok("on") => Overlap::On,
+            Ok("off") => Overlap::Off,
+            Ok("mixed") | Err(_) => Overlap::Mixed { seed },
+            Ok(other) => panic!("CHAOS_OVERLAP={other}: expected on, off or mixed"),
+        }
+    }
+
+    fn of(self, processor: usize, incarnation: usize) -> bool {
+        match self {
+            Overlap::On => true,
+            Overlap::Off => false,
+            Overlap::Mixed { seed } => {
+                (seed as usize).wrapping_add(processor).wrapping_add(incarnation).is_multiple_of(2)
+            }
+        }
+    }
 }
 
 impl Services<'_> {
@@ -256,7 +293,12 @@ impl Services<'_> {
     fn start(&mut self, target: Target) {
         let incarnation = self.next_incarnation(target);
         match target {
-            Target::Processor(i) => self.processors[i] = Some(self.env.spawn_instance(i, incarnation)),
+            Target::Processor(i) => {
+                let overlap = self.overlap.of(i, incarnation);
+                let env = [("OVERLAP_COMMITS", if overlap { "true" } else { "false" })];
+                self.processors[i] = Some(self.env.spawn_instance_with(i, incarnation, &env));
+                eprintln!("chaos: processor {i} incarnation {incarnation}: overlapped commits {overlap}");
+            }
             Target::WagonLits => self.wagon_lits = Some(self.env.spawn_wagon_lits(incarnation, 2_000)),
             Target::Broker(node) => {
                 self.env.cluster.restart(node).expect("restart a broker");
@@ -411,7 +453,11 @@ fn chaos_loses_and_doubles_nothing() {
     let seconds = env_u64("CHAOS_SECONDS", 100);
     let min_kills = env_u64("CHAOS_MIN_KILLS", 24) as u32;
     let rate = env_u64("CHAOS_RATE", 40) as f64;
-    eprintln!("chaos: seed={seed} seconds={seconds} min_kills={min_kills} rate={rate}/s (CHAOS_SEED={seed} reproduces the kills and orders)");
+    eprintln!(
+        "chaos: seed={seed} seconds={seconds} min_kills={min_kills} rate={rate}/s overlap={:?} (CHAOS_SEED={seed} \
+         reproduces the kills and orders)",
+        Overlap::from_env(seed)
+    );
 
     let config = ClusterConfig {
         nodes: BROKERS,
@@ -436,6 +482,7 @@ fn chaos_loses_and_doubles_nothing() {
         pauses: HashMap::new(),
         restarts: 0,
         exits: Vec::new(),
+        overlap: Overlap::from_env(seed),
     };
     for i in 0..INSTANCES {
         services.start(Target::Processor(i));

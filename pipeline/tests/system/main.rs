@@ -16,6 +16,7 @@ mod http_decisions;
 mod http_fuzz;
 mod lost_state;
 mod model_self_check;
+mod open_transaction;
 mod ops_page;
 mod otel;
 mod outage;

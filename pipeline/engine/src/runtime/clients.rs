@@ -1,6 +1,6 @@
 //! The stream thread's Kafka clients, built in one place: the main consumer (the group member,
-//! `read_committed`), the restore consumer (no group: it assigns changelog partitions itself), and
-//! the transactional producers.
+//! `read_committed`), the restore consumer (no group: it assigns changelog partitions itself), the
+//! watermarks client, and the transactional producers.
 
 use std::sync::Arc;
 
@@ -49,6 +49,18 @@ pub fn restore_consumer(config: &StreamConfig, role: &str) -> Result<BaseConsume
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "20");
     config.kafka.finish(r).create_with_context(RestoreContext).context("creating the restore consumer")
+}
+
+/// A client that only asks for high watermarks: `read_uncommitted`, so that the end it is told
+/// includes the records of transactions still open (a `read_committed` client is told the last
+/// stable offset). A restore compares the two ([`super::restore`]).
+pub fn watermarks_client(config: &StreamConfig) -> Result<BaseConsumer<RestoreContext>, RuntimeError> {
+    let mut c = config.kafka.base();
+    c.set("client.id", format!("{}-watermarks", config.transactional_id()))
+        .set("group.id", format!("{}-watermarks", config.application_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted");
+    config.kafka.finish(c).create_with_context(RestoreContext).context("creating the watermarks client")
 }
 
 /// The consumer that tails the changelog into the standby copies (no group; never waits for a

@@ -100,3 +100,24 @@ impl RecordCollector {
         Ok(())
     }
 }
+
+/// Whether a send failed because the producer's transaction has failed (librdkafka's
+/// `RD_KAFKA_RESP_ERR__STATE`: it takes no record until the transaction is aborted).
+pub fn refused_by_failed_transaction(err: &RuntimeError) -> bool {
+    matches!(err, RuntimeError::Kafka { source: KafkaError::MessageProduction(RDKafkaErrorCode::State), .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_state_error_means_the_transaction_failed() {
+        let kafka = |source| RuntimeError::Kafka { context: "producing to order-updates".into(), source };
+        assert!(refused_by_failed_transaction(&kafka(KafkaError::MessageProduction(RDKafkaErrorCode::State))));
+        assert!(!refused_by_failed_transaction(&kafka(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        ))));
+        assert!(!refused_by_failed_transaction(&kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal))));
+    }
+}

@@ -11,7 +11,7 @@
 //!   committed are aborted and the running tasks kept, detached, to serve the HTTP path.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -21,6 +21,9 @@ use super::stream_thread::{Consumer_, Engine, SETTLE_TIMEOUT};
 use super::task::Task;
 use super::{clients, KafkaContext, RuntimeError};
 use crate::kafka::KAFKA_CALL_TIMEOUT;
+
+/// How soon a restore that found a transaction open on its changelog partition is tried again.
+const RESTORE_AGAIN_AFTER: Duration = Duration::from_millis(200);
 
 impl Engine {
     /// Before partitions go to another member: settle what is open, then close their tasks.
@@ -118,15 +121,19 @@ impl Engine {
     /// is tried again at the next turn.
     pub(super) fn restore_assigned(&mut self, consumer: &Consumer_) -> Result<(), RuntimeError> {
         let partitions = self.tasks.restoring();
-        if partitions.is_empty() {
+        if partitions.is_empty() || self.restore_again_at.is_some_and(|at| Instant::now() < at) {
             return Ok(());
         }
+        self.restore_again_at = None;
         let failure = match self.committed_inputs(consumer, &partitions) {
             Ok(committed) => {
                 let mut failure = None;
                 for partition in partitions {
                     match self.restore_one(consumer, partition, &committed) {
-                        Ok(()) => self.resume(consumer, &[partition]),
+                        Ok(true) => self.resume(consumer, &[partition]),
+                        // A transaction is open on its changelog: the next turns go on serving the
+                        // other tasks, and the restore is tried again shortly.
+                        Ok(false) => self.restore_again_at = Some(Instant::now() + RESTORE_AGAIN_AFTER),
                         Err(RuntimeError::Kafka { context, source }) => {
                             failure = Some((context, source));
                             break;
@@ -146,9 +153,14 @@ impl Engine {
             // A fresh client for the next attempt: an idle consumer refreshes the metadata of a
             // topic it is not assigned only every few minutes, and after a broker kill its cache
             // can keep saying "unknown partition" that long (the three-broker test found it).
-            match clients::restore_consumer(&self.config, "restore") {
-                Ok(fresh) => self.restore_consumer = fresh,
-                Err(err) => tracing::warn!(error = %err, "could not recreate the restore consumer"),
+            match (clients::restore_consumer(&self.config, "restore"), clients::watermarks_client(&self.config)) {
+                (Ok(fresh), Ok(watermarks)) => {
+                    self.restore_consumer = fresh;
+                    self.watermarks = watermarks;
+                }
+                (Err(err), _) | (_, Err(err)) => {
+                    tracing::warn!(error = %err, "could not recreate the restore consumers")
+                }
             }
             self.pause(consumer, &waiting);
             std::thread::sleep(Duration::from_millis(500));
@@ -186,14 +198,16 @@ impl Engine {
             .context("reading committed offsets")
     }
 
-    /// Restores one partition's task and makes it run. On failure the task is closed (a detached
+    /// Restores one partition's task and makes it run; returns whether it does. A restore that
+    /// found a transaction still open on the changelog keeps its task restoring, with what is
+    /// committed so far applied ([`super::restore`]). On failure the task is closed (a detached
     /// one too: its store keeps what it holds, outbox included, for the next attempt).
     fn restore_one(
         &mut self,
         consumer: &Consumer_,
         partition: i32,
         committed: &TopicPartitionList,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<bool, RuntimeError> {
         // A task kept through a lost assignment is caught up, not reopened.
         let mut task = match self.tasks.take_for_restore(partition) {
             Some(task) => task,
@@ -203,7 +217,21 @@ impl Engine {
                 &self.config.store,
             )?,
         };
-        let stats = restore(&self.restore_consumer, &self.config.changelog_topic(), &mut task)?;
+        let stats = restore(&self.restore_consumer, &self.watermarks, &self.config.changelog_topic(), &mut task)?;
+        if !stats.complete() {
+            // Said once per wait, then at debug level at each attempt.
+            let first = self.tasks.still_restoring(task);
+            let message = "a transaction is still open on the changelog partition: its records, and what committed \
+                           after them, cannot be read yet; the task waits until it commits or is aborted (fenced, \
+                           or by the broker at its transaction.timeout.ms)";
+            if first {
+                self.metrics.restore_waits.inc();
+                tracing::info!(partition, stable = stats.to, high_watermark = stats.high_watermark, "{message}");
+            } else {
+                tracing::debug!(partition, stable = stats.to, high_watermark = stats.high_watermark, "{message}");
+            }
+            return Ok(false);
+        }
         tracing::info!(
             partition,
             from = stats.from.unwrap_or(-1),
@@ -231,6 +259,6 @@ impl Engine {
         };
         self.metrics.restore_done(partition, stats.records, stats.elapsed);
         self.tasks.restored(task);
-        Ok(())
+        Ok(true)
     }
 }

@@ -5,12 +5,25 @@
 //! two, after a lost state directory everything. Kafka Streams under exactly-once wipes the
 //! store after a crash and reads the whole changelog again; this does not need to, because the
 //! store only ever holds committed state.
+//!
+//! **A transaction still open on the changelog.** A restore reads committed records only, so it
+//! ends at the partition's last stable offset (LSO): the first record of the oldest transaction
+//! still open there. Records committed after that one are invisible until it ends, and a task
+//! that ran on what comes before them would decide again what they already decided. Such a
+//! transaction is a zombie's (a previous owner frozen, or killed before it could commit or
+//! abort): an orderly owner settles everything before it lets a partition go. So a restore is
+//! complete only once the LSO has reached the high watermark seen when it started; until then
+//! the task keeps restoring (what is committed so far is applied) and is tried again, until the
+//! zombie's transaction commits, is fenced, or is aborted by the broker at its
+//! `transaction.timeout.ms`. The chaos runner found this: a paused instance's open transaction
+//! held partition 3's LSO for 15 s, across two owners, and both fired the same timer
+//! (`docs/reliability.md`).
 
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -24,7 +37,9 @@ pub struct RestoreContext;
 
 impl ClientContext for RestoreContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
+        if !eof {
             tracing::warn!(%error, reason, "restore consumer error");
         }
     }
@@ -45,22 +60,40 @@ pub struct RestoreStats {
     pub from: Option<i64>,
     /// The position reached: the end of the changelog partition (its last stable offset).
     pub to: i64,
+    /// The partition's high watermark when the restore started. Past `to` while a transaction is
+    /// open there: the restore is not complete.
+    pub high_watermark: i64,
     /// Changelog records read and applied.
     pub records: u64,
     pub elapsed: Duration,
 }
 
+impl RestoreStats {
+    /// Whether the store holds everything the changelog had when the restore started: no
+    /// transaction was left open there (see the module's documentation).
+    pub fn complete(&self) -> bool {
+        self.to >= self.high_watermark
+    }
+}
+
 /// Brings `task`'s store up to the end of its changelog partition, reading committed records
 /// only. `consumer` is a consumer without a group, configured with `read_committed` and
-/// `enable.partition.eof`.
-pub fn restore<C: ConsumerContext>(
+/// `enable.partition.eof`; `watermarks` one configured with `read_uncommitted`, asked for the
+/// high watermark. The restore is complete ([`RestoreStats::complete`]) only if no transaction
+/// was open on the partition; otherwise call again later.
+pub fn restore<C: ConsumerContext, W: ConsumerContext>(
     consumer: &BaseConsumer<C>,
+    watermarks: &BaseConsumer<W>,
     changelog: &str,
     task: &mut Task,
 ) -> Result<RestoreStats, RuntimeError> {
     let started = Instant::now();
     let partition = task.partition;
     let from = task.store().changelog_position()?;
+    // The high watermark first, then the last stable offset (what a read_committed client is
+    // told the end is): if the second has reached the first, every transaction that had written
+    // here has ended.
+    let (_, high_watermark) = watermarks.fetch_watermarks(changelog, partition, KAFKA_CALL_TIMEOUT)?;
     let (low, high) = consumer.fetch_watermarks(changelog, partition, KAFKA_CALL_TIMEOUT)?;
     if from.unwrap_or(low) >= high {
         // Nothing after the stored position (or an empty changelog): no need to wait for a fetch.
@@ -69,29 +102,31 @@ pub fn restore<C: ConsumerContext>(
             task.store().restore(&[], to)?;
         }
         task.reload()?;
-        return Ok(RestoreStats { partition, from, to, records: 0, elapsed: started.elapsed() });
+        return Ok(RestoreStats { partition, from, to, high_watermark, records: 0, elapsed: started.elapsed() });
     }
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(changelog, partition, from.map_or(Offset::Beginning, Offset::Offset))?;
     consumer.assign(&assignment)?;
     tracing::debug!(partition, from = ?from, high_watermark = high, "restoring from changelog");
-    let read = read_to_end(consumer, changelog, task, from);
+    let read = read_to_end(consumer, changelog, task, from, high);
     // Whatever happened, the restore consumer lets the partition go: a failed attempt must not
     // leave it fetching for the next one.
     let unassigned = consumer.unassign();
     let (position, records) = read?;
     unassigned?;
     task.reload()?;
-    Ok(RestoreStats { partition, from, to: position, records, elapsed: started.elapsed() })
+    Ok(RestoreStats { partition, from, to: position, high_watermark, records, elapsed: started.elapsed() })
 }
 
 /// Reads the assigned changelog partition from `from` to its end into `task`'s store; returns
-/// the position reached and the records applied.
+/// the position reached and the records applied. `stable` is the partition's last stable offset
+/// when the restore started: the end reached is at or past it.
 fn read_to_end<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     changelog: &str,
     task: &mut Task,
     from: Option<i64>,
+    stable: i64,
 ) -> Result<(i64, u64), RuntimeError> {
     let partition = task.partition;
     let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(RESTORE_BATCH);
@@ -128,7 +163,9 @@ fn read_to_end<C: ConsumerContext>(
             }
         }
     }
-    // The consumer's position is past any transaction markers after the last record.
+    // The consumer's position is past any transaction markers after the last record; and the end
+    // of the partition, once reached, is at or past the last stable offset read at the start
+    // (what lies below it and was not delivered is aborted records and markers).
     let position = consumer
         .position()?
         .find_partition(changelog, partition)
@@ -137,7 +174,8 @@ fn read_to_end<C: ConsumerContext>(
             _ => None,
         })
         .unwrap_or(next)
-        .max(next);
+        .max(next)
+        .max(stable);
     total += task.store().restore(&records, position)? as u64;
     Ok((position, total))
 }

@@ -86,6 +86,11 @@ pub(super) struct Engine {
     pub(super) records: RecordCollector,
     pub(super) txns: Transactions<KafkaProducer>,
     pub(super) restore_consumer: BaseConsumer<RestoreContext>,
+    /// Asks for the changelog's high watermarks ([`clients::watermarks_client`]).
+    pub(super) watermarks: BaseConsumer<RestoreContext>,
+    /// Not before this instant is a restore tried again that found a transaction open on its
+    /// changelog partition.
+    pub(super) restore_again_at: Option<Instant>,
     /// Warm copies of the partitions not owned here (`--standby`).
     pub(super) standbys: Option<Standbys>,
     pub(super) tasks: TaskManager,
@@ -307,6 +312,7 @@ impl Engine {
         let txns = Transactions::new(producers.clone(), KAFKA_CALL_TIMEOUT, config.stuck_call_after)?;
         let records = RecordCollector::new(&config, Arc::clone(&producers[0]), Arc::clone(&metrics));
         let restore_consumer = clients::restore_consumer(&config, "restore")?;
+        let watermarks = clients::watermarks_client(&config)?;
         let standbys = if config.standby { Some(Standbys::new(&config)?) } else { None };
         Ok(Engine {
             config,
@@ -315,6 +321,8 @@ impl Engine {
             records,
             txns,
             restore_consumer,
+            watermarks,
+            restore_again_at: None,
             standbys,
             tasks: TaskManager::new(),
             last_commit: Instant::now(),
@@ -370,9 +378,28 @@ impl Engine {
             }
         }
         for (partition, output) in &drained {
-            self.records.emit(*partition, output, None)?;
+            self.produced(self.records.emit(*partition, output, None))?;
         }
-        Ok(true)
+        // Not open any more if the producer refused the outbox ([`Engine::produced`]).
+        Ok(self.txns.is_open())
+    }
+
+    /// What a record sent into the open transaction came to. A producer whose transaction has
+    /// failed (records timed out while a broker was away, say: librdkafka then requires an
+    /// abort) refuses every record after it with a state error: the transaction is aborted, and
+    /// its input read again once it has, as for a commit that fails. Any other error stops the
+    /// thread. (The chaos runner found this: a processor stopped on "Erroneous state".)
+    pub(super) fn produced(&mut self, sent: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
+        match sent {
+            Err(err) if super::collector::refused_by_failed_transaction(&err) => {
+                if self.txns.is_open() {
+                    tracing::warn!(error = %err, "the transaction has failed: the producer takes no more records; aborting it, and reading its input again");
+                }
+                self.txns.abort();
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Reads the committed states of the batch's orders, task by task, in one multi-get each.
@@ -429,12 +456,12 @@ impl Engine {
                 let Some(task) = self.tasks.running_task(partition) else { return Ok(None) };
                 let processed = task.process(&envelope, &self.config.rules, now_ms())?;
                 for output in &processed.outbox {
-                    self.records.emit(partition, output, None)?;
+                    self.produced(self.records.emit(partition, output, None))?;
                 }
                 match processed.decided {
                     Some(output) => {
                         tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, %trace_id, version = output.update.version, "command decided");
-                        self.records.emit(partition, &output, trace.as_ref())?
+                        self.produced(self.records.emit(partition, &output, trace.as_ref()))?
                     }
                     None => {
                         tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, %trace_id, "command already applied; nothing to do");
@@ -444,7 +471,7 @@ impl Engine {
             }
             Err(invalid) => {
                 tracing::warn!(partition, offset, error = %invalid, %trace_id, "invalid command sent to the dead-letter topic");
-                self.records.dead_letter(message, &invalid)?;
+                self.produced(self.records.dead_letter(message, &invalid))?;
             }
         }
         if let Some(task) = self.tasks.running_task(partition) {

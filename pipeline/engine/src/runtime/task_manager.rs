@@ -42,6 +42,8 @@ struct Managed {
     state: TaskState,
     /// `None` while restoring a store that is not open yet.
     task: Option<Task>,
+    /// Restoring, and waiting for a transaction open on the changelog to end.
+    waiting: bool,
 }
 
 /// What an assignment changed.
@@ -82,8 +84,13 @@ impl TaskManager {
             }
         }
         for partition in partitions {
-            let managed = self.tasks.entry(*partition).or_insert(Managed { state: TaskState::Restoring, task: None });
+            let managed = self.tasks.entry(*partition).or_insert(Managed {
+                state: TaskState::Restoring,
+                task: None,
+                waiting: false,
+            });
             managed.state = TaskState::Restoring;
+            managed.waiting = false;
         }
         out
     }
@@ -125,6 +132,20 @@ impl TaskManager {
         self.tasks.get_mut(&partition).filter(|m| m.state == TaskState::Restoring).and_then(|m| m.task.take())
     }
 
+    /// A restore could not complete yet (a transaction is open on the changelog): the task stays
+    /// restoring, its store open, for the next attempt. Returns whether this is the first attempt
+    /// that waited.
+    pub fn still_restoring(&mut self, task: Task) -> bool {
+        match self.tasks.get_mut(&task.partition) {
+            Some(m) if m.state == TaskState::Restoring => {
+                m.task = Some(task);
+                !std::mem::replace(&mut m.waiting, true)
+            }
+            // Revoked meanwhile: the task closes.
+            _ => false,
+        }
+    }
+
     /// A restore completed: the task runs.
     pub fn restored(&mut self, task: Task) {
         let partition = task.partition;
@@ -132,6 +153,7 @@ impl TaskManager {
             Some(m) if m.state == TaskState::Restoring => {
                 m.state = TaskState::Running;
                 m.task = Some(task);
+                m.waiting = false;
             }
             // Revoked while it restored: the task closes.
             _ => {}
@@ -231,6 +253,26 @@ mod tests {
         restore_all(&mut m, &dir);
         assert_eq!(running(&mut m), [0, 2]);
         assert_eq!(m.counts(), (0, 2, 0));
+    }
+
+    #[test]
+    fn a_restore_that_waits_keeps_its_task_restoring_and_says_so_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut m = TaskManager::new();
+        m.assigned(&[0]);
+        let t = m.take_for_restore(0).unwrap_or_else(|| task(&dir, 0));
+        assert!(m.still_restoring(t), "the first wait is new");
+        assert_eq!(m.state(0), Some(TaskState::Restoring));
+        assert!(running(&mut m).is_empty() && m.serving_task(0).is_none(), "a waiting task neither runs nor serves");
+        let again = m.take_for_restore(0);
+        assert!(again.is_some(), "the next attempt goes on with the store already open");
+        assert!(!m.still_restoring(again.expect("kept")), "the same wait goes on");
+        let done = m.take_for_restore(0).expect("kept");
+        m.restored(done);
+        assert_eq!(running(&mut m), [0]);
+        m.revoked(&[0]);
+        m.assigned(&[0]);
+        assert!(m.still_restoring(task(&dir, 0)), "a new assignment, a new wait");
     }
 
     #[test]

@@ -121,11 +121,17 @@ impl TestEnv {
     /// Starts instance `n` of a group of dev-materiels (instance 0 is the one the other helpers
     /// start; only it serves HTTP). Each instance has its own state directory.
     pub fn spawn_instance(&self, n: usize, incarnation: usize) -> DevMateriels {
+        self.spawn_instance_with(n, incarnation, &[])
+    }
+
+    /// [`TestEnv::spawn_instance`] with extra environment variables.
+    pub fn spawn_instance_with(&self, n: usize, incarnation: usize, env: &[(&str, &str)]) -> DevMateriels {
         if n == 0 {
-            return self.spawn_dev_materiels(incarnation);
+            return self.spawn_dev_materiels_with(incarnation, env);
         }
         let mut command =
             self.dev_materiels_command(&format!("instance-{n}"), &self.dir.path().join(format!("dev-materiels-{n}")));
+        command.envs(env.iter().copied());
         let port = kafka_harness::free_port().expect("port");
         command.arg("--http-listen").arg(format!("127.0.0.1:{port}"));
         let mut process = self.spawn(command, &format!("dev-materiels-i{n}-{incarnation}"));
