@@ -5,6 +5,8 @@
 //! 1,000,000 orders; the traffic is mostly new orders, with invalid ones, cancellations, retries
 //! and confirmations of orders in the state. Reported in commands per second.
 //!
+//! A second bench decodes the same records alone.
+//!
 //! `cargo bench --workspace --bench processing` (with `--workspace`: the build's features, not a second RocksDB build) (`BENCH_STATE_ORDERS` sets the state size).
 
 /// jemalloc for Rust and, unprefixed, for RocksDB and librdkafka too: less time in malloc and
@@ -96,5 +98,17 @@ fn processing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, processing);
+/// Decoding alone: the records of one batch, as they come from `orders` (JSON), into commands.
+fn decoding(c: &mut Criterion) {
+    let records = command_batch(1, BATCH, state_orders(), now_ms());
+    let mut group = c.benchmark_group("dev-materiels");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.sample_size(20);
+    group.bench_function("decode command (JSON)", |b| {
+        b.iter(|| records.iter().filter(|(key, value)| decode_command(Some(key), Some(value)).is_ok()).count())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, processing, decoding);
 criterion_main!(benches);

@@ -1,6 +1,7 @@
 //! The order domain of the two railway services and their state stores. No Kafka, no HTTP.
 //!
-//! - [`order`]: commands, updates, statuses and the pure state machine;
+//! - [`order`]: commands, updates, statuses and the pure state machine (and, in [`order::json`],
+//!   how a command is read from JSON in one pass);
 //! - [`catalogue`]: the SKUs dev-materiels accepts;
 //! - [`encoding`]: how an order state is written in the store and on the changelog;
 //! - [`store`]: dev-materiels' per-partition order store (RocksDB, committed state only);

@@ -3,7 +3,7 @@
 //! same updates, byte for byte, in the same order, and dead-letters the same records.
 //!
 //! Why: the end-to-end bench compares dev-materiels with the peer. That comparison is only fair
-//! if both do the same work, so the peer must be the same state machine (`state/src/order.rs`):
+//! if both do the same work, so the peer must be the same state machine (`state/src/order/mod.rs`):
 //! the same checks in the same order, the same reasons word for word, the same idempotence
 //! (applied command ids remembered for life, the last 256 refused ones), the same timers, the
 //! same validation of what reaches the machine (`decode_command`), and the same JSON out.

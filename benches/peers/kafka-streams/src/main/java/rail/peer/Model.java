@@ -8,7 +8,7 @@ import java.util.List;
 import java.util.Objects;
 
 /**
- * The order domain of dev-materiels, typed, as in {@code state/src/order.rs}: the statuses, the
+ * The order domain of dev-materiels, typed, as in {@code state/src/order/mod.rs}: the statuses, the
  * commands read from {@code orders}, the updates written to {@code order-updates}, and the state
  * kept per order. Names and field orders follow the Rust types one for one.
  */

@@ -15,7 +15,7 @@ import rail.peer.Model.TimerKind;
 import rail.peer.Model.Trigger;
 
 /**
- * dev-materiels' state machine, {@code state/src/order.rs}, in Java: the same checks in the same
+ * dev-materiels' state machine, {@code state/src/order/mod.rs}, in Java: the same checks in the same
  * order, the same reasons word for word, the same versions. Pure: no clock, no I/O; the caller
  * passes the processing time in.
  */

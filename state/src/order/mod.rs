@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use crate::catalogue::Catalogue;
 
+pub mod json;
+
 /// The only schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 /// Most lines an order may carry.
@@ -129,9 +131,9 @@ pub struct PlaceOrder {
     pub lines: Vec<OrderLine>,
 }
 
-/// What wagon-lits asks of dev-materiels.
+/// What wagon-lits asks of dev-materiels. Read from JSON in one pass ([`json`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", deny_unknown_fields)]
+#[serde(tag = "type", try_from = "json::WireCommand")]
 pub enum Command {
     PlaceOrder(PlaceOrder),
     CancelOrder { reason: String },
