@@ -28,8 +28,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteBufferManager,
-    WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch,
+    WriteBufferManager, WriteOptions, DB,
 };
 
 use serde::{Deserialize, Serialize};
@@ -121,6 +121,13 @@ impl StoreOptions {
         table.set_block_cache(&self.block_cache);
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
+        // Filters and indexes in 4 KiB partitions, top levels pinned: a whole-file filter of a
+        // large SST does not stay in a 1 MiB cache shard, and was read again by most multi-gets
+        // (docs/benchmarks.md, 2026-12-02).
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
         options.set_block_based_table_factory(&table);
         options
     }
