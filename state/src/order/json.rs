@@ -2,9 +2,9 @@
 //!
 //! serde's derive for an internally tagged enum (`#[serde(tag = "type")]`) cannot know the
 //! variant before it has seen `type`, which may come last, so it first copies the whole object
-//! into a tree of owned values, then reads the variant from that tree: a third of the time
+//! into a tree of owned values, then reads the variant from that tree: about half the time
 //! `decode_command` took (`cargo bench --workspace --bench processing` under `perf`,
-//! docs/benchmarks.md). Here the object is read once into [`WireCommand`], every field any
+//! docs/benchmarks.md). Here the object is read once into a struct of every field any
 //! variant has, then checked against its `type`: the same commands are accepted, and the same ones
 //! refused (a field of another variant is an unknown field, a missing one a missing field, a
 //! `null` where a string is expected a type error). Serialising is still the derive's.
