@@ -95,8 +95,10 @@ struct Args {
     /// Check that every order got exactly one update; exit non-zero otherwise.
     #[arg(long)]
     check: bool,
-    /// Where the raw results of the run go, as `<date>-<commit>.json`.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    /// Where the raw results of the run go, as `<date>-<commit>.json`; relative to the working
+    /// directory (`scripts/bench.sh` runs from the repository's root). Not the build's source
+    /// path: a target directory shared by several checkouts would send them to another one.
+    #[arg(long, default_value = "benches/results")]
     results_dir: PathBuf,
 }
 
