@@ -8,10 +8,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::changelog::{self, accepted, send};
 use crate::support::{now_ms, send_all, TestEnv};
 use pipeline::workload::{Mix, Workload};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use state::order::{OrderLine, PlaceOrder, Timer, TimerKind};
+use rdkafka::producer::{BaseProducer, Producer};
 use state::{OrderState, OrderStatus};
 
 const PARTITIONS: i32 = 1;
@@ -19,32 +19,9 @@ const ORDERS: usize = 10;
 /// What dev-materiels logs when a restore waits for a transaction open on its changelog.
 const WAITING: &str = "a transaction is still open on the changelog partition";
 
-/// An order accepted, waiting on its preparation timer, due at `due_ms`.
-fn accepted(id: &str, due_ms: u64) -> OrderState {
-    OrderState {
-        version: 1,
-        status: Some(OrderStatus::Accepted),
-        placed: Some(PlaceOrder {
-            wagon_id: "WL-7".into(),
-            requested_by: "agent".into(),
-            lines: vec![OrderLine { sku: "BRAKE-PAD-UIC".into(), quantity: 1 }],
-        }),
-        timer: Some(Timer { kind: TimerKind::Prepare, due_ms }),
-        ..OrderState::new(id)
-    }
-}
-
 /// The same order shipped: both timers fired, nothing left to do.
 fn shipped(id: &str) -> OrderState {
     OrderState { version: 3, status: Some(OrderStatus::Shipped), timer: None, ..accepted(id, 0) }
-}
-
-fn write(producer: &BaseProducer, changelog: &str, state: &OrderState) {
-    let value = state::store::encode_state(state).expect("encode");
-    producer
-        .send(BaseRecord::to(changelog).partition(0).key(state.order_id.as_str()).payload(&value))
-        .map_err(|(e, _)| e)
-        .expect("queue a changelog record");
 }
 
 fn transactional(env: &TestEnv, id: &str) -> BaseProducer {
@@ -58,30 +35,26 @@ fn transactional(env: &TestEnv, id: &str) -> BaseProducer {
 #[test]
 fn a_restore_waits_for_a_transaction_left_open_on_the_changelog() {
     let env = TestEnv::start("open-txn", PARTITIONS);
-    engine::admin::ensure_topics(
-        &env.kafka,
-        &[wire::topics::changelog_topic(&env.topics, &env.changelog(), PARTITIONS)],
-    )
-    .expect("changelog topic");
+    changelog::create(&env);
     let changelog = env.changelog();
     let ids: Vec<String> = (0..ORDERS).map(|i| format!("OPEN-{i:03}")).collect();
 
     // Committed long ago: the orders accepted, their preparation due now.
     let plain: BaseProducer = env.kafka.finish(env.kafka.base()).create().expect("producer");
     for id in &ids {
-        write(&plain, &changelog, &accepted(id, now_ms()));
+        send(&plain, &changelog, 0, &accepted(id, now_ms()));
     }
     plain.flush(Duration::from_secs(30)).expect("committed states written");
     // A zombie's transaction, left open.
     let zombie = transactional(&env, "open-txn-zombie");
     zombie.begin_transaction().expect("begin");
-    write(&zombie, &changelog, &accepted(&ids[0], now_ms()));
+    send(&zombie, &changelog, 0, &accepted(&ids[0], now_ms()));
     zombie.flush(Duration::from_secs(30)).expect("the zombie's record written");
     // A later owner's transaction, committed after it: every order shipped, no timer left.
     let later = transactional(&env, "open-txn-later-owner");
     later.begin_transaction().expect("begin");
     for id in &ids {
-        write(&later, &changelog, &shipped(id));
+        send(&later, &changelog, 0, &shipped(id));
     }
     later.commit_transaction(Duration::from_secs(30)).expect("the later owner's states committed");
 

@@ -9,11 +9,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::support::{compare_view, now_ms, oracle, send_paced, wire_commands, TestEnv};
+use crate::support::{changelog, compare_view, now_ms, oracle, send_paced, wire_commands, TestEnv};
 use pipeline::workload::{Mix, Workload};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use state::order::{OrderLine, PlaceOrder, Timer, TimerKind};
-use state::{OrderState, OrderStatus};
+use rdkafka::producer::{BaseProducer, Producer};
+use state::OrderStatus;
 use wire::partitioner::partition_for;
 
 const PARTITIONS: i32 = 2;
@@ -36,22 +35,7 @@ fn seed_changelog(env: &TestEnv, ids: &[String], due_ms: u64) {
     let producer: BaseProducer = env.kafka.finish(env.kafka.base()).create().expect("producer");
     let changelog = env.changelog();
     for id in ids {
-        let state = OrderState {
-            version: 1,
-            status: Some(OrderStatus::Accepted),
-            placed: Some(PlaceOrder {
-                wagon_id: "WL-9".into(),
-                requested_by: "agent".into(),
-                lines: vec![OrderLine { sku: "BRAKE-PAD-UIC".into(), quantity: 1 }],
-            }),
-            timer: Some(Timer { kind: TimerKind::Prepare, due_ms }),
-            ..OrderState::new(id.clone())
-        };
-        let value = state::store::encode_state(&state).expect("encode");
-        producer
-            .send(BaseRecord::to(&changelog).partition(QUIET).key(id.as_str()).payload(&value))
-            .map_err(|(e, _)| e)
-            .expect("queue a changelog record");
+        changelog::send(&producer, &changelog, QUIET, &changelog::accepted(id, due_ms));
     }
     producer.flush(Duration::from_secs(30)).expect("changelog records written");
 }
@@ -85,12 +69,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 #[test]
 fn a_thawed_zombie_publishes_nothing() {
     let env = TestEnv::start("zombie", PARTITIONS);
-    // The changelog topic exists once a dev-materiels has started; create it now to seed it.
-    engine::admin::ensure_topics(
-        &env.kafka,
-        &[wire::topics::changelog_topic(&env.topics, &env.changelog(), PARTITIONS)],
-    )
-    .expect("changelog topic");
+    changelog::create(&env);
     let seeded = ids_on(QUIET, "QUIET", SEEDED_ORDERS);
     let due_ms = now_ms() + 40_000;
     seed_changelog(&env, &seeded, due_ms);

@@ -378,10 +378,22 @@ impl Engine {
             }
         }
         for (partition, output) in &drained {
-            self.produced(self.records.emit(*partition, output, None))?;
+            self.emit(*partition, output, None)?;
         }
         // Not open any more if the producer refused the outbox ([`Engine::produced`]).
         Ok(self.txns.is_open())
+    }
+
+    /// Produces a decision into the open transaction ([`RecordCollector::emit`]), through
+    /// [`Engine::produced`].
+    pub(super) fn emit(
+        &mut self,
+        partition: i32,
+        output: &super::task::Output,
+        parent: Option<&TraceParent>,
+    ) -> Result<(), RuntimeError> {
+        let sent = self.records.emit(partition, output, parent);
+        self.produced(sent)
     }
 
     /// What a record sent into the open transaction came to. A producer whose transaction has
@@ -389,7 +401,7 @@ impl Engine {
     /// abort) refuses every record after it with a state error: the transaction is aborted, and
     /// its input read again once it has, as for a commit that fails. Any other error stops the
     /// thread. (The chaos runner found this: a processor stopped on "Erroneous state".)
-    pub(super) fn produced(&mut self, sent: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
+    fn produced(&mut self, sent: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
         match sent {
             Err(err) if super::collector::refused_by_failed_transaction(&err) => {
                 if self.txns.is_open() {
@@ -456,12 +468,12 @@ impl Engine {
                 let Some(task) = self.tasks.running_task(partition) else { return Ok(None) };
                 let processed = task.process(&envelope, &self.config.rules, now_ms())?;
                 for output in &processed.outbox {
-                    self.produced(self.records.emit(partition, output, None))?;
+                    self.emit(partition, output, None)?;
                 }
                 match processed.decided {
                     Some(output) => {
                         tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, %trace_id, version = output.update.version, "command decided");
-                        self.produced(self.records.emit(partition, &output, trace.as_ref()))?
+                        self.emit(partition, &output, trace.as_ref())?
                     }
                     None => {
                         tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, %trace_id, "command already applied; nothing to do");
@@ -471,7 +483,8 @@ impl Engine {
             }
             Err(invalid) => {
                 tracing::warn!(partition, offset, error = %invalid, %trace_id, "invalid command sent to the dead-letter topic");
-                self.produced(self.records.dead_letter(message, &invalid))?;
+                let sent = self.records.dead_letter(message, &invalid);
+                self.produced(sent)?;
             }
         }
         if let Some(task) = self.tasks.running_task(partition) {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod changelog;
 pub mod http;
 pub mod oracle;
 
