@@ -83,7 +83,8 @@ pub struct DevMaterielsArgs {
     /// transactional producer (`<application id>-<instance id>#1`) while the previous one
     /// commits, instead of taking no record until it has. Order and fencing are kept (see
     /// docs/architecture.md). Off by default: on a machine with few cores it costs more CPU per
-    /// order than the waiting it saves (docs/benchmarks.md).
+    /// order than the waiting it saves (docs/benchmarks.md). EXPERIMENTAL: the chaos runner saw a
+    /// revocation wait 30 s for it to settle, and the process stop (docs/reliability.md).
     #[arg(long, env = "OVERLAP_COMMITS", default_value_t = false, action = clap::ArgAction::Set)]
     pub overlap_commits: bool,
 }
