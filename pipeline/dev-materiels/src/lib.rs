@@ -83,10 +83,22 @@ pub struct DevMaterielsArgs {
     /// transactional producer (`<application id>-<instance id>#1`) while the previous one
     /// commits, instead of taking no record until it has. Order and fencing are kept (see
     /// docs/architecture.md). Off by default: on a machine with few cores it costs more CPU per
-    /// order than the waiting it saves (docs/benchmarks.md). EXPERIMENTAL: the chaos runner saw a
-    /// revocation wait 30 s for it to settle, and the process stop (docs/reliability.md).
+    /// order than the waiting it saves (docs/benchmarks.md).
     #[arg(long, env = "OVERLAP_COMMITS", default_value_t = false, action = clap::ArgAction::Set)]
     pub overlap_commits: bool,
+    /// Stream threads (Kafka Streams' `num.stream.threads`): each is a member of the consumer
+    /// group with its own tasks and producer(s); they share the state directory, and HTTP
+    /// requests go to the thread that serves the order. Default: one per two
+    /// cores, at least one (a stream thread keeps about two cores busy with its librdkafka,
+    /// committer and RocksDB threads, docs/benchmarks.md).
+    #[arg(long, env = "STREAM_THREADS", default_value_t = default_stream_threads(), value_parser = clap::value_parser!(u16).range(1..))]
+    pub stream_threads: u16,
+}
+
+/// One stream thread per two cores, at least one.
+pub fn default_stream_threads() -> u16 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u16::try_from(cores / 2).unwrap_or(u16::MAX).max(1)
 }
 
 impl DevMaterielsArgs {
@@ -116,6 +128,7 @@ impl DevMaterielsArgs {
             standby: self.standby,
             stuck_call_after: Duration::from_millis(self.transaction_call_stuck_after_ms),
             overlap_commits: self.overlap_commits,
+            stream_threads: usize::from(self.stream_threads),
         })
     }
 }

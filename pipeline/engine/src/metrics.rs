@@ -88,6 +88,8 @@ pub struct Topics {
 pub struct ConsumerLag {
     topic: String,
     family: Family<TopicPartition, Gauge>,
+    /// What each consumer (each stream thread) last said, merged into `family`.
+    sources: Arc<Mutex<Vec<BTreeMap<i32, i64>>>>,
 }
 
 impl ConsumerLag {
@@ -95,13 +97,24 @@ impl ConsumerLag {
     pub fn register(registry: &mut Registry, topic: &str) -> ConsumerLag {
         let family = Family::<TopicPartition, Gauge>::default();
         registry.register("rail_consumer_lag", "Records behind the last stable offset, by partition", family.clone());
-        ConsumerLag { topic: topic.to_string(), family }
+        ConsumerLag { topic: topic.to_string(), family, sources: Arc::default() }
     }
 
     /// The lag of each partition fetched now (the others are dropped).
     pub fn set(&self, lag: &BTreeMap<i32, i64>) {
+        self.set_of(0, lag);
+    }
+
+    /// The lag of each partition consumer `source` (a stream thread) fetches now; the others'
+    /// partitions stay.
+    pub fn set_of(&self, source: usize, lag: &BTreeMap<i32, i64>) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if sources.len() <= source {
+            sources.resize(source + 1, BTreeMap::new());
+        }
+        sources[source] = lag.clone();
         self.family.clear();
-        for (partition, lag) in lag {
+        for (partition, lag) in sources.iter().flatten() {
             self.family.get_or_create(&TopicPartition { topic: self.topic.clone(), partition: *partition }).set(*lag);
         }
     }
@@ -169,6 +182,8 @@ pub struct StreamMetrics {
     /// The last assignment and each partition's restores, as [`StreamStats`] shows them (the
     /// families hold the same, for `/metrics`).
     seen: Arc<Mutex<Seen>>,
+    /// Each stream thread's last report, summed into the gauges.
+    threads: Arc<Mutex<Vec<ThreadReport>>>,
 }
 
 impl StreamMetrics {
@@ -221,6 +236,7 @@ impl StreamMetrics {
             store_bytes: Family::default(),
             consumer_lag: ConsumerLag::register(registry, &topics.orders),
             seen: Arc::default(),
+            threads: Arc::default(),
         };
         registry.register(
             "rail_commands_unchanged",
@@ -329,32 +345,76 @@ impl StreamMetrics {
         record.last_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     }
 
-    /// The group assigned `partitions`.
-    pub fn assignment(&self, partitions: &[i32]) {
-        self.assignments.inc();
-        self.assigned.clear();
-        for partition in partitions {
-            self.assigned.get_or_create(&Partition { partition: *partition }).set(1);
-        }
-        let mut assigned = partitions.to_vec();
-        assigned.sort_unstable();
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).0 = assigned;
+    /// The process runs `threads` stream threads: each reports its own tasks, and the gauges
+    /// show their sums.
+    pub fn stream_threads(&self, threads: usize) {
+        self.with_threads(|reports| *reports = vec![ThreadReport::default(); threads]);
     }
 
-    /// The sizes of the task stores, by partition.
-    pub fn store_sizes(&self, sizes: &BTreeMap<i32, state::StoreSize>) {
+    /// Runs `f` on the threads' reports (grown to hold `thread`), then sets the gauges from them.
+    fn report(&self, thread: usize, f: impl FnOnce(&mut ThreadReport)) {
+        self.with_threads(|reports| {
+            if reports.len() <= thread {
+                reports.resize(thread + 1, ThreadReport::default());
+            }
+            f(&mut reports[thread]);
+        });
+    }
+
+    fn with_threads(&self, f: impl FnOnce(&mut Vec<ThreadReport>)) {
+        let mut reports = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut reports);
+        let sum = |field: fn(&ThreadReport) -> i64| reports.iter().map(field).sum::<i64>();
+        self.active_tasks.set(sum(|r| r.running));
+        self.partitions_restoring.set(sum(|r| r.restoring));
+        self.outbox_pending.set(sum(|r| r.outbox));
+        self.standby_partitions.set(sum(|r| r.standby));
+        let assigned: std::collections::BTreeSet<i32> =
+            reports.iter().flat_map(|r| r.assigned.iter().flatten().copied()).collect();
+        self.assigned.clear();
+        for partition in &assigned {
+            self.assigned.get_or_create(&Partition { partition: *partition }).set(1);
+        }
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).0 = assigned.into_iter().collect();
         self.store_keys.clear();
         self.store_bytes.clear();
-        for (partition, size) in sizes {
+        for (partition, size) in reports.iter().flat_map(|r| r.sizes.iter()) {
             let labels = StorePartition { store: "tasks", partition: *partition };
             self.store_keys.get_or_create(&labels).set(i64::try_from(size.keys).unwrap_or(i64::MAX));
             self.store_bytes.get_or_create(&labels).set(i64::try_from(size.bytes).unwrap_or(i64::MAX));
         }
     }
 
-    /// Whether the thread has had an assignment and restored all of it.
+    /// Stream thread `thread`'s tasks: running, restoring, and the outbox entries they hold.
+    pub fn tasks(&self, thread: usize, running: usize, restoring: usize, outbox: usize) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.report(thread, |r| {
+            r.running = count(running);
+            r.restoring = count(restoring);
+            r.outbox = count(outbox);
+        });
+    }
+
+    /// Stream thread `thread` keeps `partitions` standby copies.
+    pub fn standbys(&self, thread: usize, partitions: usize) {
+        self.report(thread, |r| r.standby = i64::try_from(partitions).unwrap_or(i64::MAX));
+    }
+
+    /// The group assigned `partitions` to stream thread `thread`.
+    pub fn assignment(&self, thread: usize, partitions: &[i32]) {
+        self.assignments.inc();
+        self.report(thread, |r| r.assigned = Some(partitions.to_vec()));
+    }
+
+    /// The sizes of stream thread `thread`'s task stores, by partition.
+    pub fn store_sizes(&self, thread: usize, sizes: &BTreeMap<i32, state::StoreSize>) {
+        self.report(thread, |r| r.sizes = sizes.clone());
+    }
+
+    /// Whether every stream thread has had an assignment and restored all of it.
     pub fn is_ready(&self) -> bool {
-        self.assignments.get() > 0 && self.partitions_restoring.get() == 0
+        let reports = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        !reports.is_empty() && reports.iter().all(|r| r.assigned.is_some()) && self.partitions_restoring.get() == 0
     }
 
     /// The counters at one moment (`GET /v1/status`, the demo, the logs).
@@ -389,6 +449,18 @@ impl StreamMetrics {
 
 /// The last assignment, and each partition's restores.
 type Seen = (Vec<i32>, BTreeMap<i32, RestoreRecord>);
+
+/// What one stream thread last reported of its tasks.
+#[derive(Debug, Clone, Default)]
+struct ThreadReport {
+    running: i64,
+    restoring: i64,
+    outbox: i64,
+    standby: i64,
+    /// Its last assignment; `None` before the first.
+    assigned: Option<Vec<i32>>,
+    sizes: BTreeMap<i32, state::StoreSize>,
+}
 
 /// One partition's restores, in [`StreamStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -440,13 +512,14 @@ mod tests {
         let mut registry = Registry::default();
         let topics = Topics { orders: "o".into(), updates: "u".into(), changelog: "c".into(), dlq: "d".into() };
         let m = StreamMetrics::new(&mut registry, &topics);
-        m.assignment(&[3, 1]);
+        m.stream_threads(1);
+        m.assignment(0, &[3, 1]);
         m.restore_done(1, 40, Duration::from_millis(250));
         m.restore_done(1, 2, Duration::from_millis(5));
         m.restore_done(3, 0, Duration::from_millis(1));
         m.records.inc();
         m.update_produced();
-        m.partitions_restoring.set(0);
+        m.tasks(0, 2, 0, 0);
         let s = m.snapshot();
         assert_eq!(s.assigned, [1, 3]);
         assert_eq!(s.restores[&1], RestoreRecord { count: 2, last_records: 2, last_ms: 5 });
@@ -465,5 +538,33 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} is not in:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_gauges_sum_what_each_stream_thread_reports() {
+        let mut registry = Registry::default();
+        let topics = Topics { orders: "o".into(), updates: "u".into(), changelog: "c".into(), dlq: "d".into() };
+        let m = StreamMetrics::new(&mut registry, &topics);
+        m.stream_threads(2);
+        m.assignment(0, &[0, 2]);
+        m.tasks(0, 1, 1, 3);
+        assert!(!m.is_ready(), "thread 1 has had no assignment yet");
+        m.assignment(1, &[1]);
+        m.tasks(1, 1, 0, 2);
+        assert!(!m.is_ready(), "thread 0 is still restoring a partition");
+        m.tasks(0, 2, 0, 3);
+        m.standbys(1, 2);
+        m.consumer_lag.set_of(0, &BTreeMap::from([(0, 5), (2, 7)]));
+        m.consumer_lag.set_of(1, &BTreeMap::from([(1, 11)]));
+        assert!(m.is_ready());
+        let s = m.snapshot();
+        assert_eq!(s.assigned, [0, 1, 2]);
+        assert_eq!((s.active_tasks, s.outbox_pending, s.standby_partitions), (3, 5, 2));
+        assert_eq!([0, 1, 2].map(|p| m.consumer_lag.get(p)), [Some(5), Some(11), Some(7)]);
+        // A new assignment of one thread leaves the other's partitions where they are.
+        m.assignment(1, &[]);
+        m.tasks(1, 0, 0, 0);
+        let s = m.snapshot();
+        assert_eq!((s.assigned, s.active_tasks, s.assignments), (vec![0, 2], 2, 3));
     }
 }

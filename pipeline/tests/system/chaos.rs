@@ -27,13 +27,15 @@
 //! | `CHAOS_MIN_KILLS` | 24      | kills go on past the duration until this many    |
 //! | `CHAOS_RATE`      | 40      | orders placed per second (plus their follow-ups) |
 //! | `CHAOS_OVERLAP`   | mixed   | overlapped commits: `on`, `off`, or `mixed` (each processor alternates from one incarnation to the next, starting where the seed says) |
+//! | `CHAOS_STREAM_THREADS` | mixed | stream threads per processor: `1`, `2`, or `mixed` (each processor alternates every second incarnation) |
 //!
-//! With `mixed`, both commit modes run in every run, side by side in one group (as during an
-//! upgrade that turns them on one instance at a time).
+//! With `mixed`, both commit modes and both thread counts run in every run, in all four
+//! combinations, side by side in one group (as during an upgrade that changes them one instance
+//! at a time).
 //!
 //! ```text
 //! CHAOS_SEED=7 CHAOS_SECONDS=900 CHAOS_MIN_KILLS=100 \
-//!   cargo test --release -p pipeline --test system chaos -- --nocapture
+//!   cargo test --release --locked --workspace --test system chaos -- --nocapture
 //! ```
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -248,39 +250,46 @@ struct Services<'a> {
     restarts: u32,
     /// Processes that exited by themselves (and were restarted).
     exits: Vec<String>,
-    overlap: Overlap,
+    overlap: Alternating,
+    two_threads: Alternating,
 }
 
-/// Which processors run with overlapped commits (`CHAOS_OVERLAP`).
+/// A processor setting that a variable fixes (`on`/`off`, `2`/`1`), or that alternates from
+/// one incarnation to the next (`mixed`, the default), every `every` incarnations, starting where
+/// the seed says.
 #[derive(Clone, Copy, Debug)]
-enum Overlap {
-    On,
-    Off,
-    /// Alternating per incarnation, starting on or off as the seed says.
-    Mixed {
-        seed: u64,
-    },
+enum Alternating {
+    Fixed(bool),
+    Mixed { start: u64, every: usize },
 }
 
-impl Overlap {
-    fn from_env(seed: u64) -> Overlap {
-        match std::env::var("CHAOS_OVERLAP").as_deref() {
-            Ok("on") => Overlap::On,
-            Ok("off") => Overlap::Off,
-            Ok("mixed") | Err(_) => Overlap::Mixed { seed },
-            Ok(other) => panic!("CHAOS_OVERLAP={other}: expected on, off or mixed"),
+impl Alternating {
+    fn from_env(variable: &str, on: &str, off: &str, start: u64, every: usize) -> Alternating {
+        match std::env::var(variable).as_deref() {
+            Ok(v) if v == on => Alternating::Fixed(true),
+            Ok(v) if v == off => Alternating::Fixed(false),
+            Ok("mixed") | Err(_) => Alternating::Mixed { start, every },
+            Ok(other) => panic!("{variable}={other}: expected {on}, {off} or mixed"),
         }
     }
 
     fn of(self, processor: usize, incarnation: usize) -> bool {
         match self {
-            Overlap::On => true,
-            Overlap::Off => false,
-            Overlap::Mixed { seed } => {
-                (seed as usize).wrapping_add(processor).wrapping_add(incarnation).is_multiple_of(2)
+            Alternating::Fixed(on) => on,
+            Alternating::Mixed { start, every } => {
+                (start as usize).wrapping_add(processor).wrapping_add(incarnation / every).is_multiple_of(2)
             }
         }
     }
+}
+
+/// Which processors run with overlapped commits (`CHAOS_OVERLAP`), and which with two stream
+/// threads (`CHAOS_STREAM_THREADS`).
+fn modes(seed: u64) -> (Alternating, Alternating) {
+    (
+        Alternating::from_env("CHAOS_OVERLAP", "on", "off", seed, 1),
+        Alternating::from_env("CHAOS_STREAM_THREADS", "2", "1", seed / 2, 2),
+    )
 }
 
 impl Services<'_> {
@@ -295,9 +304,12 @@ impl Services<'_> {
         match target {
             Target::Processor(i) => {
                 let overlap = self.overlap.of(i, incarnation);
-                let env = [("OVERLAP_COMMITS", if overlap { "true" } else { "false" })];
+                let threads = if self.two_threads.of(i, incarnation) { "2" } else { "1" };
+                let env = [("OVERLAP_COMMITS", if overlap { "true" } else { "false" }), ("STREAM_THREADS", threads)];
                 self.processors[i] = Some(self.env.spawn_instance_with(i, incarnation, &env));
-                eprintln!("chaos: processor {i} incarnation {incarnation}: overlapped commits {overlap}");
+                eprintln!(
+                    "chaos: processor {i} incarnation {incarnation}: overlapped commits {overlap}, stream threads {threads}"
+                );
             }
             Target::WagonLits => self.wagon_lits = Some(self.env.spawn_wagon_lits(incarnation, 2_000)),
             Target::Broker(node) => {
@@ -454,9 +466,9 @@ fn chaos_loses_and_doubles_nothing() {
     let min_kills = env_u64("CHAOS_MIN_KILLS", 24) as u32;
     let rate = env_u64("CHAOS_RATE", 40) as f64;
     eprintln!(
-        "chaos: seed={seed} seconds={seconds} min_kills={min_kills} rate={rate}/s overlap={:?} (CHAOS_SEED={seed} \
+        "chaos: seed={seed} seconds={seconds} min_kills={min_kills} rate={rate}/s (overlap, two stream threads)={:?} (CHAOS_SEED={seed} \
          reproduces the kills and orders)",
-        Overlap::from_env(seed)
+        modes(seed)
     );
 
     let config = ClusterConfig {
@@ -482,7 +494,8 @@ fn chaos_loses_and_doubles_nothing() {
         pauses: HashMap::new(),
         restarts: 0,
         exits: Vec::new(),
-        overlap: Overlap::from_env(seed),
+        overlap: modes(seed).0,
+        two_threads: modes(seed).1,
     };
     for i in 0..INSTANCES {
         services.start(Target::Processor(i));

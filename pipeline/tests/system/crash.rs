@@ -20,8 +20,14 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     let env = TestEnv::start("crash", 4);
     let view = env.start_view("main");
     let producer = env.producer();
+    // Incarnations alternate one and two stream threads: the partitions move between the
+    // threads' state directories from one to the next.
+    let spawn = |incarnation: usize| {
+        let threads = if incarnation % 2 == 1 { "2" } else { "1" };
+        env.spawn_dev_materiels_with(incarnation, &[("STREAM_THREADS", threads)])
+    };
     let mut incarnation = 0;
-    let mut dev = env.spawn_dev_materiels(incarnation);
+    let mut dev = spawn(incarnation);
     let mut processes = Vec::new();
 
     let mut workload = Workload::new(seed, "CRASH", now_ms());
@@ -41,7 +47,7 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
             kills += 1;
             std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
             incarnation += 1;
-            processes.push(std::mem::replace(&mut dev, env.spawn_dev_materiels(incarnation)));
+            processes.push(std::mem::replace(&mut dev, spawn(incarnation)));
         }
         sender.join().expect("sender");
         kills
@@ -67,7 +73,7 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
             dev.kill();
             kills += 1;
             incarnation += 1;
-            processes.push(std::mem::replace(&mut dev, env.spawn_dev_materiels(incarnation)));
+            processes.push(std::mem::replace(&mut dev, spawn(incarnation)));
         }
         sender.join().expect("sender");
         kills

@@ -66,7 +66,9 @@ fn assert_problem(answer: &Answer, status: u16, what: &str) {
 #[test]
 fn the_api_answers_as_documented_and_refuses_bad_input_without_side_effects() {
     let env = TestEnv::start("http", 2);
-    let mut dev = env.spawn_dev_materiels(0);
+    // Two stream threads, one partition each: the interactive queries below reach the thread
+    // that serves their order.
+    let mut dev = env.spawn_dev_materiels_with(0, &[("STREAM_THREADS", "2")]);
     let mut wagon_lits = env.spawn_wagon_lits(0, 2_000);
     let api = Http::new(env.api_port, Some(TOKEN));
     let direct = Http::new(env.dev_port, Some(TOKEN));
@@ -217,6 +219,24 @@ fn the_api_answers_as_documented_and_refuses_bad_input_without_side_effects() {
     assert_eq!(state.status, 200);
     assert_eq!(state.body["state"]["status"], "Delivered");
     assert_eq!(state.body["state"]["version"], 4);
+    // Every partition's orders are answered, whichever thread serves them.
+    let mut answered = std::collections::BTreeSet::new();
+    for n in 0..8 {
+        let id = format!("ROUTE-{n}");
+        let order = json!({"order_id": id, "wagon_id": "WL-7", "requested_by": "agent", "lines": [{"sku": "NOT-SOLD-HERE", "quantity": 1}]});
+        assert_eq!(api.post("/orders", order.to_string()).status, 202);
+        wait_status(&api, &id, "Rejected");
+        let state = direct.get(&format!("/v1/orders/{id}"));
+        assert_eq!((state.status, &state.body["state"]["status"]), (200, &json!("Rejected")), "{}", state.body);
+        answered.insert(state.body["partition"].as_i64().expect("the partition"));
+    }
+    assert_eq!(answered.len(), 2, "the orders asked for fell on partitions {answered:?} only");
+    let log = dev.log_text();
+    assert!(
+        log.contains("stream_thread{thread=1}"),
+        "the second stream thread did not run; log:\n{}",
+        dev.log_tail(40)
+    );
 
     wagon_lits.terminate();
     dev.terminate();

@@ -24,7 +24,9 @@ fn partitions_move_between_instances_without_loss_or_duplicates() {
         let sender = scope.spawn(|| send_paced(&producer, &sent, 800));
         std::thread::sleep(Duration::from_secs(3));
         eprintln!("a third instance joins");
-        c_instance = Some(env.spawn_instance(2, 0));
+        // The survivor runs two stream threads: the partitions move between threads as between
+        // processes.
+        c_instance = Some(env.spawn_instance_with(2, 0, &[("STREAM_THREADS", "2")]));
         std::thread::sleep(Duration::from_secs(3));
         eprintln!("instance 0 leaves cleanly (SIGTERM)");
         a.terminate();
@@ -45,7 +47,7 @@ fn partitions_move_between_instances_without_loss_or_duplicates() {
     let shipped = crate::support::shipped(&view.view, &ids);
     let deliveries = workload.delivery_phase(&shipped, 0.8, 0.5, 0.05);
     // A new instance joins while the deliveries come in.
-    let mut d = env.spawn_instance(3, 0);
+    let mut d = env.spawn_instance_with(3, 0, &[("STREAM_THREADS", "2")]);
     send_paced(&producer, &deliveries, 2_000);
     sent.extend(deliveries);
     let report = converge(&env, &view, &sent);

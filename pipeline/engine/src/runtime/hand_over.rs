@@ -10,14 +10,14 @@ use crate::kafka::KAFKA_CALL_TIMEOUT;
 /// Sends the commands of the outbox in the store at `dir` back to `orders`, then deletes the
 /// store. Returns how many commands were sent.
 pub fn hand_over(config: &StreamConfig, dir: &std::path::Path) -> Result<usize, RuntimeError> {
-    let commands: Vec<state::CommandEnvelope> = {
-        let store = state::OrderStore::open(dir, &config.store)?;
-        let outbox = store.outbox()?;
-        if outbox.is_empty() {
-            return Ok(0);
-        }
-        outbox.into_iter().filter_map(|(_, entry)| entry.command).collect()
-    };
+    // The store stays open (locked) until its directory is gone: another stream thread of the
+    // process that is assigned the partition meanwhile waits, then starts from the changelog.
+    let store = state::OrderStore::open(dir, &config.store)?;
+    let outbox = store.outbox()?;
+    if outbox.is_empty() {
+        return Ok(0);
+    }
+    let commands: Vec<state::CommandEnvelope> = outbox.into_iter().filter_map(|(_, entry)| entry.command).collect();
     // An idempotent producer with Java's partitioner, as wagon-lits produces commands: each
     // command lands on its order's partition.
     let mut p = config.kafka.base();
@@ -45,5 +45,6 @@ pub fn hand_over(config: &StreamConfig, dir: &std::path::Path) -> Result<usize, 
             .map_err(|(source, _)| RuntimeError::Kafka { context: "handing commands over to orders".into(), source })?;
     }
     std::fs::remove_dir_all(dir).map_err(|source| RuntimeError::Io { path: dir.to_path_buf(), source })?;
+    drop(store);
     Ok(commands.len())
 }

@@ -17,7 +17,9 @@
 //! - invalid input goes to the **dead-letter topic** ([`dlq`]);
 //! - optionally, **standby tasks** ([`standby`]) keep warm copies of the other partitions;
 //! - commands over HTTP reach the stream thread through [`direct`]; a store left behind hands its
-//!   unpublished ones over to `orders` ([`hand_over`]).
+//!   unpublished ones over to `orders` ([`hand_over`]);
+//! - a process can run several stream threads ([`threads`], `num.stream.threads`), each a group
+//!   member with its own tasks; HTTP requests go to the one that serves the order ([`ownership`]).
 
 pub mod clients;
 pub mod collector;
@@ -25,6 +27,7 @@ pub mod commit;
 pub mod direct;
 pub mod dlq;
 pub mod hand_over;
+pub mod ownership;
 pub mod producer;
 pub mod rebalance;
 pub mod restore;
@@ -32,6 +35,7 @@ pub mod standby;
 pub mod stream_thread;
 pub mod task;
 pub mod task_manager;
+pub mod threads;
 pub mod transaction;
 
 use std::path::PathBuf;
@@ -48,7 +52,7 @@ use crate::kafka::{KafkaArgs, KAFKA_CALL_TIMEOUT};
 pub use crate::metrics::{StreamMetrics, StreamStats};
 pub use producer::TxnError;
 pub use restore::RestoreStats;
-pub use stream_thread::run;
+pub use threads::run;
 
 /// Everything the stream thread needs.
 #[derive(Clone)]
@@ -78,6 +82,8 @@ pub struct StreamConfig {
     /// Open the next transaction on a second producer while the previous one commits
     /// ([`transaction`]); off, the stream thread takes no record during a commit.
     pub overlap_commits: bool,
+    /// Stream threads in the process, each a group member with its own tasks ([`threads`]).
+    pub stream_threads: usize,
 }
 
 /// The watchdog's default patience: 30 s past the calls' own timeout.
@@ -102,6 +108,18 @@ impl StreamConfig {
             0 => self.transactional_id(),
             n => format!("{}#{n}", self.transactional_id()),
         }
+    }
+
+    /// The configuration of stream thread `thread` ([`threads`]): thread 0 keeps the instance's
+    /// names; thread `i` adds `-t<i>` to the instance id; they share the state directory; only
+    /// thread 0 keeps standby copies.
+    pub fn for_thread(&self, thread: usize) -> StreamConfig {
+        let mut config = self.clone();
+        if thread > 0 {
+            config.instance_id = format!("{}-t{thread}", self.instance_id);
+            config.standby = false;
+        }
+        config
     }
 
     /// How many transactional producers a stream thread runs: two when commits overlap.

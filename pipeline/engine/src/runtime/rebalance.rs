@@ -46,14 +46,22 @@ impl Engine {
         // what is open, or in one more transaction once everything else has committed.
         let has_outbox =
             |engine: &mut Engine| engine.tasks.running().any(|(p, t)| partitions.contains(&p) && t.outbox_len() > 0);
-        let mut settled = self.settle(consumer, SETTLE_TIMEOUT);
+        // Long enough for the committer's watchdog to call a stuck call stuck and for what follows
+        // (a new producer, the aborts) to finish: a `send_offsets_to_transaction` that never
+        // returns (the group coordinator it cached went away, confluentinc/librdkafka#5456)
+        // would otherwise outlast the wait, and the thread would stop on a transaction that the
+        // watchdog is about to settle. The chaos runner found this (seed 803524, overlapped
+        // commits: the call sent its AddOffsetsToTxn, then nothing, for 30 s). The group waits
+        // for this member up to its rebalance timeout (`max.poll.interval.ms`, 300 s).
+        let patience = self.config.stuck_call_after + SETTLE_TIMEOUT;
+        let mut settled = self.settle(consumer, patience);
         if matches!(settled, Ok(true)) && has_outbox(self) {
-            settled = self.begin().and_then(|_| self.settle(consumer, SETTLE_TIMEOUT));
+            settled = self.begin().and_then(|_| self.settle(consumer, patience));
         }
         match settled {
             Ok(true) => {}
             Ok(false) => {
-                self.fatal.get_or_insert(RuntimeError::NotSettled { waited: SETTLE_TIMEOUT });
+                self.fatal.get_or_insert(RuntimeError::NotSettled { waited: patience });
             }
             Err(err) => {
                 tracing::error!(error = %err, "could not settle the transaction before the partitions were revoked");
@@ -69,7 +77,7 @@ impl Engine {
     /// back.
     pub(super) fn on_assign(&mut self, partitions: &[i32]) {
         tracing::info!(?partitions, "partitions assigned");
-        self.metrics.assignment(partitions);
+        self.metrics.assignment(self.thread, partitions);
         let assigned = self.tasks.assigned(partitions);
         for (partition, outbox) in assigned.closed_detached {
             tracing::warn!(partition, outbox, "detached task not reassigned; closed");
@@ -89,7 +97,10 @@ impl Engine {
         let standby: BTreeSet<i32> =
             self.standbys.as_ref().map(|s| s.partitions().into_iter().collect()).unwrap_or_default();
         for partition in self.tasks.without_task(self.partitions) {
-            if assigned.contains(&partition) || standby.contains(&partition) {
+            if assigned.contains(&partition)
+                || standby.contains(&partition)
+                || self.ownership.held_by_another(self.thread, partition)
+            {
                 continue;
             }
             let dir = self.config.state_dir.join(format!("partition-{partition}"));
@@ -104,15 +115,21 @@ impl Engine {
         }
     }
 
-    /// Standby copies of every partition that has no task.
-    fn refresh_standbys(&mut self) {
+    /// Standby copies of every partition that has no task in any stream thread of the process.
+    pub(super) fn refresh_standbys(&mut self) {
+        self.ownership_seen = self.ownership.version();
         let Some(standbys) = &mut self.standbys else { return };
-        let wanted: BTreeSet<i32> = self.tasks.without_task(self.partitions).into_iter().collect();
+        let wanted: BTreeSet<i32> = self
+            .tasks
+            .without_task(self.partitions)
+            .into_iter()
+            .filter(|p| !self.ownership.held_by_another(self.thread, *p))
+            .collect();
         if let Err(err) = standbys.set(&wanted) {
             tracing::error!(error = %err, "could not set up the standby copies");
             self.fatal.get_or_insert(err);
         }
-        self.metrics.standby_partitions.set(standbys.partitions().len() as i64);
+        self.metrics.standbys(self.thread, standbys.partitions().len());
     }
 
     /// Restores the tasks of newly assigned partitions, before any of their records is processed.
@@ -211,11 +228,21 @@ impl Engine {
         // A task kept through a lost assignment is caught up, not reopened.
         let mut task = match self.tasks.take_for_restore(partition) {
             Some(task) => task,
-            None => Task::open(
+            None => match Task::open(
                 partition,
                 &self.config.state_dir.join(format!("partition-{partition}")),
                 &self.config.store,
-            )?,
+            ) {
+                Ok(task) => task,
+                // Another stream thread of the process still holds the store (a detached task it
+                // closes at its own next assignment, a standby copy it lets go at its next turn):
+                // wait, as for a transaction open on the changelog ([`super::threads`]).
+                Err(state::StoreError::Locked { .. }) => {
+                    tracing::debug!(partition, "the store is still held by another stream thread; waiting");
+                    return Ok(false);
+                }
+                Err(err) => return Err(err.into()),
+            },
         };
         let stats = restore(&self.restore_consumer, &self.watermarks, &self.config.changelog_topic(), &mut task)?;
         if !stats.complete() {

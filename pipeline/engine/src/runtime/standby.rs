@@ -65,7 +65,15 @@ impl Standbys {
         let before: BTreeSet<i32> = self.stores.keys().copied().collect();
         self.stores.retain(|p, _| wanted.contains(p));
         for partition in wanted.difference(&before) {
-            let store = OrderStore::open(&self.state_dir.join(format!("partition-{partition}")), &self.options)?;
+            let store = match OrderStore::open(&self.state_dir.join(format!("partition-{partition}")), &self.options) {
+                Ok(store) => store,
+                // Another stream thread's task still holds it: no copy until the next set.
+                Err(state::StoreError::Locked { .. }) => {
+                    tracing::debug!(partition, "no standby copy yet: another stream thread holds the store");
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
             if !store.outbox()?.is_empty() {
                 tracing::warn!(partition, "no standby copy: the store holds decisions not yet published");
                 continue;

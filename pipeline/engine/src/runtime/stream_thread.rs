@@ -53,6 +53,7 @@ use wire::{TraceParent, TRACEPARENT};
 
 use super::collector::RecordCollector;
 use super::direct::{DirectRefusal, DirectReply, DirectRequest, QueryReply};
+use super::ownership::Ownership;
 use super::producer::KafkaProducer;
 use super::restore::RestoreContext;
 use super::standby::Standbys;
@@ -79,6 +80,12 @@ pub(super) fn now_ms() -> u64 {
 /// Everything the loop and the rebalance callbacks share.
 pub(super) struct Engine {
     pub(super) config: StreamConfig,
+    /// This stream thread's index in the process ([`super::threads`]).
+    pub(super) thread: usize,
+    /// Where the process's HTTP requests are routed: this thread says which tasks it has.
+    pub(super) ownership: Arc<Ownership>,
+    /// The [`Ownership::version`] the standby copies were last set for.
+    pub(super) ownership_seen: u64,
     /// Partitions of `orders` (and of the changelog).
     pub(super) partitions: i32,
     /// The transactional producers, taking turns ([`Transactions::next_slot`]).
@@ -110,6 +117,7 @@ const MAX_BATCH: usize = 500;
 /// statistics to the metrics.
 pub(super) struct StreamContext {
     engine: Arc<Mutex<Engine>>,
+    thread: usize,
     metrics: Arc<StreamMetrics>,
     orders_topic: String,
     /// Rebalances seen (revocations and assignments), for [`poll_batch`].
@@ -117,8 +125,13 @@ pub(super) struct StreamContext {
 }
 
 impl StreamContext {
-    fn new(engine: Arc<Mutex<Engine>>, metrics: Arc<StreamMetrics>, orders_topic: &str) -> StreamContext {
-        StreamContext { engine, metrics, orders_topic: orders_topic.to_string(), rebalances: AtomicU64::new(0) }
+    fn new(
+        engine: Arc<Mutex<Engine>>,
+        thread: usize,
+        metrics: Arc<StreamMetrics>,
+        orders_topic: &str,
+    ) -> StreamContext {
+        StreamContext { engine, thread, metrics, orders_topic: orders_topic.to_string(), rebalances: AtomicU64::new(0) }
     }
 }
 
@@ -134,7 +147,7 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
 impl ClientContext for StreamContext {
     fn stats_raw(&self, statistics: &[u8]) {
         if let Some(lag) = crate::stats::consumer_lag(statistics, &self.orders_topic) {
-            self.metrics.consumer_lag.set(&lag);
+            self.metrics.consumer_lag.set_of(self.thread, &lag);
         }
     }
 }
@@ -189,7 +202,7 @@ fn poll_batch(consumer: &Consumer_) -> Vec<KafkaResult<BorrowedMessage<'_>>> {
 
 /// [`prepare_topics`], tried again (three times in all) when an admin call fails for want of an
 /// answer: a broker of several paused or restarting fails one call, not the start.
-fn prepare_topics_patiently(config: &StreamConfig) -> Result<i32, RuntimeError> {
+pub(super) fn prepare_topics_patiently(config: &StreamConfig) -> Result<i32, RuntimeError> {
     let mut attempt = 1;
     loop {
         match prepare_topics(config) {
@@ -203,17 +216,22 @@ fn prepare_topics_patiently(config: &StreamConfig) -> Result<i32, RuntimeError> 
     }
 }
 
-/// Runs dev-materiels' stream thread until `shutdown` is set, then commits what is open and
-/// returns its counters. `direct` brings the commands and queries that came over HTTP.
-pub fn run(
+/// Runs stream thread `thread` of the process until `shutdown` is set, then commits what is
+/// open and returns the process's counters. `direct` brings the commands and queries that came
+/// over HTTP for the partitions it serves ([`Ownership`]); `partitions` is the number of
+/// partitions of `orders`, the topics being ready ([`prepare_topics_patiently`]).
+pub(super) fn run(
     config: StreamConfig,
+    thread: usize,
+    partitions: i32,
+    ownership: Arc<Ownership>,
     shutdown: Arc<AtomicBool>,
     metrics: Arc<StreamMetrics>,
     direct: Receiver<DirectRequest>,
 ) -> Result<StreamStats, RuntimeError> {
-    let partitions = prepare_topics_patiently(&config)?;
-    let engine = Arc::new(Mutex::new(Engine::new(config.clone(), partitions, Arc::clone(&metrics), direct)?));
-    let context = StreamContext::new(Arc::clone(&engine), Arc::clone(&metrics), &config.topics.orders_topic);
+    let engine = Engine::new(config.clone(), thread, ownership, partitions, Arc::clone(&metrics), direct)?;
+    let engine = Arc::new(Mutex::new(engine));
+    let context = StreamContext::new(Arc::clone(&engine), thread, Arc::clone(&metrics), &config.topics.orders_topic);
     let consumer = clients::main_consumer(&config, context)?;
     consumer.subscribe(&[&config.topics.orders_topic]).context("subscribing to orders")?;
     tracing::info!(
@@ -302,6 +320,8 @@ pub fn run(
 impl Engine {
     fn new(
         config: StreamConfig,
+        thread: usize,
+        ownership: Arc<Ownership>,
         partitions: i32,
         metrics: Arc<StreamMetrics>,
         direct: Receiver<DirectRequest>,
@@ -316,6 +336,9 @@ impl Engine {
         let standbys = if config.standby { Some(Standbys::new(&config)?) } else { None };
         Ok(Engine {
             config,
+            thread,
+            ownership,
+            ownership_seen: 0,
             partitions,
             producers,
             records,
@@ -335,11 +358,15 @@ impl Engine {
     /// Refreshes the store sizes `/metrics` shows.
     fn refresh_store_sizes(&self) {
         let sizes = self.tasks.tasks().map(|(partition, task)| (partition, task.store().size())).collect();
-        self.metrics.store_sizes(&sizes);
+        self.metrics.store_sizes(self.thread, &sizes);
     }
 
-    /// Applies what the changelog has for the standby copies, without waiting.
+    /// Applies what the changelog has for the standby copies, without waiting; first sets them
+    /// again if another stream thread's tasks changed.
     fn poll_standbys(&mut self) -> Result<(), RuntimeError> {
+        if self.standbys.is_some() && self.ownership.version() != self.ownership_seen {
+            self.refresh_standbys();
+        }
         if let Some(standbys) = &mut self.standbys {
             let applied = standbys.poll()?;
             self.metrics.standby_records.inc_by(applied as u64);
@@ -349,9 +376,8 @@ impl Engine {
 
     pub(super) fn update_gauges(&self) {
         let (restoring, running, _) = self.tasks.counts();
-        self.metrics.active_tasks.set(running as i64);
-        self.metrics.partitions_restoring.set(restoring as i64);
-        self.metrics.outbox_pending.set(self.tasks.outbox_len() as i64);
+        self.metrics.tasks(self.thread, running, restoring, self.tasks.outbox_len());
+        self.ownership.publish(self.thread, self.tasks.states());
     }
 
     /// Opens a transaction if none is, and puts the outbox entries of every running task first

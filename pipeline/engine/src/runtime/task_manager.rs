@@ -208,6 +208,11 @@ impl TaskManager {
         (0..partitions).filter(|p| !self.tasks.contains_key(p)).collect()
     }
 
+    /// Every task's partition and state.
+    pub fn states(&self) -> Vec<(i32, TaskState)> {
+        self.tasks.iter().map(|(p, m)| (*p, m.state)).collect()
+    }
+
     /// How many tasks are in each state: (restoring, running, detached).
     pub fn counts(&self) -> (usize, usize, usize) {
         let count = |s| self.tasks.values().filter(|m| m.state == s).count();

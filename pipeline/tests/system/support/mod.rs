@@ -152,6 +152,8 @@ impl TestEnv {
     /// The dev-materiels command line shared by every instance of a test.
     fn dev_materiels_command(&self, instance_id: &str, state_dir: &Path) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dev-materiels"));
+        // One stream thread unless a test asks for more (the default depends on the cores).
+        command.env("STREAM_THREADS", "1");
         command
             .arg("--brokers")
             .arg(&self.kafka.brokers)
@@ -187,7 +189,12 @@ impl TestEnv {
             command.env("RAIL_TOKEN", http::TOKEN);
         }
         command
-            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            // RAIL_TEST_LOG replaces the filter, to look closer at a failure (for example
+            // `info,engine=debug`, with KAFKA_OPTIONS="debug=eos,cgrp" and `librdkafka=debug`).
+            .env(
+                "RUST_LOG",
+                std::env::var("RAIL_TEST_LOG").unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out)

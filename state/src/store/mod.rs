@@ -71,6 +71,10 @@ pub enum StoreError {
     Corrupt { path: PathBuf, key: String, reason: String },
     #[error("cannot encode {what}: {reason}")]
     Encode { what: &'static str, reason: String },
+    /// Another handle has the store open (another stream thread's task or standby copy): try
+    /// again once it has closed it.
+    #[error("state store at {path} is open elsewhere: {reason}")]
+    Locked { path: PathBuf, reason: String },
 }
 
 impl From<crate::encoding::EncodeError> for StoreError {
@@ -167,8 +171,17 @@ pub(crate) fn open_db(path: &Path, options: &StoreOptions, families: &[&str]) ->
     let db_options = options.rocks_options();
     let descriptors =
         families.iter().map(|name| ColumnFamilyDescriptor::new(*name, options.rocks_options())).collect::<Vec<_>>();
-    DB::open_cf_descriptors(&db_options, path, descriptors)
-        .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })
+    DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|source| {
+        // RocksDB's own words for a store another handle holds (PosixEnv::LockFile): "lock hold
+        // by current process" within this process, "Resource temporarily unavailable" from
+        // another.
+        let message = source.to_string();
+        if message.contains("lock hold by current process") || message.contains("Resource temporarily unavailable") {
+            StoreError::Locked { path: path.to_path_buf(), reason: message }
+        } else {
+            StoreError::Rocks { path: path.to_path_buf(), source }
+        }
+    })
 }
 
 pub(crate) fn cf<'a>(db: &'a DB, path: &Path, name: &'static str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
@@ -478,123 +491,4 @@ impl OrderStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::order::{OrderStatus, TimerKind};
-
-    fn state(id: &str, version: u64, timer: Option<Timer>) -> OrderState {
-        OrderState { version, status: Some(OrderStatus::Accepted), timer, ..OrderState::new(id) }
-    }
-
-    #[test]
-    fn batch_writes_state_timers_and_position_together() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
-        assert_eq!(store.changelog_position().expect("position"), None);
-
-        let t1 = Timer { kind: TimerKind::Prepare, due_ms: 10 };
-        let s = state("a", 1, Some(t1));
-        let mut batch = StoreBatch::new();
-        store.put(&mut batch, &s, &encode_state(&s).expect("encode"), None).expect("put");
-        batch.set_position(7);
-        store.write(batch).expect("write");
-        assert_eq!(store.get("a").expect("get"), Some(s.clone()));
-        assert_eq!(store.timers().expect("timers"), vec![(10, "a".to_string())]);
-        assert_eq!(store.changelog_position().expect("position"), Some(7));
-
-        // Moving the timer replaces its index entry.
-        let t2 = Timer { kind: TimerKind::Ship, due_ms: 20 };
-        let s2 = state("a", 2, Some(t2));
-        let mut batch = StoreBatch::new();
-        store.put(&mut batch, &s2, &encode_state(&s2).expect("encode"), Some(t1)).expect("put");
-        store.write(batch).expect("write");
-        assert_eq!(store.timers().expect("timers"), vec![(20, "a".to_string())]);
-        assert_eq!(store.changelog_position().expect("position"), Some(7));
-    }
-
-    #[test]
-    fn restore_applies_records_in_order_and_tombstones() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
-        let a1 = state("a", 1, Some(Timer { kind: TimerKind::Prepare, due_ms: 5 }));
-        let a2 = state("a", 2, Some(Timer { kind: TimerKind::Ship, due_ms: 9 }));
-        let b1 = state("b", 1, Some(Timer { kind: TimerKind::Prepare, due_ms: 6 }));
-        let records = vec![
-            (b"a".to_vec(), Some(encode_state(&a1).expect("encode"))),
-            (b"b".to_vec(), Some(encode_state(&b1).expect("encode"))),
-            (b"a".to_vec(), Some(encode_state(&a2).expect("encode"))),
-            (b"b".to_vec(), None),
-        ];
-        assert_eq!(store.restore(&records, 42).expect("restore"), 4);
-        assert_eq!(store.get("a").expect("get"), Some(a2));
-        assert_eq!(store.get("b").expect("get"), None);
-        assert_eq!(store.timers().expect("timers"), vec![(9, "a".to_string())]);
-        assert_eq!(store.changelog_position().expect("position"), Some(42));
-    }
-
-    #[test]
-    fn restore_never_goes_back_and_drops_published_outbox_entries() {
-        use crate::order::{OrderUpdate, Outcome, Trigger};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
-        // Over HTTP, the order reached v3 and v4 while Kafka was away.
-        let update = |v| OrderUpdate {
-            schema_version: 1,
-            order_id: "a".into(),
-            version: v,
-            status: Some(OrderStatus::Accepted),
-            previous_status: None,
-            outcome: Outcome::Refused,
-            reason: None,
-            trigger: Trigger::Command,
-            command_id: Some(format!("c{v}")),
-            timestamp_ms: v,
-        };
-        let mut batch = StoreBatch::new();
-        for v in [3, 4] {
-            let s = state("a", v, None);
-            store.put(&mut batch, &s, &encode_state(&s).expect("encode"), None).expect("put");
-            let entry = OutboxEntry { update: update(v), state: s, command: None, superseded: false };
-            store.put_outbox(&mut batch, v, &entry).expect("outbox");
-        }
-        store.write(batch).expect("write");
-        // The changelog holds v2 (older) and v3 (published from the outbox: it has seen c3).
-        let published = OrderState { applied_commands: vec!["c3".into()], ..state("a", 3, None) };
-        let records = vec![
-            (b"a".to_vec(), Some(encode_state(&state("a", 2, None)).expect("encode"))),
-            (b"a".to_vec(), Some(encode_state(&published).expect("encode"))),
-        ];
-        store.restore(&records, 10).expect("restore");
-        assert_eq!(store.get("a").expect("get").map(|s| s.version), Some(4), "the store never goes back");
-        let left: Vec<u64> = store.outbox().expect("outbox").into_iter().map(|(seq, _)| seq).collect();
-        assert_eq!(left, vec![4], "v3 was published, v4 was not");
-
-        // Another instance owned the partition meanwhile, from v3: its v4 never saw c4. Its
-        // history wins, and the order's entry is superseded (to be decided again).
-        let other = OrderState { applied_commands: vec!["c3".into(), "d4".into()], ..state("a", 4, None) };
-        store.restore(&[(b"a".to_vec(), Some(encode_state(&other).expect("encode")))], 11).expect("restore");
-        assert_eq!(store.get("a").expect("get"), Some(other.clone()), "the changelog's history replaces the store's");
-        let left: Vec<(u64, bool)> =
-            store.outbox().expect("outbox").into_iter().map(|(seq, e)| (seq, e.superseded)).collect();
-        assert_eq!(left, vec![(4, true)]);
-        // Older records of that history do not undo it.
-        store.restore(&[(b"a".to_vec(), Some(encode_state(&published).expect("encode")))], 12).expect("restore");
-        assert_eq!(store.get("a").expect("get"), Some(other));
-    }
-
-    #[test]
-    fn state_survives_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = state("x", 3, None);
-        {
-            let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
-            let mut batch = StoreBatch::new();
-            store.put(&mut batch, &s, &encode_state(&s).expect("encode"), None).expect("put");
-            batch.set_position(100);
-            store.write(batch).expect("write");
-        }
-        let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("reopen");
-        assert_eq!(store.get("x").expect("get"), Some(s));
-        assert_eq!(store.changelog_position().expect("position"), Some(100));
-    }
-}
+mod tests;

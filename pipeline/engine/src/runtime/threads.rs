@@ -1,0 +1,115 @@
+//! Several stream threads in one process (`--stream-threads`, Kafka Streams'
+//! `num.stream.threads`): each is a member of the consumer group of its own, with its own
+//! transactional producer(s), tasks and state directory, so the group spreads the partitions over
+//! them as over processes, and fencing works between them as between processes.
+//!
+//! - Thread 0 keeps the instance's names (transactional id, `group.instance.id`), so a process
+//!   that goes from one thread to several still fences its previous incarnation; thread `i` adds
+//!   `-t<i>` to the instance id.
+//! - The threads share the state directory, one store per partition, as Kafka Streams' threads
+//!   share theirs: a partition that moves from one thread to another (the group assigns each
+//!   thread on its own) finds its store where the other left it, written up to its changelog
+//!   position, outbox included. RocksDB's lock keeps a store to one thread at a time: a thread
+//!   assigned a partition whose store another still holds (a detached task not closed yet, a
+//!   standby copy) waits, and tries again every 200 ms.
+//! - Standby copies (`--standby`) are kept by thread 0 only, of every partition no thread has a
+//!   task for; it lets a copy go as soon as another thread takes the partition.
+//! - A store left behind is handed over ([`super::hand_over`]) only if no thread has a task for
+//!   its partition.
+//! - Requests that came over HTTP are routed to the thread whose task serves the order's
+//!   partition ([`Ownership`]): a running task first, then one restoring (which answers "busy"),
+//!   then a detached one; a partition no thread has goes to thread 0, which says so.
+//! - The first thread to stop (an error, or the shutdown) stops the others; the process reports
+//!   the first error.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wire::partitioner::partition_for;
+
+use super::direct::DirectRequest;
+use super::ownership::Ownership;
+use super::{stream_thread, RuntimeError, StreamConfig};
+use crate::metrics::{StreamMetrics, StreamStats};
+
+/// Runs `config.stream_threads` stream threads until `shutdown` is set (or one of them stops),
+/// then returns the process's counters, or the first thread's error.
+pub fn run(
+    config: StreamConfig,
+    shutdown: Arc<AtomicBool>,
+    metrics: Arc<StreamMetrics>,
+    direct: Receiver<DirectRequest>,
+) -> Result<StreamStats, RuntimeError> {
+    let threads = config.stream_threads.max(1);
+    let partitions = stream_thread::prepare_topics_patiently(&config)?;
+    metrics.stream_threads(threads);
+    let ownership = Arc::new(Ownership::new(threads));
+    if threads == 1 {
+        return stream_thread::run(config, 0, partitions, ownership, shutdown, metrics, direct);
+    }
+    let mut inboxes = Vec::new();
+    let mut handles = Vec::new();
+    for thread in 0..threads {
+        let (inbox, requests) = std::sync::mpsc::channel();
+        inboxes.push(inbox);
+        let config = config.for_thread(thread);
+        let (ownership, shutdown, metrics) = (Arc::clone(&ownership), Arc::clone(&shutdown), Arc::clone(&metrics));
+        let handle = std::thread::Builder::new()
+            .name(format!("stream-thread-{thread}"))
+            .spawn(move || {
+                let _span = tracing::info_span!("stream_thread", thread).entered();
+                let result =
+                    stream_thread::run(config, thread, partitions, ownership, Arc::clone(&shutdown), metrics, requests);
+                // One thread stopping stops the process: the others settle and stop too.
+                shutdown.store(true, Ordering::Relaxed);
+                result
+            })
+            .map_err(|source| RuntimeError::Thread { name: "stream", source })?;
+        handles.push(handle);
+    }
+    route(&direct, &inboxes, &ownership, partitions, &shutdown);
+    drop(inboxes);
+    let mut first_error = None;
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                first_error.get_or_insert(err);
+            }
+            Err(_) => {
+                first_error.get_or_insert(RuntimeError::ThreadStopped { name: "stream" });
+            }
+        }
+    }
+    match first_error {
+        Some(err) => Err(err),
+        None => Ok(metrics.snapshot()),
+    }
+}
+
+/// Hands each request that came over HTTP to the thread that serves its order's partition, until
+/// `shutdown` is set.
+fn route(
+    direct: &Receiver<DirectRequest>,
+    inboxes: &[Sender<DirectRequest>],
+    ownership: &Ownership,
+    partitions: i32,
+    shutdown: &AtomicBool,
+) {
+    while !shutdown.load(Ordering::Relaxed) {
+        let request = match direct.recv_timeout(Duration::from_millis(100)) {
+            Ok(request) => request,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let order_id = match &request {
+            DirectRequest::Command { envelope, .. } => envelope.order_id.as_bytes(),
+            DirectRequest::Query { order_id, .. } => order_id.as_bytes(),
+        };
+        let thread = ownership.thread_for(partition_for(order_id, partitions));
+        // A thread that has stopped drops the request, and its asker hears "stopping".
+        let _ = inboxes[thread].send(request);
+    }
+}
