@@ -24,6 +24,10 @@ use crate::kafka::KAFKA_CALL_TIMEOUT;
 
 /// How soon a restore that found a transaction open on its changelog partition is tried again.
 const RESTORE_AGAIN_AFTER: Duration = Duration::from_millis(200);
+/// With several stream threads, how long after an assignment the stores left behind are handed
+/// over: long enough for the sibling threads, assigned in the same rebalance, to say which
+/// partitions they took (a store one of them took is not left behind).
+const HAND_OVER_AFTER: Duration = Duration::from_secs(2);
 
 impl Engine {
     /// Before partitions go to another member: settle what is open, then close their tasks.
@@ -82,7 +86,11 @@ impl Engine {
         for (partition, outbox) in assigned.closed_detached {
             tracing::warn!(partition, outbox, "detached task not reassigned; closed");
         }
-        self.hand_over_orphans(partitions);
+        if self.config.stream_threads > 1 {
+            self.hand_over_at = Some(Instant::now() + HAND_OVER_AFTER);
+        } else {
+            self.hand_over_orphans(partitions);
+        }
         // Before the restores open their stores: a standby copy of an assigned partition closes.
         self.refresh_standbys();
         self.update_gauges();
@@ -94,6 +102,7 @@ impl Engine {
     /// to decide (a command it has already applied changes nothing), and the local copy is
     /// dropped, to be restored afresh if the partition comes back.
     fn hand_over_orphans(&mut self, assigned: &[i32]) {
+        self.hand_over_at = None;
         let standby: BTreeSet<i32> =
             self.standbys.as_ref().map(|s| s.partitions().into_iter().collect()).unwrap_or_default();
         for partition in self.tasks.without_task(self.partitions) {
@@ -112,6 +121,14 @@ impl Engine {
                 Ok(n) => tracing::warn!(partition, commands = n, "partition owned elsewhere now: its unpublished HTTP decisions were handed over to orders as commands, and the local copy dropped"),
                 Err(err) => tracing::warn!(partition, error = %err, "could not hand over the unpublished HTTP decisions of a partition owned elsewhere; trying again at the next rebalance"),
             }
+        }
+    }
+
+    /// The hand-over an assignment put off ([`HAND_OVER_AFTER`]), once it is due.
+    pub(super) fn hand_over_when_due(&mut self) {
+        if self.hand_over_at.is_some_and(|at| Instant::now() >= at) {
+            // The partitions this thread was assigned have tasks by now: none is handed over.
+            self.hand_over_orphans(&[]);
         }
     }
 

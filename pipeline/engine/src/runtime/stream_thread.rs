@@ -98,6 +98,9 @@ pub(super) struct Engine {
     /// Not before this instant is a restore tried again that found a transaction open on its
     /// changelog partition.
     pub(super) restore_again_at: Option<Instant>,
+    /// When to hand over the stores left behind, with several stream threads
+    /// ([`Engine::hand_over_when_due`]).
+    pub(super) hand_over_at: Option<Instant>,
     /// Warm copies of the partitions not owned here (`--standby`).
     pub(super) standbys: Option<Standbys>,
     pub(super) tasks: TaskManager,
@@ -257,6 +260,7 @@ pub(super) fn run(
         if !engine.txns.is_settling() {
             engine.restore_assigned(&consumer)?;
         }
+        engine.hand_over_when_due();
         engine.prefetch(&batch)?;
         // Partitions rewound in this batch: their later records in it are read again too.
         let mut rewound = BTreeSet::new();
@@ -346,6 +350,7 @@ impl Engine {
             restore_consumer,
             watermarks,
             restore_again_at: None,
+            hand_over_at: None,
             standbys,
             tasks: TaskManager::new(),
             last_commit: Instant::now(),

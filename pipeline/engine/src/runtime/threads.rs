@@ -1,7 +1,7 @@
 //! Several stream threads in one process (`--stream-threads`, Kafka Streams'
-//! `num.stream.threads`): each is a member of the consumer group of its own, with its own
-//! transactional producer(s), tasks and state directory, so the group spreads the partitions over
-//! them as over processes, and fencing works between them as between processes.
+//! `num.stream.threads`): each is a member of the consumer group in its own right, with its own
+//! transactional producer(s) and tasks, so the group spreads the partitions over them as over
+//! processes, and fencing works between them as between processes.
 //!
 //! - Thread 0 keeps the instance's names (transactional id, `group.instance.id`), so a process
 //!   that goes from one thread to several still fences its previous incarnation; thread `i` adds
@@ -14,8 +14,12 @@
 //!   standby copy) waits, and tries again every 200 ms.
 //! - Standby copies (`--standby`) are kept by thread 0 only, of every partition no thread has a
 //!   task for; it lets a copy go as soon as another thread takes the partition.
-//! - A store left behind is handed over ([`super::hand_over`]) only if no thread has a task for
-//!   its partition.
+//! - A store left behind (HTTP decisions of a detached task whose partition did not come back
+//!   to its thread) is handed over ([`super::hand_over`]) 2 s after the assignment, and only if
+//!   no thread has a task for its partition by then: a sibling that took the partition in the
+//!   same rebalance publishes those decisions as they were answered (those another owner
+//!   superseded meanwhile are decided again), as one thread does with a partition that comes back
+//!   to it.
 //! - Requests that came over HTTP are routed to the thread whose task serves the order's
 //!   partition ([`Ownership`]): a running task first, then one restoring (which answers "busy"),
 //!   then a detached one; a partition no thread has goes to thread 0, which says so.
