@@ -89,9 +89,13 @@ struct Args {
     #[arg(long, default_value = "1g")]
     peer_heap: String,
     /// Stream threads of the Kafka Streams peer (`num.stream.threads`); by default one per core,
-    /// as its own documentation advises. dev-materiels runs one stream thread.
+    /// as its own documentation advises.
     #[arg(long)]
     peer_threads: Option<usize>,
+    /// Stream threads of dev-materiels (`--stream-threads`); by default its own default, one per
+    /// two cores.
+    #[arg(long)]
+    rust_threads: Option<u16>,
     /// Check that every order got exactly one update; exit non-zero otherwise.
     #[arg(long)]
     check: bool,
@@ -274,6 +278,7 @@ struct Results<'a> {
     rates: &'a [u64],
     latency_seconds: u64,
     peer_threads: usize,
+    rust_threads: u16,
     peer_heap: &'a str,
     outcomes: &'a [Outcome],
 }
@@ -372,6 +377,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         rates: &args.rates,
         latency_seconds: args.latency_seconds,
         peer_threads: args.peer_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        rust_threads: args.rust_threads.unwrap_or_else(dev_materiels::default_stream_threads),
         peer_heap: &args.peer_heap,
         outcomes: &outcomes,
     };
@@ -444,6 +450,10 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
                 .args(["--dlq-topic", &names.dlq, "--partitions", &args.partitions.to_string()])
                 .args(["--application-id", &names.group, "--instance-id", "bench-0"])
                 .args(["--commit-interval-ms", &commit, "--prepare-after-ms", &prepare, "--ship-after-ms", &ship])
+                .args([
+                    "--stream-threads",
+                    &args.rust_threads.unwrap_or_else(dev_materiels::default_stream_threads).to_string(),
+                ])
                 .arg("--state-dir")
                 .arg(dir.join("dev-materiels"))
                 // E2E_RUST_LOG: dev-materiels' log filter, for a diagnosis (`warn` otherwise).
