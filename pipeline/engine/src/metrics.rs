@@ -348,12 +348,14 @@ impl StreamMetrics {
     /// The process runs `threads` stream threads: each reports its own tasks, and the gauges
     /// show their sums.
     pub fn stream_threads(&self, threads: usize) {
-        self.with_threads(|reports| *reports = vec![ThreadReport::default(); threads]);
+        self.with_threads(true, |reports| *reports = vec![ThreadReport::default(); threads]);
     }
 
-    /// Runs `f` on the threads' reports (grown to hold `thread`), then sets the gauges from them.
-    fn report(&self, thread: usize, f: impl FnOnce(&mut ThreadReport)) {
-        self.with_threads(|reports| {
+    /// Runs `f` on the threads' reports (grown to hold `thread`), then sets the gauges from them;
+    /// the families by partition too if `partitions` (an assignment, new store sizes: not at
+    /// every turn of the loop, where a scrape could find them half rebuilt).
+    fn report(&self, thread: usize, partitions: bool, f: impl FnOnce(&mut ThreadReport)) {
+        self.with_threads(partitions, |reports| {
             if reports.len() <= thread {
                 reports.resize(thread + 1, ThreadReport::default());
             }
@@ -361,7 +363,7 @@ impl StreamMetrics {
         });
     }
 
-    fn with_threads(&self, f: impl FnOnce(&mut Vec<ThreadReport>)) {
+    fn with_threads(&self, partitions: bool, f: impl FnOnce(&mut Vec<ThreadReport>)) {
         let mut reports = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut reports);
         let sum = |field: fn(&ThreadReport) -> i64| reports.iter().map(field).sum::<i64>();
@@ -369,6 +371,9 @@ impl StreamMetrics {
         self.partitions_restoring.set(sum(|r| r.restoring));
         self.outbox_pending.set(sum(|r| r.outbox));
         self.standby_partitions.set(sum(|r| r.standby));
+        if !partitions {
+            return;
+        }
         let assigned: std::collections::BTreeSet<i32> =
             reports.iter().flat_map(|r| r.assigned.iter().flatten().copied()).collect();
         self.assigned.clear();
@@ -388,7 +393,7 @@ impl StreamMetrics {
     /// Stream thread `thread`'s tasks: running, restoring, and the outbox entries they hold.
     pub fn tasks(&self, thread: usize, running: usize, restoring: usize, outbox: usize) {
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.report(thread, |r| {
+        self.report(thread, false, |r| {
             r.running = count(running);
             r.restoring = count(restoring);
             r.outbox = count(outbox);
@@ -397,18 +402,23 @@ impl StreamMetrics {
 
     /// Stream thread `thread` keeps `partitions` standby copies.
     pub fn standbys(&self, thread: usize, partitions: usize) {
-        self.report(thread, |r| r.standby = i64::try_from(partitions).unwrap_or(i64::MAX));
+        self.report(thread, false, |r| r.standby = i64::try_from(partitions).unwrap_or(i64::MAX));
     }
 
     /// The group assigned `partitions` to stream thread `thread`.
     pub fn assignment(&self, thread: usize, partitions: &[i32]) {
         self.assignments.inc();
-        self.report(thread, |r| r.assigned = Some(partitions.to_vec()));
+        self.report(thread, true, |r| r.assigned = Some(partitions.to_vec()));
     }
 
     /// The sizes of stream thread `thread`'s task stores, by partition.
     pub fn store_sizes(&self, thread: usize, sizes: &BTreeMap<i32, state::StoreSize>) {
-        self.report(thread, |r| r.sizes = sizes.clone());
+        self.report(thread, true, |r| r.sizes = sizes.clone());
+    }
+
+    /// Stream thread `thread` stopped: what it reported is dropped from the gauges.
+    pub fn thread_stopped(&self, thread: usize) {
+        self.report(thread, true, |r| *r = ThreadReport { assigned: Some(Vec::new()), ..ThreadReport::default() });
     }
 
     /// Whether every stream thread has had an assignment and restored all of it.

@@ -119,6 +119,11 @@ impl Engine {
             match super::hand_over::hand_over(&self.config, &dir) {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(partition, commands = n, "partition owned elsewhere now: its unpublished HTTP decisions were handed over to orders as commands, and the local copy dropped"),
+                // Another stream thread of the process has the store open (its standby copy, or a
+                // task it just took): not left behind.
+                Err(RuntimeError::Store(state::StoreError::Locked { .. })) => {
+                    tracing::debug!(partition, "store held by another stream thread; not handed over")
+                }
                 Err(err) => tracing::warn!(partition, error = %err, "could not hand over the unpublished HTTP decisions of a partition owned elsewhere; trying again at the next rebalance"),
             }
         }
@@ -243,6 +248,13 @@ impl Engine {
         committed: &TopicPartitionList,
     ) -> Result<bool, RuntimeError> {
         // A task kept through a lost assignment is caught up, not reopened.
+        // A sibling thread's task still holds the store (detached, closed at its next
+        // assignment): wait without trying the open, each attempt of which would make RocksDB
+        // start a new info log in the store's directory.
+        if !self.tasks.has_store(partition) && self.ownership.held_by_another(self.thread, partition) {
+            tracing::debug!(partition, "another stream thread still has a task for this partition; waiting");
+            return Ok(false);
+        }
         let mut task = match self.tasks.take_for_restore(partition) {
             Some(task) => task,
             None => match Task::open(

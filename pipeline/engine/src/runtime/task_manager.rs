@@ -197,6 +197,11 @@ impl TaskManager {
         self.tasks.iter_mut().filter_map(|(p, m)| m.task.as_mut().map(|t| (*p, t)))
     }
 
+    /// Whether `partition` has a task with its store open (a detached one kept for a catch-up).
+    pub fn has_store(&self, partition: i32) -> bool {
+        self.tasks.get(&partition).is_some_and(|m| m.task.is_some())
+    }
+
     /// Whether `partition` has a task in any state.
     pub fn has(&self, partition: i32) -> bool {
         self.tasks.contains_key(&partition)

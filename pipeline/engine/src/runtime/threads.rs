@@ -55,27 +55,32 @@ pub fn run(
     }
     let mut inboxes = Vec::new();
     let mut handles = Vec::new();
+    let mut first_error = None;
     for thread in 0..threads {
         let (inbox, requests) = std::sync::mpsc::channel();
         inboxes.push(inbox);
         let config = config.for_thread(thread);
-        let (ownership, shutdown, metrics) = (Arc::clone(&ownership), Arc::clone(&shutdown), Arc::clone(&metrics));
-        let handle = std::thread::Builder::new()
-            .name(format!("stream-thread-{thread}"))
-            .spawn(move || {
-                let _span = tracing::info_span!("stream_thread", thread).entered();
-                let result =
-                    stream_thread::run(config, thread, partitions, ownership, Arc::clone(&shutdown), metrics, requests);
-                // One thread stopping stops the process: the others settle and stop too.
+        let stopped = Stopped { thread, shutdown: Arc::clone(&shutdown), ownership: Arc::clone(&ownership) };
+        let metrics = Arc::clone(&metrics);
+        let spawned = std::thread::Builder::new().name(format!("stream-thread-{thread}")).spawn(move || {
+            let _span = tracing::info_span!("stream_thread", thread).entered();
+            let (ownership, shutdown) = (Arc::clone(&stopped.ownership), Arc::clone(&stopped.shutdown));
+            let result = stream_thread::run(config, thread, partitions, ownership, shutdown, metrics, requests);
+            drop(stopped);
+            result
+        });
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(source) => {
+                // The threads started so far stop too.
                 shutdown.store(true, Ordering::Relaxed);
-                result
-            })
-            .map_err(|source| RuntimeError::Thread { name: "stream", source })?;
-        handles.push(handle);
+                first_error = Some(RuntimeError::Thread { name: "stream", source });
+                break;
+            }
+        }
     }
     route(&direct, &inboxes, &ownership, partitions, &shutdown);
     drop(inboxes);
-    let mut first_error = None;
     for handle in handles {
         match handle.join() {
             Ok(Ok(_)) => {}
@@ -90,6 +95,22 @@ pub fn run(
     match first_error {
         Some(err) => Err(err),
         None => Ok(metrics.snapshot()),
+    }
+}
+
+/// Dropped when a stream thread ends, however it ends (an error, the shutdown, a panic): one
+/// thread stopping stops the process, the others settle and stop too; and no request is routed
+/// to it any more.
+struct Stopped {
+    thread: usize,
+    shutdown: Arc<AtomicBool>,
+    ownership: Arc<Ownership>,
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        self.ownership.publish(self.thread, Vec::new());
     }
 }
 
