@@ -59,7 +59,9 @@ fn measure(standby: bool, orders: usize) -> Measure {
     }
     let producer = env.producer();
     let mut a = env.spawn_instance(0, 0);
-    let mut b = env.spawn_instance(1, 0);
+    // The survivor runs two stream threads: thread 0 keeps the standby copies, and a partition
+    // taken over by thread 1 must get its warm store from thread 0.
+    let mut b = env.spawn_instance_with(1, 0, &[("STREAM_THREADS", "2")]);
     // Both members in the group, each with its share of the partitions.
     let start = Instant::now();
     loop {

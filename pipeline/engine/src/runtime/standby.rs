@@ -40,6 +40,8 @@ pub struct Standbys {
     options: StoreOptions,
     /// Changelog records applied so far.
     pub records: u64,
+    /// Since when a wanted copy could not be opened (another stream thread held its store).
+    pub missing_since: Option<std::time::Instant>,
 }
 
 impl Standbys {
@@ -51,6 +53,7 @@ impl Standbys {
             state_dir: config.state_dir.clone(),
             options: config.store.clone(),
             records: 0,
+            missing_since: None,
         })
     }
 
@@ -64,12 +67,14 @@ impl Standbys {
     pub fn set(&mut self, wanted: &BTreeSet<i32>) -> Result<(), RuntimeError> {
         let before: BTreeSet<i32> = self.stores.keys().copied().collect();
         self.stores.retain(|p, _| wanted.contains(p));
+        self.missing_since = None;
         for partition in wanted.difference(&before) {
             let store = match OrderStore::open(&self.state_dir.join(format!("partition-{partition}")), &self.options) {
                 Ok(store) => store,
                 // Another stream thread's task still holds it: no copy until the next set.
                 Err(state::StoreError::Locked { .. }) => {
                     tracing::debug!(partition, "no standby copy yet: another stream thread holds the store");
+                    self.missing_since.get_or_insert_with(std::time::Instant::now);
                     continue;
                 }
                 Err(err) => return Err(err.into()),

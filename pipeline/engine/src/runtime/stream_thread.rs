@@ -369,7 +369,11 @@ impl Engine {
     /// Applies what the changelog has for the standby copies, without waiting; first sets them
     /// again if another stream thread's tasks changed.
     fn poll_standbys(&mut self) -> Result<(), RuntimeError> {
-        if self.standbys.is_some() && self.ownership.version() != self.ownership_seen {
+        // Set again when another thread's tasks changed, or a second after a copy could not be
+        // opened (its store was still held).
+        let retry =
+            self.standbys.as_ref().and_then(|s| s.missing_since).is_some_and(|t| t.elapsed() > Duration::from_secs(1));
+        if self.standbys.is_some() && (retry || self.ownership.version() != self.ownership_seen) {
             self.refresh_standbys();
         }
         if let Some(standbys) = &mut self.standbys {
