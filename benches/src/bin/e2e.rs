@@ -106,6 +106,18 @@ struct Args {
     results_dir: PathBuf,
 }
 
+impl Args {
+    /// The peer's stream threads: `--peer-threads`, or one per core.
+    fn peer_threads(&self) -> usize {
+        self.peer_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// dev-materiels' stream threads: `--rust-threads`, or its own default.
+    fn rust_threads(&self) -> u16 {
+        self.rust_threads.unwrap_or_else(dev_materiels::default_stream_threads)
+    }
+}
+
 const TOKEN: &str = "bench-token";
 
 /// A service process, its log, and its resource use read from /proc.
@@ -376,8 +388,8 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         ship_after_ms: args.ship_after_ms,
         rates: &args.rates,
         latency_seconds: args.latency_seconds,
-        peer_threads: args.peer_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        rust_threads: args.rust_threads.unwrap_or_else(dev_materiels::default_stream_threads),
+        peer_threads: args.peer_threads(),
+        rust_threads: args.rust_threads(),
         peer_heap: &args.peer_heap,
         outcomes: &outcomes,
     };
@@ -442,7 +454,7 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
     let mut view = Service::spawn("wagon-lits", view_command, &dir)?;
     let commit = args.commit_interval_ms.to_string();
     let (prepare, ship) = (args.prepare_after_ms.to_string(), args.ship_after_ms.to_string());
-    let peer_threads = args.peer_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let peer_threads = args.peer_threads();
     let processor_command = match contender {
         "rust" => {
             let mut c = Command::new(sibling("dev-materiels")?);
@@ -450,10 +462,7 @@ fn run_contender(args: &Args, kafka: &KafkaArgs, contender: &str, run_id: u64, w
                 .args(["--dlq-topic", &names.dlq, "--partitions", &args.partitions.to_string()])
                 .args(["--application-id", &names.group, "--instance-id", "bench-0"])
                 .args(["--commit-interval-ms", &commit, "--prepare-after-ms", &prepare, "--ship-after-ms", &ship])
-                .args([
-                    "--stream-threads",
-                    &args.rust_threads.unwrap_or_else(dev_materiels::default_stream_threads).to_string(),
-                ])
+                .args(["--stream-threads", &args.rust_threads().to_string()])
                 .arg("--state-dir")
                 .arg(dir.join("dev-materiels"))
                 // E2E_RUST_LOG: dev-materiels' log filter, for a diagnosis (`warn` otherwise).

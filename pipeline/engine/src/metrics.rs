@@ -416,11 +416,6 @@ impl StreamMetrics {
         self.report(thread, true, |r| r.sizes = sizes.clone());
     }
 
-    /// Stream thread `thread` stopped: what it reported is dropped from the gauges.
-    pub fn thread_stopped(&self, thread: usize) {
-        self.report(thread, true, |r| *r = ThreadReport { assigned: Some(Vec::new()), ..ThreadReport::default() });
-    }
-
     /// Whether every stream thread has had an assignment and restored all of it.
     pub fn is_ready(&self) -> bool {
         let reports = self.threads.lock().unwrap_or_else(|e| e.into_inner());
@@ -552,9 +547,7 @@ mod tests {
 
     #[test]
     fn the_gauges_sum_what_each_stream_thread_reports() {
-        let mut registry = Registry::default();
-        let topics = Topics { orders: "o".into(), updates: "u".into(), changelog: "c".into(), dlq: "d".into() };
-        let m = StreamMetrics::new(&mut registry, &topics);
+        let m = StreamMetrics::unregistered();
         m.stream_threads(2);
         m.assignment(0, &[0, 2]);
         m.tasks(0, 1, 1, 3);

@@ -247,7 +247,6 @@ impl Engine {
         partition: i32,
         committed: &TopicPartitionList,
     ) -> Result<bool, RuntimeError> {
-        // A task kept through a lost assignment is caught up, not reopened.
         // A sibling thread's task still holds the store (detached, closed at its next
         // assignment): wait without trying the open, each attempt of which would make RocksDB
         // start a new info log in the store's directory.
@@ -255,6 +254,7 @@ impl Engine {
             tracing::debug!(partition, "another stream thread still has a task for this partition; waiting");
             return Ok(false);
         }
+        // A task kept through a lost assignment is caught up, not reopened.
         let mut task = match self.tasks.take_for_restore(partition) {
             Some(task) => task,
             None => match Task::open(

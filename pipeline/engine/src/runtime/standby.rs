@@ -41,7 +41,7 @@ pub struct Standbys {
     /// Changelog records applied so far.
     pub records: u64,
     /// Since when a wanted copy could not be opened (another stream thread held its store).
-    pub missing_since: Option<std::time::Instant>,
+    missing_since: Option<std::time::Instant>,
 }
 
 impl Standbys {
@@ -55,6 +55,11 @@ impl Standbys {
             records: 0,
             missing_since: None,
         })
+    }
+
+    /// Whether a wanted copy could not be opened a second ago or more ([`Standbys::set`] again).
+    pub fn missing_a_while(&self) -> bool {
+        self.missing_since.is_some_and(|since| since.elapsed() > Duration::from_secs(1))
     }
 
     /// The partitions kept warm now.

@@ -371,8 +371,7 @@ impl Engine {
     fn poll_standbys(&mut self) -> Result<(), RuntimeError> {
         // Set again when another thread's tasks changed, or a second after a copy could not be
         // opened (its store was still held).
-        let retry =
-            self.standbys.as_ref().and_then(|s| s.missing_since).is_some_and(|t| t.elapsed() > Duration::from_secs(1));
+        let retry = self.standbys.as_ref().is_some_and(Standbys::missing_a_while);
         if self.standbys.is_some() && (retry || self.ownership.version() != self.ownership_seen) {
             self.refresh_standbys();
         }
@@ -383,10 +382,16 @@ impl Engine {
         Ok(())
     }
 
+    /// The task gauges, and the tasks [`Ownership`] routes to: after any change of the tasks.
     pub(super) fn update_gauges(&self) {
+        self.report_tasks();
+        self.ownership.publish(self.thread, self.tasks.states());
+    }
+
+    /// The task gauges alone (the outbox grew, no task changed).
+    fn report_tasks(&self) {
         let (restoring, running, _) = self.tasks.counts();
         self.metrics.tasks(self.thread, running, restoring, self.tasks.outbox_len());
-        self.ownership.publish(self.thread, self.tasks.states());
     }
 
     /// Opens a transaction if none is, and puts the outbox entries of every running task first
@@ -530,7 +535,9 @@ impl Engine {
 
     /// Answers the requests that came over HTTP since the last turn.
     fn serve_direct(&mut self) {
+        let mut served = false;
         while let Ok(request) = self.direct.try_recv() {
+            served = true;
             match request {
                 DirectRequest::Command { envelope, reply } => {
                     let _ = reply.send(self.direct_command(&envelope));
@@ -548,7 +555,9 @@ impl Engine {
                 }
             }
         }
-        self.update_gauges();
+        if served {
+            self.report_tasks();
+        }
     }
 
     fn direct_command(&mut self, envelope: &state::CommandEnvelope) -> Result<DirectReply, DirectRefusal> {
