@@ -31,3 +31,4 @@ if command -v rustup >/dev/null; then
 fi
 
 bash scripts/kafka-jars.sh >&2
+bash scripts/apicurio.sh >&2

@@ -33,6 +33,7 @@ fn first_update(state: &state::OrderState) -> OrderUpdate {
         trigger: state::Trigger::Command,
         command_id: state.applied_commands.last().cloned(),
         timestamp_ms: 0,
+        expected_ship_ms: None,
     }
 }
 

@@ -52,6 +52,14 @@ pub fn placed_id(i: usize) -> String {
 /// invalid ones, cancellations, retries and mistakes), plus cancellations and delivery
 /// confirmations of orders already in the state (`existing` of them), encoded as on `orders`.
 pub fn command_batch(batch: u64, size: usize, existing: usize, now_ms: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    commands(batch, size, existing, now_ms)
+        .into_iter()
+        .map(|c| (c.order_id.clone().into_bytes(), serde_json::to_vec(&c).unwrap_or_default()))
+        .collect()
+}
+
+/// The commands of [`command_batch`], before they are encoded.
+pub fn commands(batch: u64, size: usize, existing: usize, now_ms: u64) -> Vec<CommandEnvelope> {
     let mut workload = Workload::new(batch, format!("NEW{batch}"), now_ms);
     let mut commands: Vec<CommandEnvelope> = workload.place_phase(size * 9 / 10, Mix::REALISTIC);
     let mut rng_state = batch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -66,7 +74,4 @@ pub fn command_batch(batch: u64, size: usize, existing: usize, now_ms: u64) -> V
     commands.extend(workload.delivery_phase(&olds, 0.5, 0.5, 0.02));
     commands.truncate(size);
     commands
-        .into_iter()
-        .map(|c| (c.order_id.clone().into_bytes(), serde_json::to_vec(&c).unwrap_or_default()))
-        .collect()
 }

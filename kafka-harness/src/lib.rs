@@ -11,6 +11,10 @@
 //! The jars come from `kafka/pom.xml` in this crate (the broker, the CLI tools and a log4j2
 //! implementation, which the broker's POM leaves out). They are copied once into
 //! [`jars_dir`], by [`ensure_jars`] or by `scripts/kafka-jars.sh`.
+//!
+//! [`registry`] starts a real schema registry (Apicurio) the same way.
+
+pub mod registry;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -47,11 +51,17 @@ pub fn jars_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("KAFKA_JARS_DIR") {
         return PathBuf::from(dir);
     }
+    cache_root().join(format!("kafka-{KAFKA_VERSION}")).join("libs")
+}
+
+/// `~/.cache/rail-orders` (or under `$XDG_CACHE_HOME`): where the fetched jars and
+/// applications are kept between runs.
+fn cache_root() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
-    cache.join("rail-orders").join(format!("kafka-{KAFKA_VERSION}")).join("libs")
+    cache.join("rail-orders")
 }
 
 /// The POM that lists the jars.

@@ -146,6 +146,7 @@ mod tests {
             trigger: if command.is_some() { Trigger::Command } else { Trigger::PrepareTimer },
             command_id: command.map(str::to_string),
             timestamp_ms: 0,
+            expected_ship_ms: None,
         }
     }
 

@@ -163,6 +163,7 @@ mod tests {
             trigger: crate::order::Trigger::Command,
             command_id: Some("c2".into()),
             timestamp_ms: 1_764_190_000_000,
+            expected_ship_ms: None,
         }
     }
 

@@ -17,9 +17,9 @@ pub mod view;
 
 pub use catalogue::Catalogue;
 pub use order::{
-    decide, decide_in_place, decode_command, fire_timer, fire_timer_in_place, status_refusal, validate_envelope,
-    Command, CommandEnvelope, Decision, InvalidCommand, OrderLine, OrderState, OrderStatus, OrderUpdate, Outcome,
-    PlaceOrder, Rules, Timer, TimerKind, Trigger,
+    check_envelope, decide, decide_in_place, decode_command, fire_timer, fire_timer_in_place, status_refusal,
+    validate_envelope, Command, CommandEnvelope, Decision, InvalidCommand, OrderLine, OrderState, OrderStatus,
+    OrderUpdate, Outcome, PlaceOrder, Rules, Timer, TimerKind, Trigger,
 };
 pub use store::{OrderStore, OutboxEntry, StoreBatch, StoreError, StoreOptions, StoreSize};
 pub use timers::TimerQueue;

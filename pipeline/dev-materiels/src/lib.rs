@@ -17,7 +17,9 @@ use engine::runtime::direct::DirectHandle;
 use engine::runtime::{self, RuntimeError, StreamConfig, StreamMetrics, StreamStats};
 use http_fallback::{until_set, HttpArgs};
 use prometheus_client::registry::Registry;
-use wire::TopicArgs;
+use wire::avro::Record;
+use wire::codec::CodecError;
+use wire::{Codec, CodecArgs, TopicArgs};
 
 /// dev-materiels' settings.
 #[derive(Debug, Clone, Args)]
@@ -28,6 +30,8 @@ pub struct DevMaterielsArgs {
     pub topics: TopicArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub codec: CodecArgs,
     /// Consumer group id; also names the changelog topic (`<id>-order-store-changelog`) and
     /// prefixes the transactional id.
     #[arg(long, env = "APPLICATION_ID", default_value = "dev-materiels")]
@@ -129,6 +133,8 @@ impl DevMaterielsArgs {
             stuck_call_after: Duration::from_millis(self.transaction_call_stuck_after_ms),
             overlap_commits: self.overlap_commits,
             stream_threads: usize::from(self.stream_threads),
+            // Connected to the registry when the processor starts ([`DevMateriels::run`]).
+            codec: Codec::json(),
         })
     }
 }
@@ -146,11 +152,14 @@ pub enum DevMaterielsError {
     HttpRuntime(std::io::Error),
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("the schema registry: {0}")]
+    Codec(#[from] CodecError),
 }
 
 /// dev-materiels, configured and with its metrics registered, ready to run.
 pub struct DevMateriels {
     config: StreamConfig,
+    codec: CodecArgs,
     http: HttpArgs,
     metrics: Arc<StreamMetrics>,
     registry: Registry,
@@ -167,7 +176,7 @@ impl DevMateriels {
             dlq: config.topics.dlq_topic.clone(),
         };
         let metrics = Arc::new(StreamMetrics::new(&mut registry, &topics));
-        Ok(DevMateriels { config, http: args.http.clone(), metrics, registry })
+        Ok(DevMateriels { config, codec: args.codec.clone(), http: args.http.clone(), metrics, registry })
     }
 
     /// The stream thread's metrics, live.
@@ -178,7 +187,7 @@ impl DevMateriels {
     /// Runs until `shutdown` is set: the stream thread on this thread, the HTTP server (when
     /// `--http-listen` is given) on a small Tokio runtime beside it.
     pub fn run(self, shutdown: Arc<AtomicBool>) -> Result<StreamStats, DevMaterielsError> {
-        let DevMateriels { config, http, metrics, mut registry } = self;
+        let DevMateriels { mut config, codec, http, metrics, mut registry } = self;
         tracing::info!(
             brokers = %config.kafka.brokers,
             orders = %config.topics.orders_topic,
@@ -189,6 +198,12 @@ impl DevMateriels {
         );
         // Wrong credentials or no broker: say so now, rather than retry forever.
         config.kafka.check(engine::kafka::KAFKA_CALL_TIMEOUT).map_err(RuntimeError::from)?;
+        // Updates on their topic, and the commands of an outbox handed over back on `orders`.
+        config.codec = Codec::connect(
+            &codec,
+            &[(Record::Update, &config.topics.updates_topic), (Record::Command, &config.topics.orders_topic)],
+        )?;
+        tracing::info!(writes = ?config.codec.writes(), registry = ?config.codec.registry().map(|r| r.url()), "wire format");
         let (direct, requests) = DirectHandle::channel();
         let server = match http.http_listen {
             None => None,

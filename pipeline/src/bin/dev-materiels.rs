@@ -18,6 +18,8 @@ pub static malloc_conf: &u8 = &b"dirty_decay_ms:1000\0"[0];
 use clap::{Parser, Subcommand};
 use engine::admin::{apply_topics, check_topics, Finding};
 use engine::logging::{self, LogFormat};
+use wire::avro::subjects::{self, SchemaSet};
+use wire::avro::Registry;
 use wire::topics::system_topics;
 
 use dev_materiels::DevMaterielsArgs;
@@ -31,7 +33,8 @@ use dev_materiels::DevMaterielsArgs;
 /// SIGINT commits what is open and stops.
 ///
 /// `dev-materiels topics check|apply` checks (or creates and fixes) the topics of the system
-/// instead of running.
+/// instead of running; `dev-materiels schemas check|apply` does the same for the Avro schemas in
+/// the schema registry.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -57,6 +60,30 @@ enum Command {
         #[command(subcommand)]
         action: TopicsAction,
     },
+    /// The Avro schemas of `orders` and `order-updates` in the schema registry
+    /// (--schema-registry-url): subjects `<topic>-value`, compatibility FULL_TRANSITIVE, every
+    /// version of the repository's `schemas/` registered in order.
+    Schemas {
+        #[command(subcommand)]
+        action: SchemasAction,
+        /// Check or apply the schemas in this directory (laid out as `schemas/`:
+        /// `order-command/v1.avsc`, ...) instead of this build's, e.g. a new version before it is
+        /// committed.
+        #[arg(long, global = true)]
+        schemas_dir: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum SchemasAction {
+    /// Report what differs: a version not registered, a registered version the repository does
+    /// not have, a version the registry refuses (with the field at fault), the compatibility
+    /// level, and versions of the repository that do not read each other. Exits 1 if anything
+    /// does.
+    Check,
+    /// Set the compatibility level and register the versions in order; a version the registry
+    /// refuses is reported, never forced. Exits 1 if anything is left.
+    Apply,
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -107,6 +134,51 @@ fn topics(args: &DevMaterielsArgs, action: TopicsAction) -> std::process::ExitCo
     }
 }
 
+/// Runs `schemas check|apply`; prints one line per finding.
+fn schemas(args: &DevMaterielsArgs, action: SchemasAction, dir: Option<&std::path::Path>) -> std::process::ExitCode {
+    let failed = |err: &dyn std::fmt::Display| {
+        eprintln!("dev-materiels schemas: {err}");
+        std::process::ExitCode::from(2)
+    };
+    let Some(url) = &args.codec.schema_registry_url else {
+        return failed(&"no schema registry: set --schema-registry-url (or SCHEMA_REGISTRY_URL)");
+    };
+    let registry = match Registry::new(url, std::time::Duration::from_secs(10)) {
+        Ok(registry) => registry,
+        Err(err) => return failed(&err),
+    };
+    // A registry still starting (the compose stack) is waited for, up to the patience set.
+    let patience = std::time::Duration::from_millis(args.codec.schema_registry_patience_ms);
+    if let Err(err) = wire::avro::retrying(patience, || registry.ping()) {
+        return failed(&err);
+    }
+    let set = match dir {
+        Some(dir) => match SchemaSet::from_dir(dir) {
+            Ok(set) => set,
+            Err(err) => return failed(&err),
+        },
+        None => SchemaSet::builtin(),
+    };
+    let (orders, updates) = (&args.topics.orders_topic, &args.topics.updates_topic);
+    let result = match action {
+        SchemasAction::Check => subjects::check(&registry, &set, orders, updates),
+        SchemasAction::Apply => subjects::apply(&registry, &set, orders, updates),
+    };
+    match result {
+        Err(err) => failed(&err),
+        Ok(findings) => {
+            for finding in &findings {
+                println!("{finding}");
+            }
+            if findings.iter().all(|f| matches!(f, subjects::Finding::Ok { .. })) {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+}
+
 fn finding_topic(finding: &Finding) -> &str {
     match finding {
         Finding::Missing { topic } | Finding::Drift { topic, .. } => topic,
@@ -120,8 +192,10 @@ fn main() -> std::process::ExitCode {
     #[cfg(feature = "failpoints")]
     let _faults = fail::FailScenario::setup();
     logging::init(cli.log_format, "info,librdkafka=warn,rdkafka=warn");
-    if let Some(Command::Topics { action }) = cli.command {
-        return topics(&cli.args, action);
+    match &cli.command {
+        Some(Command::Topics { action }) => return topics(&cli.args, *action),
+        Some(Command::Schemas { action, schemas_dir }) => return schemas(&cli.args, *action, schemas_dir.as_deref()),
+        None => {}
     }
     let shutdown = match engine::shutdown::on_signal() {
         Ok(flag) => flag,

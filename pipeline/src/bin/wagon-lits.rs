@@ -13,10 +13,11 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use engine::kafka::KafkaArgs;
 use engine::logging::{self, LogFormat};
-use wire::TopicArgs;
 
 use state::{Command, CommandEnvelope, OrderLine, OrderStatus, PlaceOrder, StoreOptions, ViewStore};
 use wagon_lits::{ensure_service_topics, CommandProducer, WagonLitsArgs};
+use wire::avro::Record;
+use wire::{Codec, CodecArgs, TopicArgs};
 
 /// wagon-lits: places orders for materials and keeps its own view of them.
 ///
@@ -45,6 +46,8 @@ struct Kafka {
     kafka: KafkaArgs,
     #[command(flatten)]
     topics: TopicArgs,
+    #[command(flatten)]
+    codec: CodecArgs,
     /// How long a command may wait for Kafka before it fails.
     #[arg(long, env = "DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
     delivery_timeout_ms: u64,
@@ -118,6 +121,8 @@ enum Cmd {
         kafka: KafkaArgs,
         #[command(flatten)]
         topics: TopicArgs,
+        #[command(flatten)]
+        codec: CodecArgs,
         /// A new directory for the rebuilt view.
         #[arg(long)]
         into: PathBuf,
@@ -178,11 +183,13 @@ fn parse_line(s: &str) -> Result<OrderLine, String> {
 fn send(kafka: &Kafka, order_id: String, command: Command) -> anyhow::Result<()> {
     kafka.kafka.check(Duration::from_secs(15))?;
     ensure_service_topics(&kafka.kafka, &kafka.topics).context("creating topics")?;
+    let codec = Codec::connect(&kafka.codec, &[(Record::Command, &kafka.topics.orders_topic)])?;
     let producer = CommandProducer::new(
         &kafka.kafka,
         &kafka.topics.orders_topic,
         Duration::from_millis(kafka.delivery_timeout_ms),
-    )?;
+    )?
+    .with_codec(codec);
     let issued_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let envelope = CommandEnvelope::new(uuid::Uuid::new_v4().to_string(), order_id, issued_at_ms, command);
     let (partition, offset) = producer.send_and_wait(&envelope).context("sending the command")?;
@@ -242,9 +249,10 @@ fn run(command: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Replay { kafka, topics, into, compare_with } => {
+        Cmd::Replay { kafka, topics, codec, into, compare_with } => {
             kafka.check(Duration::from_secs(15))?;
-            let report = wagon_lits::replay(&kafka, &topics.updates_topic, &into, compare_with.as_deref())?;
+            let codec = Codec::connect(&codec, &[])?;
+            let report = wagon_lits::replay(&kafka, &codec, &topics.updates_topic, &into, compare_with.as_deref())?;
             println!("rebuilt {} orders from {} into {}", report.orders, topics.updates_topic, into.display());
             if compare_with.is_some() {
                 if report.differences > 0 {

@@ -83,7 +83,7 @@ fn variables_read(command: &[String]) -> BTreeSet<String> {
     names
 }
 
-const RAIL_SERVICES: [&str; 3] = ["topics", "dev-materiels", "wagon-lits"];
+const RAIL_SERVICES: [&str; 4] = ["topics", "schemas", "dev-materiels", "wagon-lits"];
 
 #[test]
 fn the_compose_file_passes_the_compose_schema() {
@@ -138,11 +138,25 @@ fn ports_topics_and_volumes_agree_with_the_code_and_each_other() {
     assert!(service(&compose, "kafka")["healthcheck"].is_object(), "kafka has no health check");
     let ui = service(&compose, "kafka-ui");
     assert_eq!(environment(ui)["KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"], "kafka:9092");
+    // Kafka UI, the schemas and both services use the one registry, and the services write Avro.
+    let registry = environment(ui)["KAFKA_CLUSTERS_0_SCHEMAREGISTRY"].clone();
+    assert!(registry.starts_with("http://registry:8080/"), "{registry}");
+    assert!(service(&compose, "registry")["image"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("apicurio/apicurio-registry:")));
+    assert_eq!(command(service(&compose, "schemas")), ["dev-materiels", "schemas", "apply"]);
+    for name in ["schemas", "dev-materiels", "wagon-lits"] {
+        assert_eq!(environment(service(&compose, name))["SCHEMA_REGISTRY_URL"], registry, "{name}");
+    }
+    for name in ["dev-materiels", "wagon-lits"] {
+        assert_eq!(environment(service(&compose, name))["WIRE_FORMAT"], "avro", "{name}");
+        assert_eq!(service(&compose, name)["depends_on"]["schemas"]["condition"], "service_completed_successfully");
+    }
     assert!(ui["ports"].to_string().contains("8080:8080"));
 
     let mut topic_settings = BTreeSet::new();
     let mut application_ids = BTreeSet::new();
-    for name in RAIL_SERVICES {
+    for name in RAIL_SERVICES.into_iter().filter(|name| *name != "schemas") {
         let env = environment(service(&compose, name));
         assert_eq!(env["KAFKA_BROKERS"], "kafka:9092", "{name}");
         topic_settings.insert(topics_of(&env));
@@ -216,6 +230,9 @@ fn local_environment(
     local.insert("KAFKA_BROKERS".into(), test.kafka.brokers.clone());
     local.insert("RAIL_TOKEN_FILE".into(), token_file.display().to_string());
     local.insert("LOG_FORMAT".into(), "plain".into());
+    if env.contains_key("SCHEMA_REGISTRY_URL") {
+        local.insert("SCHEMA_REGISTRY_URL".into(), crate::support::schema_registry().url());
+    }
     if let Some(dir) = env.get("STATE_DIR") {
         let name = Path::new(dir).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         local.insert("STATE_DIR".into(), test.dir.path().join(name).display().to_string());
@@ -286,6 +303,12 @@ fn the_services_run_end_to_end_with_the_compose_environment_and_show_their_metri
     assert!(check.status.success(), "topics check after apply: {report}{}", String::from_utf8_lossy(&check.stderr));
     assert_eq!(report.lines().filter(|l| l.ends_with(": ok")).count(), 4, "{report}");
 
+    // The one-shot schemas service: registers the Avro schemas; the services write Avro.
+    let mut schemas = run_with(&test, &command(service(&compose, "schemas")), &env_of("schemas"), "schemas-apply");
+    assert!(schemas.wait_exit(Duration::from_secs(60)), "schemas apply did not finish");
+    let registered = schemas.log_text();
+    assert!(registered.contains("orders-value: ok") && registered.contains("order-updates-value: ok"), "{registered}");
+
     let mut dev = run_with(&test, &command(service(&compose, "dev-materiels")), &env_of("dev-materiels"), "dev");
     let mut wagon = run_with(&test, &command(service(&compose, "wagon-lits")), &env_of("wagon-lits"), "wagon");
     let dev_http = Http::new(dev_port, Some(TOKEN));
@@ -344,6 +367,7 @@ fn the_services_run_end_to_end_with_the_compose_environment_and_show_their_metri
         .filter(|r| r.key.as_deref() == Some(b"COMPOSE-TRACED-1"))
         .collect();
     let first = traced_updates.first().expect("updates of the traced order");
+    assert_eq!(first.value.as_deref().and_then(<[u8]>::first), Some(&0), "dev-materiels writes Avro in the stack");
     let traceparent = first.headers.get("traceparent").expect("a traceparent on the update");
     assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{traceparent}");
     assert!(!traceparent.contains("00f067aa0ba902b7"), "the update has a span of its own: {traceparent}");

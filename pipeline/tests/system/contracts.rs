@@ -1,22 +1,27 @@
 //! The AsyncAPI document of the topics (`docs/asyncapi.json`) against the code and against real
 //! records: commands, updates and dead letters produced by the services on a real broker, each
-//! checked against its message's payload and header schemas. (The HTTP answers are checked
-//! against `docs/openapi.json` by `http_api.rs`.)
+//! checked against its message's payload and header schemas: the JSON schemas for JSON records,
+//! the Avro schema files it points at for Avro ones (those records come from `avro.rs`, which
+//! calls [`check_records`]). (The HTTP answers are checked against `docs/openapi.json` by
+//! `http_api.rs`.)
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::support::{now_ms, poison_corpus, send_all, Record, TestEnv};
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::Schema as AvroSchema;
 use pipeline::workload::{Mix, Workload};
 use serde_json::Value;
+use wire::avro::{Record as AvroRecord, Registry};
 use wire::TopicArgs;
 
-struct AsyncApi {
+pub struct AsyncApi {
     doc: Value,
 }
 
 impl AsyncApi {
-    fn load() -> AsyncApi {
+    pub fn load() -> AsyncApi {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/asyncapi.json");
         let text = std::fs::read_to_string(path).expect("docs/asyncapi.json");
         AsyncApi { doc: serde_json::from_str(&text).expect("asyncapi.json is JSON") }
@@ -28,14 +33,37 @@ impl AsyncApi {
         self.doc.pointer(pointer).unwrap_or_else(|| panic!("{reference} points at nothing"))
     }
 
-    /// The one message of `channel`: (payload schema ref, headers schema ref).
-    fn message(&self, channel: &str) -> (String, String) {
+    /// The text of a file a `$ref` points at, relative to `docs/`.
+    fn file(reference: &str) -> String {
+        let path = format!("{}/../docs/{reference}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{reference}: {e}"))
+    }
+
+    /// The messages of `channel`, by name: the JSON one (payload schema ref, headers schema ref)
+    /// and, if there is one, the Avro one's schema file.
+    fn messages(&self, channel: &str) -> ((String, String), Option<String>) {
         let messages = self.doc["channels"][channel]["messages"].as_object().expect("messages");
-        assert_eq!(messages.len(), 1, "{channel} has one message");
-        let (_, message) = messages.iter().next().expect("a message");
-        let message = self.resolve(message["$ref"].as_str().expect("a $ref"));
-        let reference = |field: &str| message[field]["$ref"].as_str().expect("a schema $ref").to_string();
-        (reference("payload"), reference("headers"))
+        let mut json = None;
+        let mut avro = None;
+        for message in messages.values() {
+            let message = self.resolve(message["$ref"].as_str().expect("a $ref"));
+            let reference = |field: &str| message[field]["$ref"].as_str().map(str::to_string);
+            match message["payload"]["schemaFormat"].as_str() {
+                None => {
+                    json = Some((reference("payload").expect("payload $ref"), reference("headers").expect("headers")))
+                }
+                Some(format) => {
+                    assert!(format.starts_with("application/vnd.apache.avro"), "{format}");
+                    avro = message["payload"]["schema"]["$ref"].as_str().map(str::to_string);
+                }
+            }
+        }
+        (json.unwrap_or_else(|| panic!("{channel} has no JSON message")), avro)
+    }
+
+    /// The JSON message of `channel`: (payload schema ref, headers schema ref).
+    fn message(&self, channel: &str) -> (String, String) {
+        self.messages(channel).0
     }
 
     /// A validator for `#/components/schemas/<name>`.
@@ -78,11 +106,21 @@ fn the_document_describes_the_topics_the_code_uses() {
         api.validator(&payload);
         api.validator(&headers);
     }
+    // The Avro messages point at the schemas this build writes with.
+    for (topic, record) in [(&topics.orders_topic, AvroRecord::Command), (&topics.updates_topic, AvroRecord::Update)] {
+        let file = api.messages(topic).1.unwrap_or_else(|| panic!("{topic} has no Avro message"));
+        assert_eq!(file, format!("../{}", record.current().path), "{topic}'s Avro message");
+        AvroSchema::parse_str(&AsyncApi::file(&file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
     let mut all = Vec::new();
     refs(&api.doc, &mut all);
     assert!(all.len() > 20);
     for reference in &all {
-        api.resolve(reference);
+        if reference.starts_with('#') {
+            api.resolve(reference);
+        } else {
+            AsyncApi::file(reference);
+        }
     }
     for (name, operation) in api.doc["operations"].as_object().expect("operations") {
         assert!(["send", "receive"].contains(&operation["action"].as_str().unwrap_or_default()), "{name}");
@@ -108,6 +146,50 @@ fn check(api: &AsyncApi, channel: &str, records: &[Record], json_payload: bool) 
         }
     }
     records.len()
+}
+
+/// Checks records of `channel` in either format against the document: a JSON one against its
+/// JSON message, an Avro one by reading its body with the Avro schema the document points at,
+/// whose registry id must be the one the record carries. Returns (JSON, Avro) records checked.
+pub fn check_records(api: &AsyncApi, channel: &str, records: &[Record], registry: &Registry) -> (usize, usize) {
+    let ((payload, headers), avro) = api.messages(channel);
+    let (payload, headers) = (api.validator(&payload), api.validator(&headers));
+    let avro = avro.map(|file| AvroSchema::parse_str(&AsyncApi::file(&file)).expect("the document's Avro schema"));
+    let mut ids = std::collections::HashMap::new();
+    let (mut json_count, mut avro_count) = (0, 0);
+    for r in records {
+        let h = headers_json(r);
+        let errors: Vec<String> = headers.iter_errors(&h).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{channel} {}/{}: headers {h} do not match: {errors:?}", r.partition, r.offset);
+        let bytes = r.value.as_deref().unwrap_or_default();
+        if bytes.first() == Some(&wire::avro::MAGIC) {
+            let schema =
+                avro.as_ref().unwrap_or_else(|| panic!("an Avro record on {channel}, which has no Avro message"));
+            let (id, mut body) = wire::avro::unframe(bytes).expect("framed");
+            let same = *ids.entry(id).or_insert_with(|| {
+                let text = registry.schema_by_id(id).expect("the record's schema id is in the registry");
+                AvroSchema::parse_str(&text).expect("parses").canonical_form() == schema.canonical_form()
+            });
+            assert!(
+                same,
+                "{channel} {}/{}: written with schema id {id}, not the document's schema",
+                r.partition, r.offset
+            );
+            GenericDatumReader::builder(schema)
+                .build()
+                .and_then(|reader| reader.read_value(&mut body))
+                .unwrap_or_else(|e| panic!("{channel} {}/{}: {e}", r.partition, r.offset));
+            assert!(body.is_empty(), "{channel} {}/{}: bytes after the value", r.partition, r.offset);
+            avro_count += 1;
+        } else {
+            let value: Value = serde_json::from_slice(bytes).expect("JSON");
+            let errors: Vec<String> =
+                payload.iter_errors(&value).map(|e| format!("{e} at {}", e.instance_path())).collect();
+            assert!(errors.is_empty(), "{channel} {}/{}: {value} does not match: {errors:?}", r.partition, r.offset);
+            json_count += 1;
+        }
+    }
+    (json_count, avro_count)
 }
 
 #[test]

@@ -263,6 +263,7 @@ fn dev_materiels_endpoint_answers_every_request_with_a_documented_status() {
         overlap_commits: false,
         // Two, so that the requests are routed to the thread that serves their partition.
         stream_threads: 2,
+        codec: wire::Codec::json(),
     };
     let (direct, requests) = DirectHandle::channel();
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -3,6 +3,7 @@
 //! `support/oracle.rs`. Most start a broker of their own; run one area with a filter, e.g.
 //! `cargo test --release -p pipeline --test system chaos -- --nocapture`.
 
+mod avro;
 mod chaos;
 mod compose;
 mod contracts;

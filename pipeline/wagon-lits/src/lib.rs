@@ -62,6 +62,10 @@ pub enum WagonLitsError {
     HttpRuntime(std::io::Error),
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("the schema registry: {0}")]
+    Codec(#[from] wire::codec::CodecError),
+    #[error("reading an Avro update: {0}")]
+    Registry(wire::avro::AvroError),
     #[error("{0} already holds a view; replay into a new directory")]
     ReplayTarget(PathBuf),
 }
@@ -81,6 +85,7 @@ pub struct ReplayReport {
 /// and compares it with the view at `live` (opened read-only, so the live service may run).
 pub fn replay(
     kafka: &KafkaArgs,
+    codec: &wire::Codec,
     updates_topic: &str,
     into: &std::path::Path,
     live: Option<&std::path::Path>,
@@ -94,6 +99,7 @@ pub fn replay(
             updates_topic: updates_topic.to_string(),
             state_dir: into.to_path_buf(),
             max_batch: 5_000,
+            codec: codec.clone(),
         },
         &StoreOptions::default(),
         WagonLitsMetrics::unregistered().view,
@@ -133,6 +139,8 @@ pub struct WagonLitsArgs {
     pub topics: TopicArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub codec: wire::CodecArgs,
     /// Where the view lives.
     #[arg(long, env = "STATE_DIR", default_value = "./state/wagon-lits")]
     pub state_dir: PathBuf,
@@ -165,6 +173,8 @@ pub struct WagonLitsArgs {
 pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>) -> Result<(), WagonLitsError> {
     args.kafka.check(engine::kafka::KAFKA_CALL_TIMEOUT)?;
     ensure_service_topics(&args.kafka, &args.topics)?;
+    let codec = wire::Codec::connect(&args.codec, &[(wire::avro::Record::Command, &args.topics.orders_topic)])?;
+    tracing::info!(writes = ?codec.writes(), registry = ?codec.registry().map(|r| r.url()), "wire format");
     let mut registry = Registry::default();
     let metrics = WagonLitsMetrics::new(&mut registry, &args.topics.orders_topic, &args.topics.updates_topic);
     let materialiser = Materialiser::new(
@@ -173,6 +183,7 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
             updates_topic: args.topics.updates_topic.clone(),
             state_dir: args.state_dir.clone(),
             max_batch: 5_000,
+            codec: codec.clone(),
         },
         &StoreOptions::default(),
         metrics.view.clone(),
@@ -186,7 +197,8 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
             .map_err(|source| WagonLitsError::Thread { name: "view", source })?
     };
     let delivery_timeout = Duration::from_millis(args.delivery_timeout_ms);
-    let producer = CommandProducer::new(&args.kafka, &args.topics.orders_topic, delivery_timeout)?;
+    let producer =
+        CommandProducer::new(&args.kafka, &args.topics.orders_topic, delivery_timeout)?.with_codec(codec.clone());
     let mut config = args.http.server_config()?;
     let fallback = (!args.dev_materiels_url.is_empty()).then(|| {
         (
@@ -228,6 +240,7 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
                     dlq_topic: args.topics.dlq_topic.clone(),
                     processor_group: args.dev_materiels_group.clone(),
                     view: Arc::clone(&view),
+                    codec,
                 },
             };
             let api =

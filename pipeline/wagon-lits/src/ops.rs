@@ -430,6 +430,8 @@ pub struct OpsConfig {
     pub processor_group: String,
     /// The view's directory, for its stored offsets.
     pub view: Arc<state::ViewStore>,
+    /// How updates are read, for an order's history.
+    pub codec: wire::Codec,
 }
 
 struct TopicRow {
@@ -509,7 +511,7 @@ fn order_history(config: &OpsConfig, order_id: &str) -> Result<(Vec<(i64, OrderU
             Some(Ok(message)) => {
                 read += 1;
                 if message.key() == Some(order_id.as_bytes()) {
-                    if let Some(u) = message.payload().and_then(|p| serde_json::from_slice::<OrderUpdate>(p).ok()) {
+                    if let Some(u) = message.payload().and_then(|p| config.codec.decode_update(p).ok()) {
                         updates.push((message.offset(), u));
                     }
                 }

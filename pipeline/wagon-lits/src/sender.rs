@@ -31,6 +31,7 @@ use state::{CommandEnvelope, OrderUpdate, ViewStore};
 
 use engine::kafka::KafkaArgs;
 use wire::fallback::DirectReply;
+use wire::Codec;
 use wire::{TraceParent, TRACEPARENT};
 
 use crate::metrics::{SenderMetrics, StateLabel};
@@ -42,6 +43,8 @@ use crate::WagonLitsError;
 pub struct CommandProducer {
     producer: FutureProducer,
     topic: String,
+    /// How commands are written (JSON unless [`CommandProducer::with_codec`] says otherwise).
+    codec: Codec,
 }
 
 impl CommandProducer {
@@ -54,7 +57,12 @@ impl CommandProducer {
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
             .set("partitioner", "murmur2_random");
         let producer: FutureProducer = kafka.finish(c).create().map_err(kafka_err("creating the command producer"))?;
-        Ok(CommandProducer { producer, topic: topic.to_string() })
+        Ok(CommandProducer { producer, topic: topic.to_string(), codec: Codec::json() })
+    }
+
+    /// The same producer, writing commands with `codec` (Avro, say).
+    pub fn with_codec(self, codec: Codec) -> CommandProducer {
+        CommandProducer { codec, ..self }
     }
 
     /// Queues a command (in a new trace); the returned future resolves once Kafka has it (or
@@ -69,7 +77,9 @@ impl CommandProducer {
         command: &CommandEnvelope,
         trace: &TraceParent,
     ) -> Result<DeliveryFuture, WagonLitsError> {
-        let payload = serde_json::to_vec(command)
+        let payload = self
+            .codec
+            .encode_command(command)
             .map_err(|e| WagonLitsError::Encode { what: "a command", reason: e.to_string() })?;
         let traceparent = trace.to_string();
         let headers =

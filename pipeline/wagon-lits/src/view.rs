@@ -15,7 +15,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use state::{ApplyStats, OrderUpdate, StoreOptions, ViewRecord, ViewStore};
+use state::{ApplyStats, StoreOptions, ViewRecord, ViewStore};
+use wire::codec::UpdateError;
+use wire::Codec;
 
 use engine::admin::partition_count;
 use engine::kafka::{KafkaArgs, KAFKA_CALL_TIMEOUT};
@@ -35,6 +37,8 @@ pub struct ViewConfig {
     pub state_dir: PathBuf,
     /// Most records applied in one RocksDB batch.
     pub max_batch: usize,
+    /// How updates are read (JSON, and Avro when a registry is configured).
+    pub codec: Codec,
 }
 
 /// The view consumer's context: librdkafka's statistics go to the metrics.
@@ -118,14 +122,30 @@ impl Materialiser {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(message)) => {
-                    let update = message.payload().and_then(|p| serde_json::from_slice::<OrderUpdate>(p).ok());
-                    if update.is_none() {
-                        tracing::warn!(
-                            partition = message.partition(),
-                            offset = message.offset(),
-                            "record on order-updates is not an update; skipped"
-                        );
-                    }
+                    let update = match message.payload().map(|p| self.config.codec.decode_update(p)) {
+                        Some(Ok(update)) => Some(update),
+                        // Nothing of this batch is applied, and its offsets are not stored: the
+                        // records are read again once the registry answers.
+                        Some(Err(UpdateError::Registry(e))) => return Err(WagonLitsError::Registry(e)),
+                        Some(Err(UpdateError::Invalid { kind, reason })) => {
+                            tracing::warn!(
+                                partition = message.partition(),
+                                offset = message.offset(),
+                                kind,
+                                reason,
+                                "record on order-updates is not an update; skipped"
+                            );
+                            None
+                        }
+                        None => {
+                            tracing::warn!(
+                                partition = message.partition(),
+                                offset = message.offset(),
+                                "record on order-updates has no value; skipped"
+                            );
+                            None
+                        }
+                    };
                     records.push(ViewRecord { position: Some((message.partition(), message.offset())), update });
                     // After the first record, take only what is already fetched.
                     timeout = Duration::ZERO;

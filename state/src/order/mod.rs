@@ -27,6 +27,9 @@ use std::time::Duration;
 use crate::catalogue::Catalogue;
 
 pub mod json;
+mod validation;
+
+pub use validation::{check_envelope, decode_command, validate_envelope, InvalidCommand};
 
 /// The only schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -186,91 +189,6 @@ impl CommandEnvelope {
     }
 }
 
-/// Why a command did not even reach the state machine. Such a command goes to the dead-letter
-/// topic with this reason; it never becomes an [`OrderUpdate`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidCommand {
-    #[error("empty message")]
-    Empty,
-    #[error("not a command: {0}")]
-    Malformed(String),
-    #[error("unsupported schema version {found} (this build reads version {SCHEMA_VERSION})")]
-    UnsupportedSchemaVersion { found: u64 },
-    #[error("{field} is empty")]
-    EmptyField { field: &'static str },
-    #[error("{field} is longer than {MAX_ID_LEN} bytes")]
-    FieldTooLong { field: &'static str },
-    #[error("message key {key:?} does not match order id {order_id:?}")]
-    KeyMismatch { key: String, order_id: String },
-}
-
-impl InvalidCommand {
-    /// A short, stable name for the kind of error (a dead-letter header, a metric label).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            InvalidCommand::Empty => "empty",
-            InvalidCommand::Malformed(_) => "malformed",
-            InvalidCommand::UnsupportedSchemaVersion { .. } => "unsupported-schema-version",
-            InvalidCommand::EmptyField { .. } => "empty-field",
-            InvalidCommand::FieldTooLong { .. } => "field-too-long",
-            InvalidCommand::KeyMismatch { .. } => "key-mismatch",
-        }
-    }
-}
-
-/// Decodes and checks a command as read from `orders`. `key` is the record key, if any: when
-/// present it must equal the order id, so that every command of an order lands on one partition.
-pub fn decode_command(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<CommandEnvelope, InvalidCommand> {
-    let value = match value {
-        None => return Err(InvalidCommand::Empty),
-        Some(v) if v.iter().all(u8::is_ascii_whitespace) => return Err(InvalidCommand::Empty),
-        Some(v) => v,
-    };
-    let envelope: CommandEnvelope = match serde_json::from_slice(value) {
-        Ok(envelope) => envelope,
-        Err(err) => {
-            // Say "wrong version" rather than "missing field" when the version is the problem.
-            #[derive(Deserialize)]
-            struct VersionProbe {
-                schema_version: u64,
-            }
-            if let Ok(probe) = serde_json::from_slice::<VersionProbe>(value) {
-                if probe.schema_version != u64::from(SCHEMA_VERSION) {
-                    return Err(InvalidCommand::UnsupportedSchemaVersion { found: probe.schema_version });
-                }
-            }
-            return Err(InvalidCommand::Malformed(err.to_string()));
-        }
-    };
-    validate_envelope(&envelope)?;
-    if let Some(key) = key {
-        if key != envelope.order_id.as_bytes() {
-            return Err(InvalidCommand::KeyMismatch {
-                key: String::from_utf8_lossy(key).into_owned(),
-                order_id: envelope.order_id,
-            });
-        }
-    }
-    Ok(envelope)
-}
-
-/// The checks a decoded command must pass before it reaches the state machine, whatever path it
-/// came by (Kafka or HTTP).
-pub fn validate_envelope(envelope: &CommandEnvelope) -> Result<(), InvalidCommand> {
-    if envelope.schema_version != SCHEMA_VERSION {
-        return Err(InvalidCommand::UnsupportedSchemaVersion { found: u64::from(envelope.schema_version) });
-    }
-    for (field, text) in [("command_id", &envelope.command_id), ("order_id", &envelope.order_id)] {
-        if text.trim().is_empty() {
-            return Err(InvalidCommand::EmptyField { field });
-        }
-        if text.len() > MAX_ID_LEN {
-            return Err(InvalidCommand::FieldTooLong { field });
-        }
-    }
-    Ok(())
-}
-
 /// Whether an update moved the order or only reported a refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -307,6 +225,11 @@ pub struct OrderUpdate {
     pub trigger: Trigger,
     /// The command that caused the update; `None` for timers.
     pub command_id: Option<String>,
+    /// When the order is expected to ship ([`expected_ship`]), in milliseconds since the Unix
+    /// epoch. Only version 2 of the Avro update schema carries it: the JSON form (whose readers
+    /// refuse unknown fields) and the view's rows leave it out, so it reads as `None` from them.
+    #[serde(skip)]
+    pub expected_ship_ms: Option<u64>,
     /// When dev-materiels decided, in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
 }
@@ -448,7 +371,7 @@ pub fn decide_in_place(
             None => Step::to(OrderStatus::Delivered, None),
         },
     };
-    Some(transition.apply(state, Trigger::Command, Some(&envelope.command_id), now_ms))
+    Some(transition.apply(state, Trigger::Command, Some(&envelope.command_id), rules, now_ms))
 }
 
 /// Why `command` does not fit an order in `status`, if it does not. A `PlaceOrder` always fits
@@ -488,7 +411,17 @@ pub fn fire_timer_in_place(state: &mut OrderState, rules: &Rules, now_ms: u64) -
         // out of a timed status clears or replaces the timer. Kept total for safety.
         _ => return None,
     };
-    Some(step.apply(state, timer.kind.trigger(), None, now_ms))
+    Some(step.apply(state, timer.kind.trigger(), None, rules, now_ms))
+}
+
+/// When an order is expected to ship, from its pending timer: the shipping timer's due time, or
+/// the preparation timer's plus the shipping delay; `None` when no timer is pending (never
+/// placed, rejected, shipped, delivered or cancelled).
+pub fn expected_ship(state: &OrderState, rules: &Rules) -> Option<u64> {
+    state.timer.map(|timer| match timer.kind {
+        TimerKind::Ship => timer.due_ms,
+        TimerKind::Prepare => timer.due_ms.saturating_add(millis(rules.ship_after)),
+    })
 }
 
 /// Business checks of a new order. An order that fails them is `Rejected` (an update), not
@@ -551,7 +484,14 @@ impl Step {
         self
     }
 
-    fn apply(self, state: &mut OrderState, trigger: Trigger, command_id: Option<&str>, now_ms: u64) -> OrderUpdate {
+    fn apply(
+        self,
+        state: &mut OrderState,
+        trigger: Trigger,
+        command_id: Option<&str>,
+        rules: &Rules,
+        now_ms: u64,
+    ) -> OrderUpdate {
         let previous_status = state.status;
         if let Some(status) = self.status {
             state.status = Some(status);
@@ -585,6 +525,7 @@ impl Step {
             trigger,
             command_id: command_id.map(str::to_string),
             timestamp_ms: now_ms,
+            expected_ship_ms: expected_ship(state, rules),
         }
     }
 }

@@ -78,6 +78,7 @@ fn restore_never_goes_back_and_drops_published_outbox_entries() {
         trigger: Trigger::Command,
         command_id: Some(format!("c{v}")),
         timestamp_ms: v,
+        expected_ship_ms: None,
     };
     let mut batch = StoreBatch::new();
     for v in [3, 4] {

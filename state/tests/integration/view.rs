@@ -14,6 +14,7 @@ fn update(order: &str, version: u64, status: OrderStatus, previous: Option<Order
         trigger: Trigger::Command,
         command_id: Some(format!("{order}-{version}")),
         timestamp_ms: version,
+        expected_ship_ms: None,
     }
 }
 

@@ -25,6 +25,8 @@ pub struct RecordCollector {
     updates_topic: String,
     changelog: String,
     dlq_topic: String,
+    /// How updates are written (JSON or Avro).
+    codec: wire::Codec,
     metrics: Arc<StreamMetrics>,
 }
 
@@ -35,6 +37,7 @@ impl RecordCollector {
             updates_topic: config.topics.updates_topic.clone(),
             changelog: config.changelog_topic(),
             dlq_topic: config.topics.dlq_topic.clone(),
+            codec: config.codec.clone(),
             metrics,
         }
     }
@@ -48,7 +51,9 @@ impl RecordCollector {
     /// of `parent` (the command's), or a new trace (timers, the outbox, commands without one).
     pub fn emit(&self, partition: i32, output: &Output, parent: Option<&TraceParent>) -> Result<(), RuntimeError> {
         let started = SystemTime::now();
-        let update = serde_json::to_vec(&output.update)
+        let update = self
+            .codec
+            .encode_update(&output.update)
             .map_err(|e| RuntimeError::Encode { what: "an update", reason: e.to_string() })?;
         let key = output.update.order_id.as_str();
         let span = parent.map_or_else(TraceParent::root, TraceParent::child);

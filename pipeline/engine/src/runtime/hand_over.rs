@@ -27,7 +27,9 @@ pub fn hand_over(config: &StreamConfig, dir: &std::path::Path) -> Result<usize, 
     let mut payloads = Vec::with_capacity(commands.len());
     for command in &commands {
         payloads.push(
-            serde_json::to_vec(command)
+            config
+                .codec
+                .encode_command(command)
                 .map_err(|e| RuntimeError::Encode { what: "a handed-over command", reason: e.to_string() })?,
         );
     }

@@ -84,6 +84,8 @@ pub struct StreamConfig {
     pub overlap_commits: bool,
     /// Stream threads in the process, each a group member with its own tasks ([`threads`]).
     pub stream_threads: usize,
+    /// How updates (and handed-over commands) are written, and commands read: JSON or Avro.
+    pub codec: wire::Codec,
 }
 
 /// The watchdog's default patience: 30 s past the calls' own timeout.
@@ -166,6 +168,9 @@ pub enum RuntimeError {
     ThreadStopped { name: &'static str },
     #[error("cannot encode {what}: {reason}")]
     Encode { what: &'static str, reason: String },
+    /// A record's writer schema could not be fetched: the registry is unreachable.
+    #[error(transparent)]
+    Registry(wire::avro::AvroError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }

@@ -47,7 +47,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use state::{decode_command, validate_envelope};
+use state::validate_envelope;
+use wire::codec::CommandError;
 use wire::partitioner::partition_for;
 use wire::{TraceParent, TRACEPARENT};
 
@@ -502,7 +503,7 @@ impl Engine {
             .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT).and_then(|h| h.value))
             .and_then(TraceParent::from_bytes);
         let trace_id = trace.as_ref().map(TraceParent::trace_id).unwrap_or_default();
-        match decode_command(message.key(), message.payload()) {
+        match self.config.codec.decode_command(message.key(), message.payload()) {
             Ok(envelope) => {
                 self.metrics.commands_kafka.inc();
                 let Some(task) = self.tasks.running_task(partition) else { return Ok(None) };
@@ -521,7 +522,9 @@ impl Engine {
                     }
                 }
             }
-            Err(invalid) => {
+            // Nothing is taken: the transaction aborts and the record is read again after a restart.
+            Err(CommandError::Registry(e)) => return Err(RuntimeError::Registry(e)),
+            Err(CommandError::Invalid(invalid)) => {
                 tracing::warn!(partition, offset, error = %invalid, %trace_id, "invalid command sent to the dead-letter topic");
                 let sent = self.records.dead_letter(message, &invalid);
                 self.produced(sent)?;

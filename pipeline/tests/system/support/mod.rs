@@ -62,6 +62,8 @@ pub struct TestEnv {
     pub timers_ms: (u64, u64),
     /// Extra arguments for every dev-materiels started from now on.
     pub dev_args: Vec<String>,
+    /// How the test's own views read updates (JSON; Avro too once a registry is set).
+    pub codec: wire::Codec,
 }
 
 impl TestEnv {
@@ -97,6 +99,7 @@ impl TestEnv {
             dir: tempfile::Builder::new().prefix(&format!("rail-test-{name}-")).tempdir().expect("tempdir"),
             timers_ms: (PREPARE_AFTER_MS, SHIP_AFTER_MS),
             dev_args: Vec::new(),
+            codec: wire::Codec::json(),
         };
         ensure_service_topics(&env.kafka, &env.topics).expect("creating topics");
         env
@@ -219,6 +222,7 @@ impl TestEnv {
                 updates_topic: self.topics.updates_topic.clone(),
                 state_dir: self.dir.path().join(format!("wagon-lits-{name}")),
                 max_batch: 5_000,
+                codec: self.codec.clone(),
             },
             &StoreOptions::default(),
             wagon_lits::WagonLitsMetrics::unregistered().view,
@@ -239,10 +243,20 @@ impl TestEnv {
     }
 
     /// Every update on `order-updates`, as the oracle reads them, in offset order per partition.
+    /// An Avro record is read with the test's codec and given to the oracle as JSON.
     pub fn wire_updates(&self) -> Vec<oracle::Update> {
         self.read_all(&self.topics.updates_topic)
             .into_iter()
-            .map(|r| oracle::Update::from_json(&r.value.unwrap_or_default()).expect("an update on order-updates"))
+            .map(|r| {
+                let value = r.value.unwrap_or_default();
+                let json = if value.first() == Some(&wire::avro::MAGIC) {
+                    let update = self.codec.decode_update(&value).expect("an Avro update on order-updates");
+                    serde_json::to_vec(&update).expect("JSON of an update")
+                } else {
+                    value
+                };
+                oracle::Update::from_json(&json).expect("an update on order-updates")
+            })
             .collect()
     }
 
@@ -260,7 +274,7 @@ impl TestEnv {
     pub fn updates(&self) -> Vec<OrderUpdate> {
         self.read_all(&self.topics.updates_topic)
             .into_iter()
-            .map(|r| serde_json::from_slice(&r.value.unwrap_or_default()).expect("an update on order-updates"))
+            .map(|r| self.codec.decode_update(&r.value.unwrap_or_default()).expect("an update on order-updates"))
             .collect()
     }
 }
@@ -693,6 +707,30 @@ pub fn compare_view(view: &ViewStore, expected: &Expected) -> Vec<String> {
         }
     }
     diffs
+}
+
+/// The test binary's schema registry (Apicurio), started by the first test that asks for it
+/// and killed with the process. Tests keep apart by their topics' names (subjects).
+pub fn schema_registry() -> &'static kafka_harness::registry::SchemaRegistry {
+    static REGISTRY: std::sync::OnceLock<kafka_harness::registry::SchemaRegistry> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let started = Instant::now();
+        // Started from a thread that lives as long as the test binary: the registry dies with the
+        // thread that started it (PR_SET_PDEATHSIG), and a test's thread ends with its test.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("schema-registry".into())
+            .spawn(move || {
+                let _ = sender.send(kafka_harness::registry::SchemaRegistry::start());
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("starting the registry's thread");
+        let registry = receiver.recv().expect("the registry's thread").expect("starting Apicurio Registry");
+        eprintln!("schema registry at {} (started in {:?})", registry.url(), started.elapsed());
+        registry
+    })
 }
 
 pub fn print_path(label: &str, path: &Path) {

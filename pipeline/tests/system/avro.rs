@@ -1,0 +1,292 @@
+//! Avro through a real schema registry (Apicurio, one per test binary) and a real broker: the
+//! migration from JSON with both formats on the same topics at once, exactly once; schema
+//! registration as an operation (`dev-materiels schemas check|apply`), with the registry's
+//! refusal of an incompatible version reported with the field at fault; and bad Avro input in
+//! the dead-letter topic, the pipeline going on.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{converge, now_ms, schema_registry, send_all, settled, TestEnv};
+use pipeline::workload::{Mix, Workload};
+use wire::avro::{frame, Record};
+use wire::dlq::headers;
+use wire::{Codec, CodecArgs, WireFormat};
+
+fn avro_args(url: &str) -> CodecArgs {
+    CodecArgs { wire_format: WireFormat::Avro, schema_registry_url: Some(url.to_owned()), ..CodecArgs::default() }
+}
+
+/// Bytes of each format among the values of `topic`: (JSON, Avro).
+fn formats(env: &TestEnv, topic: &str) -> (usize, usize) {
+    let records = env.read_all(topic);
+    let avro = records.iter().filter(|r| r.value.as_deref().and_then(<[u8]>::first) == Some(&0)).count();
+    let json = records.iter().filter(|r| r.value.as_deref().and_then(<[u8]>::first) == Some(&b'{')).count();
+    (json, avro)
+}
+
+#[test]
+fn json_and_avro_on_the_same_topics_at_once_exactly_once() {
+    const ORDERS: usize = 2_000;
+    let url = schema_registry().url();
+    let mut env = TestEnv::start("avro-mix", 2);
+    env.codec = Codec::connect(&avro_args(&url), &[(Record::Command, &env.topics.orders_topic)]).expect("registry");
+    let view = env.start_view("main");
+    // dev-materiels writes Avro updates first, then, restarted, JSON ones: the view reads both.
+    env.dev_args = vec!["--wire-format".into(), "avro".into(), "--schema-registry-url".into(), url.clone()];
+    let mut dev = env.spawn_dev_materiels(0);
+    let json = env.producer();
+    let avro = env.producer().with_codec(env.codec.clone());
+
+    let mut workload = Workload::new(23, "AVRO", now_ms());
+    let ids: Vec<String> = (0..ORDERS).map(|i| workload.order_id(i)).collect();
+    let mut sent = workload.place_phase(ORDERS, Mix::REALISTIC);
+    // Each order's commands go through one producer (a producer keeps its order), the orders
+    // alternating between the old format and the new on the same partitions.
+    let index: std::collections::HashMap<&str, usize> =
+        ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    let (even, odd): (Vec<_>, Vec<_>) =
+        sent.iter().cloned().partition(|c| index.get(c.order_id.as_str()).is_some_and(|i| i % 2 == 0));
+    let (half_even, half_odd) = (even.len() / 2, odd.len() / 2);
+    send_all(&json, &even[..half_even]);
+    send_all(&avro, &odd[..half_odd]);
+    // The first half decided with Avro updates: switch dev-materiels to JSON for the rest.
+    // (Commands for orders never placed leave them unsettled: they are not waited for.)
+    let first_half: Vec<String> = even[..half_even]
+        .iter()
+        .chain(&odd[..half_odd])
+        .filter(|c| index.contains_key(c.order_id.as_str()))
+        .map(|c| c.order_id.clone())
+        .collect();
+    let unsettled = view.wait_until(&first_half, Duration::from_secs(240), settled);
+    assert!(unsettled.is_empty(), "{} orders never settled; log:\n{}", unsettled.len(), dev.log_tail(40));
+    dev.terminate();
+    env.dev_args.clear();
+    env.dev_args.extend(["--schema-registry-url".to_owned(), url.clone()]);
+    let mut dev = env.spawn_dev_materiels(1);
+    send_all(&json, &even[half_even..]);
+    send_all(&avro, &odd[half_odd..]);
+    let unsettled = view.wait_until(&ids, Duration::from_secs(240), settled);
+    assert!(unsettled.is_empty(), "{} orders never settled; log:\n{}", unsettled.len(), dev.log_tail(40));
+
+    let shipped = crate::support::shipped(&view.view, &ids);
+    let deliveries = workload.delivery_phase(&shipped, 0.8, 0.5, 0.05);
+    send_all(&avro, &deliveries);
+    sent.extend(deliveries);
+
+    let report = converge(&env, &view, &sent);
+    dev.assert_running();
+    eprintln!("avro migration: {}", report.summary());
+    assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
+    let (json_commands, avro_commands) = formats(&env, &env.topics.orders_topic);
+    let (json_updates, avro_updates) = formats(&env, &env.topics.updates_topic);
+    eprintln!(
+        "orders: {json_commands} JSON, {avro_commands} Avro; order-updates: {json_updates} JSON, {avro_updates} Avro"
+    );
+    assert!(json_commands > 0 && avro_commands > 0, "both formats on orders");
+    assert!(json_updates > 0 && avro_updates > 0, "both formats on order-updates");
+    // Every record of both formats matches docs/asyncapi.json (and its Avro schema files).
+    let api = crate::contracts::AsyncApi::load();
+    let registry = env.codec.registry().expect("a registry");
+    for topic in [&env.topics.orders_topic, &env.topics.updates_topic] {
+        let (json, avro) = crate::contracts::check_records(&api, topic, &env.read_all(topic), registry);
+        eprintln!("{topic}: {json} JSON and {avro} Avro records match docs/asyncapi.json");
+    }
+    dev.terminate();
+}
+
+/// `dev-materiels schemas <action>` against the registry, for topics named after `prefix`.
+fn schemas(url: &str, prefix: &str, action: &str, dir: Option<&Path>) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dev-materiels"));
+    command
+        .args(["--schema-registry-url", url, "--orders-topic"])
+        .arg(format!("{prefix}-orders"))
+        .arg("--updates-topic")
+        .arg(format!("{prefix}-order-updates"))
+        .args(["schemas", action]);
+    if let Some(dir) = dir {
+        command.arg("--schemas-dir").arg(dir);
+    }
+    let output = command.output().expect("running dev-materiels schemas");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    eprintln!(
+        "schemas {action}{}:\n{text}",
+        dir.map(|d| format!(" --schemas-dir {}", d.display())).unwrap_or_default()
+    );
+    (output.status.success(), text)
+}
+
+/// A copy of the repository's schemas with one more version of the update schema.
+fn candidate(dir: &Path, update_v2: &serde_json::Value) {
+    for record in Record::ALL {
+        std::fs::create_dir_all(dir.join(record.dir())).expect("dir");
+        for schema in record.history() {
+            std::fs::write(dir.join(record.dir()).join(format!("v{}.avsc", schema.version)), schema.text)
+                .expect("write");
+        }
+    }
+    let next = Record::Update.history().len() + 1;
+    std::fs::write(dir.join(Record::Update.dir()).join(format!("v{next}.avsc")), update_v2.to_string()).expect("write");
+}
+
+fn update_schema_with(field: serde_json::Value) -> serde_json::Value {
+    let mut schema: serde_json::Value = serde_json::from_str(Record::Update.current().text).expect("schema");
+    schema["fields"].as_array_mut().expect("fields").push(field);
+    schema
+}
+
+#[test]
+fn schemas_are_registered_as_an_operation_and_an_incompatible_version_is_refused_by_name() {
+    let url = schema_registry().url();
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // Nothing registered yet: check reports it and fails; apply registers; check passes.
+    let (ok, out) = schemas(&url, "ops", "check", None);
+    assert!(!ok && out.contains("is not registered") && out.contains("compatibility level"), "{out}");
+    let (ok, out) = schemas(&url, "ops", "apply", None);
+    assert!(ok, "{out}");
+    let (ok, out) = schemas(&url, "ops", "check", None);
+    assert!(ok && out.contains("ops-orders-value: ok") && out.contains("ops-order-updates-value: ok"), "{out}");
+
+    // A next version with a required field and no default: refused, naming the field, both by
+    // the local check of the history and by the registry (409).
+    let breaking = dir.path().join("breaking");
+    candidate(&breaking, &update_schema_with(serde_json::json!({"name": "carrier", "type": "string"})));
+    let (ok, out) = schemas(&url, "ops", "check", Some(&breaking));
+    assert!(!ok && out.contains("refused by the registry") && out.contains("carrier"), "{out}");
+    let (ok, out) = schemas(&url, "ops", "apply", Some(&breaking));
+    assert!(!ok && out.contains("carrier") && out.contains("409"), "{out}");
+
+    // The same field with a default is compatible both ways: apply registers it.
+    let fine = dir.path().join("fine");
+    candidate(
+        &fine,
+        &update_schema_with(serde_json::json!({"name": "carrier", "type": ["null", "string"], "default": null})),
+    );
+    let (ok, out) = schemas(&url, "ops", "check", Some(&fine));
+    assert!(!ok && out.contains("is not registered"), "{out}");
+    let (ok, out) = schemas(&url, "ops", "apply", Some(&fine));
+    assert!(ok, "{out}");
+    // This build's schemas alone now miss the version registered after them.
+    let (ok, out) = schemas(&url, "ops", "check", None);
+    assert!(!ok && out.contains("is not in the repository's schemas"), "{out}");
+}
+
+#[test]
+fn a_producer_whose_schema_the_registry_refuses_does_not_start() {
+    let url = schema_registry().url();
+    let registry = wire::avro::Registry::new(&url, Duration::from_secs(10)).expect("client");
+    // Someone registered an update schema this build cannot read (a required field it lacks).
+    let subject = "refused-order-updates-value";
+    let foreign = update_schema_with(serde_json::json!({"name": "depot", "type": "string"}));
+    registry.register(subject, &foreign.to_string()).expect("registering a foreign schema");
+    registry.set_compatibility(subject, "FULL_TRANSITIVE").expect("level");
+
+    let env = TestEnv::start("avro-refused", 1);
+    let output = Command::new(env!("CARGO_BIN_EXE_dev-materiels"))
+        .args(["--brokers", &env.kafka.brokers, "--wire-format", "avro", "--schema-registry-url", &url])
+        .args(["--orders-topic", "refused-orders", "--updates-topic", "refused-order-updates"])
+        .arg("--state-dir")
+        .arg(env.dir.path().join("refused"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running dev-materiels");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    eprintln!("{text}");
+    assert!(!output.status.success(), "dev-materiels started with a refused schema: {text}");
+    assert!(text.contains("refused the schema for subject refused-order-updates-value"), "{text}");
+    assert!(text.contains("depot"), "the error names the field at fault: {text}");
+}
+
+#[test]
+fn bad_avro_records_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
+    let url = schema_registry().url();
+    let mut env = TestEnv::start("avro-bad", 1);
+    env.codec = Codec::connect(&avro_args(&url), &[(Record::Command, &env.topics.orders_topic)]).expect("registry");
+    env.dev_args = vec!["--wire-format".into(), "avro".into(), "--schema-registry-url".into(), url];
+    let view = env.start_view("main");
+    let mut dev = env.spawn_dev_materiels(0);
+    let producer = env.producer();
+    let avro = env.producer().with_codec(env.codec.clone());
+
+    let mut workload = Workload::new(5, "BADAVRO", now_ms());
+    let good = workload.place_phase(3, Mix::CLEAN);
+    let framed = env.codec.encode_command(&good[0]).expect("encode");
+    let truncated = &framed[..framed.len() - 3];
+    let unknown_id = frame(999_999, &framed[5..]);
+    let key = good[0].order_id.as_bytes();
+    for bad in [truncated, &unknown_id[..], &[0u8, 0, 0][..]] {
+        futures::executor::block_on(producer.send_raw(Some(key), Some(bad)).expect("queue"))
+            .expect("delivery")
+            .expect("delivered");
+    }
+    send_all(&avro, &good);
+    let ids: Vec<String> = good.iter().map(|c| c.order_id.clone()).collect();
+    let unsettled = view.wait_until(&ids, Duration::from_secs(120), settled);
+    assert!(unsettled.is_empty(), "the pipeline stopped after bad records; log:\n{}", dev.log_tail(40));
+
+    let letters = env.read_all(&env.topics.dlq_topic);
+    let kinds: Vec<(String, String)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l.headers.get(headers::ERROR_KIND).cloned().unwrap_or_default(),
+                l.headers.get(headers::ERROR).cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    eprintln!("dead letters: {kinds:#?}");
+    assert_eq!(letters.len(), 3, "{kinds:?}");
+    assert_eq!(kinds[0].0, "avro-body", "{kinds:?}");
+    assert_eq!(kinds[1].0, "unknown-schema-id", "{kinds:?}");
+    assert!(kinds[1].1.contains("999999"), "the reason names the id: {kinds:?}");
+    assert_eq!(kinds[2].0, "avro-frame", "{kinds:?}");
+    assert_eq!(letters[0].value.as_deref(), Some(truncated), "the record is kept as it was");
+    dev.assert_running();
+    dev.terminate();
+}
+
+#[test]
+fn updates_of_schema_version_1_and_2_read_each_other_through_the_registry() {
+    use apache_avro::reader::datum::GenericDatumReader;
+    use apache_avro::types::Value;
+    use apache_avro::writer::datum::GenericDatumWriter;
+
+    let url = schema_registry().url();
+    let registry = wire::avro::Registry::new(&url, Duration::from_secs(10)).expect("client");
+    let subject = "evolution-order-updates-value";
+    registry.set_compatibility(subject, "FULL_TRANSITIVE").expect("level");
+    let v1_text = Record::Update.history()[0].text;
+    let v1_id = registry.register(subject, v1_text).expect("v1 registered");
+    let v1 = apache_avro::Schema::parse_str(v1_text).expect("v1");
+    // This build writes version 2 (registered after version 1, as `schemas apply` does).
+    let codec = Codec::connect(&avro_args(&url), &[(Record::Update, "evolution-order-updates")]).expect("codec");
+    let rules = crate::support::rules();
+    let mut workload = Workload::new(9, "EVO", now_ms());
+    let place = workload.place_phase(1, Mix::CLEAN).remove(0);
+    let state::Decision::Update { update, .. } = state::decide(None, &place, &rules, now_ms()) else {
+        panic!("a decision")
+    };
+    assert!(update.expected_ship_ms.is_some(), "an accepted order has an expected shipping time");
+
+    // Version 2 written, read by a version-1 reader: it gets the version-1 fields.
+    let written = codec.encode_update(&update).expect("encode");
+    let (v2_id, mut body) = wire::avro::unframe(&written).expect("framed");
+    assert_ne!(v2_id, v1_id);
+    let writer = apache_avro::Schema::parse_str(&registry.schema_by_id(v2_id).expect("v2 by id")).expect("v2");
+    let read = GenericDatumReader::builder(&writer).reader_schema(&v1).build().expect("reader").read_value(&mut body);
+    let Value::Record(fields) = read.expect("a v1 reader reads v2") else { panic!("a record") };
+    assert!(fields.iter().all(|(name, _)| name != "expected_ship_ms"));
+    assert!(fields.iter().any(|(name, value)| name == "order_id" && *value == Value::String(update.order_id.clone())));
+
+    // Version 1 written (an old dev-materiels), read by this build: the new field is null.
+    let old_value = match wire::avro::update_value(&update) {
+        Value::Record(fields) => Value::Record(fields.into_iter().filter(|(n, _)| n != "expected_ship_ms").collect()),
+        _ => panic!("a record"),
+    };
+    let old_body =
+        GenericDatumWriter::builder(&v1).build().expect("writer").write_value_to_vec(old_value).expect("write");
+    let decoded = codec.decode_update(&frame(v1_id, &old_body)).expect("this build reads v1");
+    assert_eq!(decoded, state::OrderUpdate { expected_ship_ms: None, ..update });
+}
