@@ -108,11 +108,16 @@ pub struct SchemaRegistry {
 impl SchemaRegistry {
     /// Starts a registry on free ports and waits until it is ready (10-15 s here).
     pub fn start() -> Result<SchemaRegistry, HarnessError> {
+        SchemaRegistry::start_on(free_port()?)
+    }
+
+    /// Starts a registry whose API listens on `port` (a service given that URL before the
+    /// registry is up, say).
+    pub fn start_on(port: u16) -> Result<SchemaRegistry, HarnessError> {
         let app = ensure_registry()?;
         let java = java_21()?;
         let dir =
             tempfile::Builder::new().prefix("rail-registry-").tempdir().map_err(io("create a temporary directory"))?;
-        let port = free_port()?;
         let management_port = free_port()?;
         let log = dir.path().join("registry.log");
         let out = fs::File::create(&log).map_err(io(format!("create {}", log.display())))?;

@@ -9,7 +9,8 @@
 //! - `GET /v1/status`: the stream thread's counters (records, commits, outbox...).
 //! - `GET /metrics`: Prometheus metrics ([`engine::metrics`]).
 //! - `GET /healthz` (the process answers), `GET /readyz` (ready once the group has assigned
-//!   partitions and every one of them is restored).
+//!   partitions and every one of them is restored, and the schema registry, if one is
+//!   configured, answers).
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use engine::runtime::StreamMetrics;
 use http_fallback::{json, metrics_response, Problem};
 use prometheus_client::registry::Registry;
 use state::{validate_envelope, CommandEnvelope};
+use wire::avro::RegistryHealth;
 use wire::fallback::COMMANDS_PATH;
 use wire::{TraceParent, TRACEPARENT};
 
@@ -33,10 +35,17 @@ struct Endpoint {
     direct: DirectHandle,
     metrics: Arc<StreamMetrics>,
     registry: Arc<Registry>,
+    /// The schema registry's health, when one is configured.
+    schema_registry: Option<Arc<RegistryHealth>>,
 }
 
 /// The routes of dev-materiels' HTTP server (before [`http_fallback::layered`]).
-pub fn router(direct: DirectHandle, metrics: Arc<StreamMetrics>, registry: Arc<Registry>) -> Router {
+pub fn router(
+    direct: DirectHandle,
+    metrics: Arc<StreamMetrics>,
+    registry: Arc<Registry>,
+    schema_registry: Option<Arc<RegistryHealth>>,
+) -> Router {
     Router::new()
         .route(COMMANDS_PATH, post(command))
         .route("/v1/orders/{id}", get(query))
@@ -44,7 +53,7 @@ pub fn router(direct: DirectHandle, metrics: Arc<StreamMetrics>, registry: Arc<R
         .route("/metrics", get(|State(e): State<Endpoint>| async move { metrics_response(&e.registry) }))
         .route("/healthz", get(|| async { json(StatusCode::OK, &serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
-        .with_state(Endpoint { direct, metrics, registry })
+        .with_state(Endpoint { direct, metrics, registry, schema_registry })
 }
 
 async fn command(State(e): State<Endpoint>, headers: HeaderMap, body: Bytes) -> Response {
@@ -77,6 +86,12 @@ async fn status(State(e): State<Endpoint>) -> Response {
 }
 
 async fn ready(State(e): State<Endpoint>) -> Response {
+    if let Some(health) = e.schema_registry.as_ref().filter(|h| !h.is_reachable()) {
+        let why = health.last_error().unwrap_or_default();
+        let detail =
+            format!("not ready: the schema registry is unreachable ({} failed calls): {why}", health.failures());
+        return Problem::unavailable(detail).into_response();
+    }
     if e.metrics.is_ready() {
         json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
     } else {

@@ -160,6 +160,9 @@ pub enum DevMaterielsError {
 pub struct DevMateriels {
     config: StreamConfig,
     codec: CodecArgs,
+    /// The schema registry's client, when one is configured (its health is on `/metrics` and
+    /// `/readyz` from the start).
+    schema_registry: Option<wire::avro::Registry>,
     http: HttpArgs,
     metrics: Arc<StreamMetrics>,
     registry: Registry,
@@ -176,7 +179,18 @@ impl DevMateriels {
             dlq: config.topics.dlq_topic.clone(),
         };
         let metrics = Arc::new(StreamMetrics::new(&mut registry, &topics));
-        Ok(DevMateriels { config, codec: args.codec.clone(), http: args.http.clone(), metrics, registry })
+        let schema_registry = args.codec.registry().map_err(CodecError::from)?;
+        if let Some(client) = &schema_registry {
+            registry.register_collector(Box::new(client.health()));
+        }
+        Ok(DevMateriels {
+            config,
+            codec: args.codec.clone(),
+            schema_registry,
+            http: args.http.clone(),
+            metrics,
+            registry,
+        })
     }
 
     /// The stream thread's metrics, live.
@@ -187,7 +201,7 @@ impl DevMateriels {
     /// Runs until `shutdown` is set: the stream thread on this thread, the HTTP server (when
     /// `--http-listen` is given) on a small Tokio runtime beside it.
     pub fn run(self, shutdown: Arc<AtomicBool>) -> Result<StreamStats, DevMaterielsError> {
-        let DevMateriels { mut config, codec, http, metrics, mut registry } = self;
+        let DevMateriels { mut config, codec, schema_registry, http, metrics, mut registry } = self;
         tracing::info!(
             brokers = %config.kafka.brokers,
             orders = %config.topics.orders_topic,
@@ -198,12 +212,6 @@ impl DevMateriels {
         );
         // Wrong credentials or no broker: say so now, rather than retry forever.
         config.kafka.check(engine::kafka::KAFKA_CALL_TIMEOUT).map_err(RuntimeError::from)?;
-        // Updates on their topic, and the commands of an outbox handed over back on `orders`.
-        config.codec = Codec::connect(
-            &codec,
-            &[(Record::Update, &config.topics.updates_topic), (Record::Command, &config.topics.orders_topic)],
-        )?;
-        tracing::info!(writes = ?config.codec.writes(), registry = ?config.codec.registry().map(|r| r.url()), "wire format");
         let (direct, requests) = DirectHandle::channel();
         let server = match http.http_listen {
             None => None,
@@ -220,7 +228,8 @@ impl DevMateriels {
                     .block_on(tokio::net::TcpListener::bind(addr))
                     .map_err(|source| DevMaterielsError::Listen { addr, source })?;
                 tracing::info!(%addr, auth = server_config.token.is_some(), "HTTP fallback endpoint listening");
-                let routes = http::router(direct.clone(), Arc::clone(&metrics), Arc::new(registry));
+                let health = schema_registry.as_ref().map(wire::avro::Registry::health);
+                let routes = http::router(direct.clone(), Arc::clone(&metrics), Arc::new(registry), health);
                 let router = http_fallback::layered(routes, &server_config);
                 let stop = Arc::clone(&shutdown);
                 let task = runtime.spawn(async move {
@@ -229,7 +238,21 @@ impl DevMateriels {
                 Some((runtime, task))
             }
         };
-        let result = runtime::run(config, Arc::clone(&shutdown), metrics, requests);
+        // The registry is waited for with the HTTP server up, so that /readyz and /metrics show
+        // an outage. Updates go on their topic, and the commands of an outbox handed over back
+        // on `orders`.
+        let writes = [
+            (Record::Update, config.topics.updates_topic.as_str()),
+            (Record::Command, config.topics.orders_topic.as_str()),
+        ];
+        let result = match Codec::connect_to(schema_registry, &codec, &writes) {
+            Ok(wire) => {
+                tracing::info!(writes = ?wire.writes(), registry = ?wire.registry().map(|r| r.url()), "wire format");
+                config.codec = wire;
+                runtime::run(config, Arc::clone(&shutdown), metrics, requests).map_err(DevMaterielsError::from)
+            }
+            Err(e) => Err(DevMaterielsError::Codec(e)),
+        };
         // Whatever ended the stream thread ends the HTTP server too (gracefully).
         shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some((runtime, task)) = server {
@@ -239,7 +262,7 @@ impl DevMateriels {
                 Err(err) => tracing::warn!(error = %err, "the HTTP server task failed"),
             }
         }
-        Ok(result?)
+        result
     }
 }
 

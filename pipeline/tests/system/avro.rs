@@ -290,3 +290,52 @@ fn updates_of_schema_version_1_and_2_read_each_other_through_the_registry() {
     let decoded = codec.decode_update(&frame(v1_id, &old_body)).expect("this build reads v1");
     assert_eq!(decoded, state::OrderUpdate { expected_ship_ms: None, ..update });
 }
+
+#[test]
+fn a_registry_unreachable_at_start_is_waited_for_and_shown_on_readyz_and_metrics() {
+    use crate::support::http::{Http, TOKEN};
+
+    // dev-materiels is told of a registry that is not there yet.
+    let port = kafka_harness::free_port().expect("port");
+    let url = format!("http://127.0.0.1:{port}/apis/ccompat/v7");
+    let mut env = TestEnv::start("avro-late", 1);
+    env.dev_args = vec!["--wire-format".into(), "avro".into(), "--schema-registry-url".into(), url.clone()];
+    let mut dev = env.spawn_dev_materiels_with(0, &[("SCHEMA_REGISTRY_PATIENCE_MS", "240000")]);
+    let http = Http::new(env.dev_port, Some(TOKEN));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", env.dev_port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "dev-materiels' HTTP server never listened");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let answer = loop {
+        let answer = http.get("/readyz");
+        if answer.status == 503 && answer.body["detail"].as_str().is_some_and(|d| d.contains("schema registry")) {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "readyz never named the registry: {answer:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    eprintln!("readyz while the registry is away: {}", answer.body);
+    let metrics = String::from_utf8_lossy(&http.get("/metrics").raw).to_string();
+    assert!(metrics.contains("rail_schema_registry_reachable 0"), "{metrics}");
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rail_schema_registry_failures_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(failures.is_some_and(|f| f >= 1.0), "failures: {failures:?}");
+
+    // The registry comes up: dev-materiels registers its schemas, gets ready and decides.
+    let late = kafka_harness::registry::SchemaRegistry::start_on(port).expect("a registry on that port");
+    http.wait_ok("/readyz", Duration::from_secs(120));
+    let metrics = String::from_utf8_lossy(&http.get("/metrics").raw).to_string();
+    assert!(metrics.contains("rail_schema_registry_reachable 1"), "{metrics}");
+    env.codec = Codec::connect(&avro_args(&late.url()), &[(Record::Command, &env.topics.orders_topic)]).expect("codec");
+    let view = env.start_view("main");
+    let mut workload = Workload::new(31, "LATE", now_ms());
+    let commands = workload.place_phase(5, Mix::CLEAN);
+    send_all(&env.producer().with_codec(env.codec.clone()), &commands);
+    let ids: Vec<String> = commands.iter().map(|c| c.order_id.clone()).collect();
+    let unsettled = view.wait_until(&ids, Duration::from_secs(120), settled);
+    assert!(unsettled.is_empty(), "{unsettled:?}; log:\n{}", dev.log_tail(40));
+    dev.terminate();
+}

@@ -216,7 +216,7 @@ fn wagon_lits_api_answers_every_request_with_a_documented_status() {
     let metrics = WagonLitsMetrics::unregistered();
     let sender =
         Arc::new(CommandSender::new(producer, Duration::from_secs(5), None, Arc::clone(&view), metrics.sender));
-    let api = Api { view, sender, registry: Arc::new(Registry::default()), ops: None };
+    let api = Api { view, sender, registry: Arc::new(Registry::default()), ops: None, schema_registry: None };
     const PATHS: &[&str] = &[
         "/orders",
         "/orders",
@@ -278,7 +278,7 @@ fn dev_materiels_endpoint_answers_every_request_with_a_documented_status() {
     }
     const PATHS: &[&str] =
         &["/v1/commands", "/v1/commands", "/v1/commands", "/v1/orders/{id}", "/v1/status", "/readyz", "/v1/{id}"];
-    let router = dev_materiels::http::router(direct, Arc::clone(&metrics), Arc::new(registry));
+    let router = dev_materiels::http::router(direct, Arc::clone(&metrics), Arc::new(registry), None);
     let successes = fuzz("dev-materiels endpoint", router, PATHS, &[400, 404, 405, 413, 422, 503]);
     let decided = metrics.direct_commands.get();
     eprintln!("dev-materiels endpoint: {successes} requests succeeded, {decided} commands decided over HTTP");

@@ -85,6 +85,23 @@ pub struct Api {
     pub registry: Arc<Registry>,
     /// The operations page (`/ops`); `None` turns it off.
     pub ops: Option<Arc<crate::ops::Ops>>,
+    /// The schema registry's health, when one is configured: `/readyz` fails while it is
+    /// unreachable.
+    pub schema_registry: Option<Arc<wire::avro::RegistryHealth>>,
+}
+
+/// Ready unless the schema registry (when one is configured) did not answer its last call: a
+/// writer schema not seen yet could not be read.
+async fn ready(State(api): State<Arc<Api>>) -> Response {
+    match api.schema_registry.as_ref().filter(|h| !h.is_reachable()) {
+        None => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        Some(health) => Problem::unavailable(format!(
+            "not ready: the schema registry is unreachable ({} failed calls): {}",
+            health.failures(),
+            health.last_error().unwrap_or_default()
+        ))
+        .into_response(),
+    }
 }
 
 /// The routes of wagon-lits' API (before [`http_fallback::layered`]).
@@ -105,7 +122,7 @@ pub fn router(api: Arc<Api>) -> Router {
             }),
         )
         .route("/healthz", get(|| async { json(StatusCode::OK, &serde_json::json!({"status": "ok"})) }))
-        .route("/readyz", get(|| async { json(StatusCode::OK, &serde_json::json!({"status": "ready"})) }))
+        .route("/readyz", get(ready))
         .route_layer(middleware::from_fn(traced))
         .with_state(api)
         .nest("/ops", ops)

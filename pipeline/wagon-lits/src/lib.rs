@@ -173,9 +173,18 @@ pub struct WagonLitsArgs {
 pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>) -> Result<(), WagonLitsError> {
     args.kafka.check(engine::kafka::KAFKA_CALL_TIMEOUT)?;
     ensure_service_topics(&args.kafka, &args.topics)?;
-    let codec = wire::Codec::connect(&args.codec, &[(wire::avro::Record::Command, &args.topics.orders_topic)])?;
+    let schema_registry = args.codec.registry().map_err(wire::codec::CodecError::from)?;
+    let schema_health = schema_registry.as_ref().map(wire::avro::Registry::health);
+    let codec = wire::Codec::connect_to(
+        schema_registry,
+        &args.codec,
+        &[(wire::avro::Record::Command, &args.topics.orders_topic)],
+    )?;
     tracing::info!(writes = ?codec.writes(), registry = ?codec.registry().map(|r| r.url()), "wire format");
     let mut registry = Registry::default();
+    if let Some(health) = &schema_health {
+        registry.register_collector(Box::new(Arc::clone(health)));
+    }
     let metrics = WagonLitsMetrics::new(&mut registry, &args.topics.orders_topic, &args.topics.updates_topic);
     let materialiser = Materialiser::new(
         ViewConfig {
@@ -243,8 +252,13 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
                     codec,
                 },
             };
-            let api =
-                api::Api { view: Arc::clone(&view), sender, registry: Arc::new(registry), ops: Some(Arc::new(ops)) };
+            let api = api::Api {
+                view: Arc::clone(&view),
+                sender,
+                registry: Arc::new(registry),
+                ops: Some(Arc::new(ops)),
+                schema_registry: schema_health,
+            };
             let router = http_fallback::layered(api::router(Arc::new(api)), &config);
             runtime.block_on(http_fallback::serve(listener, router, &config, until_set(Arc::clone(&shutdown))))
         }

@@ -36,6 +36,13 @@ pub struct CodecArgs {
     pub schema_registry_patience_ms: u64,
 }
 
+impl CodecArgs {
+    /// The registry's client, if a registry is configured.
+    pub fn registry(&self) -> Result<Option<Registry>, RegistryError> {
+        self.schema_registry_url.as_deref().map(|url| Registry::new(url, Duration::from_secs(10))).transpose()
+    }
+}
+
 impl Default for CodecArgs {
     fn default() -> Self {
         CodecArgs { wire_format: WireFormat::Json, schema_registry_url: None, schema_registry_patience_ms: 60_000 }
@@ -106,13 +113,22 @@ impl Codec {
     /// records this service writes (`writes`: each record and its topic), waiting for an
     /// unreachable registry up to the patience set.
     pub fn connect(args: &CodecArgs, writes: &[(Record, &str)]) -> Result<Codec, CodecError> {
-        let Some(url) = &args.schema_registry_url else {
+        Codec::connect_to(args.registry()?, args, writes)
+    }
+
+    /// [`Codec::connect`] with the registry's client already made ([`CodecArgs::registry`]),
+    /// so that its health can be shown while the codec connects.
+    pub fn connect_to(
+        registry: Option<Registry>,
+        args: &CodecArgs,
+        writes: &[(Record, &str)],
+    ) -> Result<Codec, CodecError> {
+        let Some(registry) = registry else {
             return match args.wire_format {
                 WireFormat::Json => Ok(Codec::json()),
                 WireFormat::Avro => Err(CodecError::NoRegistry),
             };
         };
-        let registry = Registry::new(url, Duration::from_secs(10))?;
         // A JSON writer registers nothing: it only reads Avro.
         let writes: Vec<(Record, String)> = match args.wire_format {
             WireFormat::Json => Vec::new(),

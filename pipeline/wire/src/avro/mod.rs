@@ -25,7 +25,7 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
-pub use registry::{CompatibilityAnswer, Registry, RegistryError};
+pub use registry::{CompatibilityAnswer, Registry, RegistryError, RegistryHealth};
 pub use values::{command_from, command_value, update_from, update_value, ShapeError};
 
 /// The first byte of a framed Avro value.

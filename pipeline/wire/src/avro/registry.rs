@@ -4,8 +4,14 @@
 //!
 //! Plain HTTP only: no TLS client is built in (see docs/operations.md).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde::Deserialize;
 
@@ -49,11 +55,70 @@ pub struct CompatibilityAnswer {
     pub messages: Vec<String>,
 }
 
+/// What a service shows of its registry: whether the last call got an answer, and how many did
+/// not. Shared by every clone of a [`Registry`]; on `/metrics` as `rail_schema_registry_reachable`
+/// and `rail_schema_registry_failures_total` once registered as a collector.
+#[derive(Debug, Default)]
+pub struct RegistryHealth {
+    unreachable: AtomicBool,
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl RegistryHealth {
+    /// Whether the last call got an answer (true before any call).
+    pub fn is_reachable(&self) -> bool {
+        !self.unreachable.load(Ordering::Relaxed)
+    }
+
+    /// Calls that got no answer (or a 5xx) so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Why the last failed call failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn answered(&self) {
+        self.unreachable.store(false, Ordering::Relaxed);
+    }
+
+    fn failed(&self, error: &RegistryError) {
+        self.unreachable.store(true, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+    }
+}
+
+impl Collector for RegistryHealth {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let reachable = ConstGauge::new(i64::from(self.is_reachable()));
+        let metric = encoder.encode_descriptor(
+            "rail_schema_registry_reachable",
+            "1 if the schema registry answered the last call, 0 if it did not",
+            None,
+            reachable.metric_type(),
+        )?;
+        reachable.encode(metric)?;
+        let failures = ConstCounter::new(self.failures());
+        let metric = encoder.encode_descriptor(
+            "rail_schema_registry_failures",
+            "Calls to the schema registry that got no answer or a server error",
+            None,
+            failures.metric_type(),
+        )?;
+        failures.encode(metric)
+    }
+}
+
 /// A schema registry, by its base URL (up to and including `/apis/ccompat/v7` for Apicurio).
 #[derive(Clone)]
 pub struct Registry {
     base: String,
     http: Client,
+    health: Arc<RegistryHealth>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -115,11 +180,16 @@ impl Registry {
             .connect_timeout(timeout)
             .build()
             .map_err(|e| RegistryError::BadUrl { url: url.to_owned(), reason: e.to_string() })?;
-        Ok(Registry { base, http })
+        Ok(Registry { base, http, health: Arc::default() })
     }
 
     pub fn url(&self) -> &str {
         &self.base
+    }
+
+    /// Its health, as the calls so far found it.
+    pub fn health(&self) -> Arc<RegistryHealth> {
+        Arc::clone(&self.health)
     }
 
     fn url_of(&self, path: &str) -> String {
@@ -127,24 +197,37 @@ impl Registry {
     }
 
     fn send(&self, url: &str, request: RequestBuilder) -> Result<Response, RegistryError> {
-        request
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE)
-            .send()
-            .map_err(|e| RegistryError::Unreachable { url: url.to_owned(), reason: error_chain(&e) })
+        match request.header(reqwest::header::ACCEPT, CONTENT_TYPE).send() {
+            Ok(response) => Ok(response),
+            Err(e) => {
+                let error = RegistryError::Unreachable { url: url.to_owned(), reason: error_chain(&e) };
+                self.health.failed(&error);
+                Err(error)
+            }
+        }
     }
 
-    fn read<T: for<'de> Deserialize<'de>>(url: &str, response: Response) -> Result<T, RegistryError> {
+    fn read<T: for<'de> Deserialize<'de>>(&self, url: &str, response: Response) -> Result<T, RegistryError> {
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .map_err(|e| RegistryError::Unreachable { url: url.to_owned(), reason: error_chain(&e) })?;
+        let bytes = response.bytes().map_err(|e| {
+            let error = RegistryError::Unreachable { url: url.to_owned(), reason: error_chain(&e) };
+            self.health.failed(&error);
+            error
+        })?;
         if !status.is_success() {
-            return Err(RegistryError::Status {
+            let error = RegistryError::Status {
                 url: url.to_owned(),
                 status: status.as_u16(),
                 body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-            });
+            };
+            if error.is_transient() {
+                self.health.failed(&error);
+            } else {
+                self.health.answered();
+            }
+            return Err(error);
         }
+        self.health.answered();
         serde_json::from_slice(&bytes)
             .map_err(|e| RegistryError::BadAnswer { url: url.to_owned(), reason: e.to_string() })
     }
@@ -155,13 +238,13 @@ impl Registry {
             &url,
             self.http.post(&url).header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE).body(body.to_string()),
         )?;
-        Self::read(&url, response)
+        self.read(&url, response)
     }
 
     fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, RegistryError> {
         let url = self.url_of(path);
         let response = self.send(&url, self.http.get(&url))?;
-        Self::read(&url, response)
+        self.read(&url, response)
     }
 
     /// Whether the registry answers at all (`GET /subjects`).
@@ -240,7 +323,7 @@ impl Registry {
                 .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
                 .body(serde_json::json!({ "compatibility": level }).to_string()),
         )?;
-        Self::read::<serde_json::Value>(&url, response).map(|_| ())
+        self.read::<serde_json::Value>(&url, response).map(|_| ())
     }
 
     /// Whether `schema` could be registered under `subject` now (its rule checked against the

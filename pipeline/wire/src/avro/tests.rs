@@ -79,17 +79,21 @@ fn every_schema_in_the_repository_reads_every_earlier_one_both_ways() {
 }
 
 #[test]
-fn a_schema_that_drops_a_field_without_default_is_caught() {
-    let v1 = Record::Update.schema();
-    let narrowed = Schema::parse_str(
+fn a_schema_that_renames_a_field_without_default_is_caught_both_ways() {
+    let current = Record::Update.schema();
+    let renamed = Schema::parse_str(
         &Record::Update
             .current()
             .text
             .replace(r#"{"name": "timestamp_ms", "type": "long""#, r#"{"name": "decided_ms", "type": "long""#),
     )
     .expect("parses");
-    let reason = mutual_read(v1, &narrowed).expect_err("a renamed required field breaks readers");
-    assert!(reason.contains("decided_ms"), "the reason names the field: {reason}");
+    // A reader of the current schema misses `timestamp_ms` in the renamed one's values; a reader
+    // of the renamed one misses `decided_ms` in the current one's.
+    let reason = mutual_read(current, &renamed).expect_err("a renamed required field breaks readers");
+    assert!(reason.contains("'timestamp_ms'") && reason.contains("older one cannot read"), "{reason}");
+    let reason = mutual_read(&renamed, current).expect_err("both ways");
+    assert!(reason.contains("'decided_ms'"), "the reason names the field: {reason}");
 }
 
 #[test]
