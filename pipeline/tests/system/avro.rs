@@ -291,31 +291,25 @@ fn updates_of_schema_version_1_and_2_read_each_other_through_the_registry() {
     assert_eq!(decoded, state::OrderUpdate { expected_ship_ms: None, ..update });
 }
 
-#[test]
-fn a_registry_unreachable_at_start_is_waited_for_and_shown_on_readyz_and_metrics() {
+/// Waits until the service on `port` listens and its `/readyz` answers 503 naming the schema
+/// registry; checks that `/metrics` shows it unreachable. Returns the answer's detail.
+fn unready_for_the_registry(port: u16) -> String {
     use crate::support::http::{Http, TOKEN};
-
-    // dev-materiels is told of a registry that is not there yet.
-    let port = kafka_harness::free_port().expect("port");
-    let url = format!("http://127.0.0.1:{port}/apis/ccompat/v7");
-    let mut env = TestEnv::start("avro-late", 1);
-    env.dev_args = vec!["--wire-format".into(), "avro".into(), "--schema-registry-url".into(), url.clone()];
-    let mut dev = env.spawn_dev_materiels_with(0, &[("SCHEMA_REGISTRY_PATIENCE_MS", "240000")]);
-    let http = Http::new(env.dev_port, Some(TOKEN));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", env.dev_port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "dev-materiels' HTTP server never listened");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nothing listens on {port}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let answer = loop {
+    let http = Http::new(port, Some(TOKEN));
+    let detail = loop {
         let answer = http.get("/readyz");
-        if answer.status == 503 && answer.body["detail"].as_str().is_some_and(|d| d.contains("schema registry")) {
-            break answer;
+        let detail = answer.body["detail"].as_str().unwrap_or_default().to_owned();
+        if answer.status == 503 && detail.contains("schema registry is unreachable") {
+            break detail;
         }
         assert!(std::time::Instant::now() < deadline, "readyz never named the registry: {answer:?}");
         std::thread::sleep(Duration::from_millis(300));
     };
-    eprintln!("readyz while the registry is away: {}", answer.body);
     let metrics = String::from_utf8_lossy(&http.get("/metrics").raw).to_string();
     assert!(metrics.contains("rail_schema_registry_reachable 0"), "{metrics}");
     let failures = metrics
@@ -323,19 +317,62 @@ fn a_registry_unreachable_at_start_is_waited_for_and_shown_on_readyz_and_metrics
         .find_map(|l| l.strip_prefix("rail_schema_registry_failures_total "))
         .and_then(|v| v.trim().parse::<f64>().ok());
     assert!(failures.is_some_and(|f| f >= 1.0), "failures: {failures:?}");
+    detail
+}
 
-    // The registry comes up: dev-materiels registers its schemas, gets ready and decides.
-    let late = kafka_harness::registry::SchemaRegistry::start_on(port).expect("a registry on that port");
-    http.wait_ok("/readyz", Duration::from_secs(120));
-    let metrics = String::from_utf8_lossy(&http.get("/metrics").raw).to_string();
-    assert!(metrics.contains("rail_schema_registry_reachable 1"), "{metrics}");
-    env.codec = Codec::connect(&avro_args(&late.url()), &[(Record::Command, &env.topics.orders_topic)]).expect("codec");
-    let view = env.start_view("main");
-    let mut workload = Workload::new(31, "LATE", now_ms());
-    let commands = workload.place_phase(5, Mix::CLEAN);
-    send_all(&env.producer().with_codec(env.codec.clone()), &commands);
-    let ids: Vec<String> = commands.iter().map(|c| c.order_id.clone()).collect();
-    let unsettled = view.wait_until(&ids, Duration::from_secs(120), settled);
-    assert!(unsettled.is_empty(), "{unsettled:?}; log:\n{}", dev.log_tail(40));
+#[test]
+fn a_registry_unreachable_at_start_is_waited_for_and_shown_on_readyz_and_metrics() {
+    use crate::support::http::{Http, TOKEN};
+
+    // Both services are told of a registry that is not there yet.
+    let port = kafka_harness::free_port().expect("port");
+    let url = format!("http://127.0.0.1:{port}/apis/ccompat/v7");
+    let mut env = TestEnv::start("avro-late", 1);
+    env.dev_args = vec!["--wire-format".into(), "avro".into(), "--schema-registry-url".into(), url.clone()];
+    let env = env;
+    let patience = ("SCHEMA_REGISTRY_PATIENCE_MS", "240000");
+    let mut dev = env.spawn_dev_materiels_with(0, &[patience]);
+    let mut wagon = env.spawn_wagon_lits_with(
+        0,
+        2_000,
+        &[("WIRE_FORMAT", "avro"), ("SCHEMA_REGISTRY_URL", url.as_str()), patience],
+    );
+    eprintln!("dev-materiels while the registry is away: {}", unready_for_the_registry(env.dev_port));
+    eprintln!("wagon-lits while the registry is away: {}", unready_for_the_registry(env.api_port));
+
+    // The registry comes up: both register their schemas and get ready; an order placed through
+    // wagon-lits' API travels in Avro and is decided.
+    let _registry = kafka_harness::registry::SchemaRegistry::start_on(port).expect("a registry on that port");
+    let (dev_http, api) = (Http::new(env.dev_port, Some(TOKEN)), Http::new(env.api_port, Some(TOKEN)));
+    dev_http.wait_ok("/readyz", Duration::from_secs(120));
+    api.wait_ok("/readyz", Duration::from_secs(120));
+    for http in [&dev_http, &api] {
+        let metrics = String::from_utf8_lossy(&http.get("/metrics").raw).to_string();
+        assert!(metrics.contains("rail_schema_registry_reachable 1"), "{metrics}");
+    }
+    let body = serde_json::json!({
+        "order_id": "LATE-1", "wagon_id": "WL-7", "requested_by": "avro-test",
+        "lines": [{"sku": "BRAKE-PAD-UIC", "quantity": 2}]
+    });
+    let answer = api.post("/orders", body.to_string());
+    assert_eq!(answer.status, 202, "{:?}", answer.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = api.get("/orders/LATE-1");
+        let status = answer.body["status"].as_str().unwrap_or_default();
+        if answer.status == 200 && ["Accepted", "InPreparation", "Shipped"].contains(&status) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "LATE-1 was not decided: {:?}; {}",
+            answer.body,
+            wagon.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let commands = env.read_all(&env.topics.orders_topic);
+    assert!(commands.iter().all(|r| r.value.as_deref().and_then(<[u8]>::first) == Some(&0)), "commands in Avro");
+    wagon.terminate();
     dev.terminate();
 }

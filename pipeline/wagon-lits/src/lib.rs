@@ -14,6 +14,7 @@ pub mod dead_letters;
 pub mod metrics;
 pub mod ops;
 pub mod sender;
+pub mod starting;
 pub mod view;
 
 use std::path::PathBuf;
@@ -175,11 +176,27 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
     ensure_service_topics(&args.kafka, &args.topics)?;
     let schema_registry = args.codec.registry().map_err(wire::codec::CodecError::from)?;
     let schema_health = schema_registry.as_ref().map(wire::avro::Registry::health);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wagon-lits-http")
+        .enable_all()
+        .build()
+        .map_err(WagonLitsError::HttpRuntime)?;
+    let mut config = args.http.server_config()?;
+    // While the registry is awaited, the API's address says so ([`starting`]).
+    let starting = match (args.http.http_listen, &schema_health) {
+        (Some(addr), Some(health)) => Some(starting::Starting::serve(&runtime, addr, Arc::clone(health), &config)?),
+        _ => None,
+    };
     let codec = wire::Codec::connect_to(
         schema_registry,
         &args.codec,
         &[(wire::avro::Record::Command, &args.topics.orders_topic)],
-    )?;
+    );
+    if let Some(starting) = starting {
+        starting.stop(&runtime);
+    }
+    let codec = codec?;
     tracing::info!(writes = ?codec.writes(), registry = ?codec.registry().map(|r| r.url()), "wire format");
     let mut registry = Registry::default();
     if let Some(health) = &schema_health {
@@ -208,7 +225,6 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
     let delivery_timeout = Duration::from_millis(args.delivery_timeout_ms);
     let producer =
         CommandProducer::new(&args.kafka, &args.topics.orders_topic, delivery_timeout)?.with_codec(codec.clone());
-    let mut config = args.http.server_config()?;
     let fallback = (!args.dev_materiels_url.is_empty()).then(|| {
         (
             args.dev_materiels_url.clone(),
@@ -217,12 +233,6 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
     });
     let sender =
         Arc::new(CommandSender::new(producer, delivery_timeout, fallback, Arc::clone(&view), metrics.sender.clone()));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("wagon-lits-http")
-        .enable_all()
-        .build()
-        .map_err(WagonLitsError::HttpRuntime)?;
     runtime.spawn(Arc::clone(&sender).probe(Duration::from_millis(args.breaker_probe_ms), Arc::clone(&shutdown)));
     runtime.spawn(Arc::clone(&sender).resend_pending(
         Duration::from_secs(1),
