@@ -75,14 +75,29 @@ pub fn ensure_jars() -> Result<PathBuf, HarnessError> {
     if has_broker_jar(&dir) {
         return Ok(dir);
     }
+    let pom = pom_path().display().to_string();
+    fetch_with_maven(&dir, &["-f", &pom, "dependency:copy-dependencies"])?;
+    if has_broker_jar(&dir) {
+        Ok(dir)
+    } else {
+        Err(HarnessError::Maven {
+            status: "no kafka_2.13 jar after the copy".into(),
+            output: dir.display().to_string(),
+        })
+    }
+}
+
+/// Runs Maven (`mvn -B -q <args> -DoutputDirectory=...`) into a private directory beside `dir`,
+/// then renames it to `dir`: concurrent callers never see half a set (if another got there
+/// first, its copy stays).
+fn fetch_with_maven(dir: &Path, args: &[&str]) -> Result<(), HarnessError> {
     let parent = dir.parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
     fs::create_dir_all(&parent).map_err(io(format!("create {}", parent.display())))?;
-    // Fetch into a private directory, then rename: concurrent callers never see half a set.
-    let staging = parent.join(format!("libs.partial-{}", std::process::id()));
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let staging = parent.join(format!("{name}.partial-{}", std::process::id()));
     let output = Command::new("mvn")
-        .args(["-B", "-q", "-f"])
-        .arg(pom_path())
-        .arg("dependency:copy-dependencies")
+        .args(["-B", "-q"])
+        .args(args)
         .arg(format!("-DoutputDirectory={}", staging.display()))
         .output()
         .map_err(io("run mvn (is Maven installed? scripts/setup.sh installs it)"))?;
@@ -92,18 +107,11 @@ pub fn ensure_jars() -> Result<PathBuf, HarnessError> {
             output: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
         });
     }
-    if fs::rename(&staging, &dir).is_err() {
+    if fs::rename(&staging, dir).is_err() {
         // Someone else got there first.
         let _ = fs::remove_dir_all(&staging);
     }
-    if has_broker_jar(&dir) {
-        Ok(dir)
-    } else {
-        Err(HarnessError::Maven {
-            status: "no kafka_2.13 jar after the copy".into(),
-            output: dir.display().to_string(),
-        })
-    }
+    Ok(())
 }
 
 fn has_broker_jar(dir: &Path) -> bool {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{cache_root, die_with_parent, free_port, io, HarnessError};
+use crate::{cache_root, die_with_parent, fetch_with_maven, free_port, io, HarnessError};
 
 /// The Apicurio Registry release the harness runs (keep in step with `scripts/registry.sh`).
 pub const APICURIO_VERSION: &str = "3.3.3";
@@ -38,24 +38,8 @@ pub fn ensure_registry() -> Result<PathBuf, HarnessError> {
     if dir.join("quarkus-run.jar").is_file() {
         return Ok(dir);
     }
-    let parent = dir.parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
-    fs::create_dir_all(&parent).map_err(io(format!("create {}", parent.display())))?;
-    let staging = parent.join(format!("apicurio.partial-{}", std::process::id()));
-    let output = Command::new("mvn")
-        .args(["-B", "-q", "dependency:unpack"])
-        .arg(format!("-Dartifact=io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"))
-        .arg(format!("-DoutputDirectory={}", staging.display()))
-        .output()
-        .map_err(io("run mvn (is Maven installed? scripts/setup.sh installs it)"))?;
-    if !output.status.success() {
-        return Err(HarnessError::Maven {
-            status: output.status.to_string(),
-            output: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
-        });
-    }
-    if fs::rename(&staging, &dir).is_err() {
-        let _ = fs::remove_dir_all(&staging);
-    }
+    let artifact = format!("-Dartifact=io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all");
+    fetch_with_maven(&dir, &["dependency:unpack", &artifact])?;
     if dir.join("quarkus-run.jar").is_file() {
         Ok(dir)
     } else {

@@ -257,7 +257,7 @@ impl std::fmt::Debug for AvroCodec {
 pub fn register_current(registry: &Registry, subject: &str, record: Record) -> Result<u32, RegistryError> {
     match registry.register(subject, record.current().text) {
         Err(RegistryError::Incompatible { subject, level, message }) => {
-            let local = incompatibilities_with_registered(registry, &subject, record);
+            let local = incompatibilities_with_registered(registry, &subject, record.schema());
             let message = if local.is_empty() { message } else { format!("{message}; {}", local.join("; ")) };
             Err(RegistryError::Incompatible { subject, level, message })
         }
@@ -265,16 +265,16 @@ pub fn register_current(registry: &Registry, subject: &str, record: Record) -> R
     }
 }
 
-/// Why `record`'s current schema and the versions registered under `subject` do not read each
-/// other, per version (checked here, with the Avro library's resolution rules).
-pub fn incompatibilities_with_registered(registry: &Registry, subject: &str, record: Record) -> Vec<String> {
+/// Why `candidate` and the versions registered under `subject` do not read each other, per
+/// version (checked here, with the Avro library's resolution rules, which name the field).
+pub fn incompatibilities_with_registered(registry: &Registry, subject: &str, candidate: &Schema) -> Vec<String> {
     let Ok(versions) = registry.versions(subject) else { return Vec::new() };
     let mut out = Vec::new();
     for version in versions {
         let Ok((_, text)) = registry.version(subject, version) else { continue };
         match Schema::parse_str(&text) {
             Ok(registered) => {
-                if let Err(reason) = mutual_read(&registered, record.schema()) {
+                if let Err(reason) = mutual_read(&registered, candidate) {
                     out.push(format!("registered version {version}: {reason}"));
                 }
             }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use apache_avro::Schema;
 
-use super::{mutual_read, Record, Registry, RegistryError, COMPATIBILITY};
+use super::{incompatibilities_with_registered, mutual_read, Record, Registry, RegistryError, COMPATIBILITY};
 
 /// One version of a record's schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,28 +170,14 @@ fn same_schema(a: &str, b: &str) -> bool {
     }
 }
 
-/// Why the registered versions of `subject` and `text` do not read each other, per version.
-fn local_reasons(registry: &Registry, subject: &str, text: &str) -> Vec<String> {
-    let Ok(candidate) = Schema::parse_str(text) else { return Vec::new() };
-    let mut out = Vec::new();
-    for version in registry.versions(subject).unwrap_or_default() {
-        if let Ok((_, registered)) = registry.version(subject, version) {
-            if let Ok(registered) = Schema::parse_str(&registered) {
-                if let Err(reason) = mutual_read(&registered, &candidate) {
-                    out.push(format!("against registered version {version}: {reason}"));
-                }
-            }
-        }
-    }
-    out
-}
-
 fn incompatible(registry: &Registry, subject: &str, file: &SchemaFile, message: String) -> Finding {
     let mut reasons = Vec::new();
     if !message.trim().is_empty() {
         reasons.push(message);
     }
-    reasons.extend(local_reasons(registry, subject, &file.text));
+    if let Ok(candidate) = Schema::parse_str(&file.text) {
+        reasons.extend(incompatibilities_with_registered(registry, subject, &candidate));
+    }
     if reasons.is_empty() {
         reasons.push("incompatible with the subject's versions (the registry's check gave no reason)".into());
     }
