@@ -11,6 +11,12 @@ for pkg in libclang-dev pkg-config cmake make g++ zlib1g-dev libssl-dev maven op
            docker-compose python3-yaml chromium chromium-driver; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
+# PostgreSQL (server and psql) for the Kafka Connect tests: any major version Debian has; the
+# tests start their own cluster (kafka-harness/src/postgres.rs).
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v postgres >/dev/null; then
+  need+=(postgresql)
+fi
+command -v psql >/dev/null || need+=(postgresql-client)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -32,3 +38,4 @@ fi
 
 bash scripts/kafka-jars.sh >&2
 bash scripts/apicurio.sh >&2
+bash scripts/connect.sh >&2

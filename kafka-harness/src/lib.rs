@@ -12,9 +12,15 @@
 //! implementation, which the broker's POM leaves out). They are copied once into
 //! [`jars_dir`], by [`ensure_jars`] or by `scripts/kafka-jars.sh`.
 //!
-//! [`registry`] starts a real schema registry (Apicurio) the same way.
+//! [`registry`] starts a real schema registry (Apicurio) the same way, [`connect`] a Kafka
+//! Connect worker with its connector plugins, [`postgres`] a PostgreSQL server.
 
+pub mod connect;
+mod maven;
+pub mod postgres;
 pub mod registry;
+
+use maven::fetch_with_maven;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -85,33 +91,6 @@ pub fn ensure_jars() -> Result<PathBuf, HarnessError> {
             output: dir.display().to_string(),
         })
     }
-}
-
-/// Runs Maven (`mvn -B -q <args> -DoutputDirectory=...`) into a private directory beside `dir`,
-/// then renames it to `dir`: concurrent callers never see half a set (if another got there
-/// first, its copy stays).
-fn fetch_with_maven(dir: &Path, args: &[&str]) -> Result<(), HarnessError> {
-    let parent = dir.parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
-    fs::create_dir_all(&parent).map_err(io(format!("create {}", parent.display())))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let staging = parent.join(format!("{name}.partial-{}", std::process::id()));
-    let output = Command::new("mvn")
-        .args(["-B", "-q"])
-        .args(args)
-        .arg(format!("-DoutputDirectory={}", staging.display()))
-        .output()
-        .map_err(io("run mvn (is Maven installed? scripts/setup.sh installs it)"))?;
-    if !output.status.success() {
-        return Err(HarnessError::Maven {
-            status: output.status.to_string(),
-            output: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
-        });
-    }
-    if fs::rename(&staging, dir).is_err() {
-        // Someone else got there first.
-        let _ = fs::remove_dir_all(&staging);
-    }
-    Ok(())
 }
 
 fn has_broker_jar(dir: &Path) -> bool {
@@ -512,7 +491,7 @@ fn die_with_parent(command: &mut Command) {
 }
 
 #[allow(unsafe_code)] // libc's kill: a plain system call on our own child.
-fn signal(child: &Child, sig: libc::c_int) {
+pub(crate) fn signal(child: &Child, sig: libc::c_int) {
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
         // SAFETY: sending a signal to our own child process.
         unsafe {
@@ -552,7 +531,7 @@ fn encode_cluster_id(bytes: [u8; 16]) -> String {
     out
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{cache_root, die_with_parent, fetch_with_maven, free_port, io, HarnessError};
+use crate::maven::fetch_with_maven;
+use crate::{cache_root, die_with_parent, free_port, io, HarnessError};
 
 /// The Apicurio Registry release the harness runs (keep in step with `scripts/registry.sh`).
 pub const APICURIO_VERSION: &str = "3.3.3";
@@ -184,7 +185,7 @@ impl Drop for SchemaRegistry {
 }
 
 /// The status of `GET path` on 127.0.0.1:`port`, if it answers within a second.
-fn http_status(port: u16, path: &str) -> Option<u16> {
+pub(crate) fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;

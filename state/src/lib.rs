@@ -2,9 +2,10 @@
 //!
 //! - [`order`]: commands, updates, statuses and the pure state machine (and, in [`order::json`],
 //!   how a command is read from JSON in one pass);
-//! - [`catalogue`]: the SKUs dev-materiels accepts;
+//! - [`catalogue`]: the SKUs dev-materiels accepts (a fixed list, or the live catalogue table);
 //! - [`encoding`]: how an order state is written in the store and on the changelog;
-//! - [`store`]: dev-materiels' per-partition order store (RocksDB, committed state only);
+//! - [`store`]: dev-materiels' per-partition order store (RocksDB, committed state only), and its
+//!   copy of the catalogue table ([`store::catalogue`]);
 //! - [`timers`]: a task's queue of pending timers;
 //! - [`view`]: wagon-lits' materialised view (RocksDB, exactly once by stored offsets).
 
@@ -15,7 +16,7 @@ pub mod store;
 pub mod timers;
 pub mod view;
 
-pub use catalogue::Catalogue;
+pub use catalogue::{Catalogue, CatalogueItem, CatalogueTable};
 pub use order::{
     check_envelope, decide, decide_in_place, decode_command, fire_timer, fire_timer_in_place, status_refusal,
     validate_envelope, Command, CommandEnvelope, Decision, InvalidCommand, OrderLine, OrderState, OrderStatus,

@@ -1,6 +1,8 @@
 //! dev-materiels: the stateful processor, wired from flags and environment onto the runtime,
 //! with its HTTP server (the fallback path and interactive queries, [`http`]).
 
+pub mod catalogue;
+pub mod connectors;
 pub mod http;
 
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use state::{Catalogue, Rules, StoreOptions};
 use engine::kafka::KafkaArgs;
 use engine::metrics::Topics;
 use engine::runtime::direct::DirectHandle;
+use engine::runtime::global::{GlobalConfig, GlobalMetrics, GlobalStreamThread};
 use engine::runtime::{self, RuntimeError, StreamConfig, StreamMetrics, StreamStats};
 use http_fallback::{until_set, HttpArgs};
 use prometheus_client::registry::Registry;
@@ -58,9 +61,11 @@ pub struct DevMaterielsArgs {
     #[arg(long, env = "SHIP_AFTER_MS", default_value_t = 5_000)]
     pub ship_after_ms: u64,
     /// File with the SKUs dev-materiels accepts, one per line; a built-in catalogue of 20
-    /// rolling-stock materials otherwise.
+    /// rolling-stock materials otherwise. Not used when --catalogue-topic is given.
     #[arg(long, env = "CATALOGUE_FILE")]
     pub catalogue: Option<PathBuf>,
+    #[command(flatten)]
+    pub live_catalogue: catalogue::CatalogueArgs,
     /// Block cache shared by all state stores of the process, in MiB.
     #[arg(long, env = "STORE_CACHE_MB", default_value_t = 64)]
     pub store_cache_mb: usize,
@@ -159,6 +164,9 @@ pub enum DevMaterielsError {
 /// dev-materiels, configured and with its metrics registered, ready to run.
 pub struct DevMateriels {
     config: StreamConfig,
+    live_catalogue: catalogue::CatalogueArgs,
+    /// The live catalogue's global stream thread's metrics (registered whether or not it runs).
+    global_metrics: GlobalMetrics,
     codec: CodecArgs,
     /// The schema registry's client, when one is configured (its health is on `/metrics` and
     /// `/readyz` from the start).
@@ -183,8 +191,14 @@ impl DevMateriels {
         if let Some(client) = &schema_registry {
             registry.register_collector(Box::new(client.health()));
         }
+        let global_metrics = match args.live_catalogue.topic() {
+            Some(topic) => GlobalMetrics::register(&mut registry, topic),
+            None => GlobalMetrics::default(),
+        };
         Ok(DevMateriels {
             config,
+            live_catalogue: args.live_catalogue.clone(),
+            global_metrics,
             codec: args.codec.clone(),
             schema_registry,
             http: args.http.clone(),
@@ -201,7 +215,16 @@ impl DevMateriels {
     /// Runs until `shutdown` is set: the stream thread on this thread, the HTTP server (when
     /// `--http-listen` is given) on a small Tokio runtime beside it.
     pub fn run(self, shutdown: Arc<AtomicBool>) -> Result<StreamStats, DevMaterielsError> {
-        let DevMateriels { mut config, codec, schema_registry, http, metrics, mut registry } = self;
+        let DevMateriels {
+            mut config,
+            live_catalogue,
+            global_metrics,
+            codec,
+            schema_registry,
+            http,
+            metrics,
+            mut registry,
+        } = self;
         tracing::info!(
             brokers = %config.kafka.brokers,
             orders = %config.topics.orders_topic,
@@ -249,7 +272,7 @@ impl DevMateriels {
             Ok(wire) => {
                 tracing::info!(writes = ?wire.writes(), registry = ?wire.registry().map(|r| r.url()), "wire format");
                 config.codec = wire;
-                runtime::run(config, Arc::clone(&shutdown), metrics, requests).map_err(DevMaterielsError::from)
+                run_with_catalogue(config, &live_catalogue, global_metrics, &shutdown, metrics, requests)
             }
             Err(e) => Err(DevMaterielsError::Codec(e)),
         };
@@ -264,6 +287,50 @@ impl DevMateriels {
         }
         result
     }
+}
+
+/// Runs the stream threads, after the live catalogue (when configured) is restored; its global
+/// stream thread stops with them.
+fn run_with_catalogue(
+    mut config: StreamConfig,
+    live: &catalogue::CatalogueArgs,
+    global_metrics: GlobalMetrics,
+    shutdown: &Arc<AtomicBool>,
+    metrics: Arc<StreamMetrics>,
+    requests: std::sync::mpsc::Receiver<runtime::direct::DirectRequest>,
+) -> Result<StreamStats, DevMaterielsError> {
+    let Some(topic) = live.topic().map(str::to_string) else {
+        return runtime::run(config, Arc::clone(shutdown), metrics, requests).map_err(DevMaterielsError::from);
+    };
+    if config.create_topics {
+        let t = &config.topics;
+        engine::admin::ensure_topics(
+            &config.kafka,
+            &[
+                wire::TopicSpec::new(topic.clone(), 1, t.replication_factor).compacted(),
+                wire::TopicSpec::new(live.catalogue_dlq_topic.clone(), 1, t.replication_factor)
+                    .retention_ms(t.dlq_retention_ms),
+            ],
+        )
+        .map_err(RuntimeError::from)?;
+    }
+    let store = catalogue::CatalogueGlobalStore::open(&config.state_dir, &config.store).map_err(RuntimeError::from)?;
+    let global = GlobalConfig {
+        kafka: config.kafka.clone(),
+        topic: topic.clone(),
+        dead_letter_topic: live.catalogue_dlq_topic.clone(),
+        client_id: config.transactional_id(),
+        batch_interval: Duration::from_millis(100),
+    };
+    let table = store.0.table();
+    let (thread, restore) = GlobalStreamThread::start(global, store, global_metrics, Arc::clone(shutdown))?;
+    tracing::info!(%topic, rows = restore.entries, records = restore.records, dead_letters = restore.dead_letters, elapsed = ?restore.elapsed, "the catalogue is restored: processing starts");
+    config.rules.catalogue = Catalogue::table(table);
+    let result = runtime::run(config, Arc::clone(shutdown), metrics, requests).map_err(DevMaterielsError::from);
+    let stopped = thread.stop().map_err(DevMaterielsError::from);
+    let stats = result?;
+    stopped?;
+    Ok(stats)
 }
 
 /// Runs dev-materiels until `shutdown` is set ([`DevMateriels::run`]).

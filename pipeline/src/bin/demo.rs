@@ -181,6 +181,7 @@ fn run(args: &DemoArgs) -> anyhow::Result<()> {
         prepare_after_ms: args.prepare_after_ms,
         ship_after_ms: args.ship_after_ms,
         catalogue: None,
+        live_catalogue: Default::default(),
         store_cache_mb: 64,
         session_timeout_ms: 10_000,
         transaction_timeout_ms: 10_000,

@@ -22,6 +22,7 @@ use wire::avro::subjects::{self, SchemaSet};
 use wire::avro::Registry;
 use wire::topics::system_topics;
 
+use dev_materiels::connectors::{ConnectClient, Connector};
 use dev_materiels::DevMaterielsArgs;
 
 /// dev-materiels: the exactly-once stateful processor of material orders.
@@ -34,7 +35,8 @@ use dev_materiels::DevMaterielsArgs;
 ///
 /// `dev-materiels topics check|apply` checks (or creates and fixes) the topics of the system
 /// instead of running; `dev-materiels schemas check|apply` does the same for the Avro schemas in
-/// the schema registry.
+/// the schema registry, and `dev-materiels connect apply|status` for the Kafka Connect
+/// connectors.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -72,6 +74,31 @@ enum Command {
         #[arg(long, global = true)]
         schemas_dir: Option<std::path::PathBuf>,
     },
+    /// The Kafka Connect connectors of the system (`deploy/connect/`: the catalogue source from
+    /// PostgreSQL, the orders sink to PostgreSQL) on a running Connect worker, through its REST
+    /// API (docs/integration.md).
+    Connect {
+        #[command(subcommand)]
+        action: ConnectAction,
+        /// The Connect worker's REST API.
+        #[arg(long, env = "CONNECT_URL", default_value = "http://localhost:8083", global = true)]
+        connect_url: String,
+        /// Apply the connectors of this directory (`*.json`, laid out as `deploy/connect/`)
+        /// instead of this build's.
+        #[arg(long, global = true)]
+        connectors_dir: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum ConnectAction {
+    /// Create each connector, or replace its configuration (idempotent), then wait up to a
+    /// minute for it and its tasks to run and print their states. Exits 1 unless all run. A
+    /// worker still starting is waited for, up to two minutes.
+    Apply,
+    /// Print each connector's state and its tasks' (with the trace of a failure). Exits 1
+    /// unless all run.
+    Status,
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -84,6 +111,50 @@ enum SchemasAction {
     /// Set the compatibility level and register the versions in order; a version the registry
     /// refuses is reported, never forced. Exits 1 if anything is left.
     Apply,
+}
+
+/// Runs `connect apply|status`; prints one line per connector.
+fn connect(action: ConnectAction, url: &str, dir: Option<&std::path::Path>) -> std::process::ExitCode {
+    let failed = |err: &dyn std::fmt::Display| {
+        eprintln!("dev-materiels connect: {err}");
+        std::process::ExitCode::from(2)
+    };
+    let connectors = match dir {
+        Some(dir) => Connector::from_dir(dir),
+        None => Connector::builtin(),
+    };
+    let (connectors, client) = match (connectors, ConnectClient::new(url)) {
+        (Ok(connectors), Ok(client)) => (connectors, client),
+        (Err(err), _) | (_, Err(err)) => return failed(&err),
+    };
+    if let Err(err) = client.wait_ready(std::time::Duration::from_secs(120)) {
+        return failed(&err);
+    }
+    if matches!(action, ConnectAction::Apply) {
+        for connector in &connectors {
+            match client.apply(connector) {
+                Ok(what) => println!("{}: {what}", connector.name),
+                Err(err) => return failed(&err),
+            }
+        }
+    }
+    let names: Vec<String> = connectors.iter().map(|c| c.name.clone()).collect();
+    let patience = match action {
+        ConnectAction::Apply => std::time::Duration::from_secs(60),
+        ConnectAction::Status => std::time::Duration::ZERO,
+    };
+    let statuses = match client.wait_running(&names, patience) {
+        Ok(statuses) => statuses,
+        Err(err) => return failed(&err),
+    };
+    for status in &statuses {
+        println!("{status}");
+    }
+    if statuses.iter().all(|s| s.running()) {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -195,6 +266,9 @@ fn main() -> std::process::ExitCode {
     match &cli.command {
         Some(Command::Topics { action }) => return topics(&cli.args, *action),
         Some(Command::Schemas { action, schemas_dir }) => return schemas(&cli.args, *action, schemas_dir.as_deref()),
+        Some(Command::Connect { action, connect_url, connectors_dir }) => {
+            return connect(*action, connect_url, connectors_dir.as_deref())
+        }
         None => {}
     }
     let shutdown = match engine::shutdown::on_signal() {

@@ -98,7 +98,7 @@ fn the_compose_file_passes_the_compose_schema() {
 #[test]
 fn every_variable_the_compose_file_sets_is_one_the_binaries_read() {
     let compose = compose();
-    for name in RAIL_SERVICES {
+    for name in RAIL_SERVICES.into_iter().chain(["connectors"]) {
         let service = service(&compose, name);
         let read = variables_read(&command(service));
         for variable in environment(service).keys() {
@@ -232,6 +232,14 @@ fn local_environment(
     local.insert("LOG_FORMAT".into(), "plain".into());
     if env.contains_key("SCHEMA_REGISTRY_URL") {
         local.insert("SCHEMA_REGISTRY_URL".into(), crate::support::schema_registry().url());
+    }
+    // `${NAME:-default}`, as compose reads it with NAME unset.
+    for (variable, value) in env {
+        if let Some(default) =
+            value.strip_prefix("${").and_then(|v| v.strip_suffix('}')).and_then(|v| v.split_once(":-"))
+        {
+            local.insert(variable.clone(), default.1.to_string());
+        }
     }
     if let Some(dir) = env.get("STATE_DIR") {
         let name = Path::new(dir).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();

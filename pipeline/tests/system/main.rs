@@ -6,6 +6,7 @@
 mod avro;
 mod chaos;
 mod compose;
+mod connect;
 mod contracts;
 mod crash;
 mod dead_letters;

@@ -444,9 +444,7 @@ pub fn check_order(place: &PlaceOrder, catalogue: &Catalogue) -> Result<(), Stri
                 QUANTITY_RANGE.end()
             ));
         }
-        if !catalogue.contains(&line.sku) {
-            return Err(format!("line {}: unknown SKU {:?}", index + 1, line.sku));
-        }
+        catalogue.check(&line.sku, line.quantity).map_err(|why| format!("line {}: {why}", index + 1))?;
     }
     Ok(())
 }

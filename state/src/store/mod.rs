@@ -24,6 +24,8 @@
 //! the restore takes it, and marks the order's outbox entries *superseded*; their commands are
 //! decided again, on the changelog's state, by the next transaction.
 
+pub mod catalogue;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

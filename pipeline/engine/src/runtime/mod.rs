@@ -19,13 +19,16 @@
 //! - commands over HTTP reach the stream thread through [`direct`]; a store left behind hands its
 //!   unpublished ones over to `orders` ([`hand_over`]);
 //! - a process can run several stream threads ([`threads`], `num.stream.threads`), each a group
-//!   member with its own tasks; HTTP requests go to the one that serves the order ([`ownership`]).
+//!   member with its own tasks; HTTP requests go to the one that serves the order ([`ownership`]);
+//! - a **global stream thread** ([`global`]) keeps a whole topic in a global state store on every
+//!   instance (a `GlobalKTable`), restored before the stream threads start.
 
 pub mod clients;
 pub mod collector;
 pub mod commit;
 pub mod direct;
 pub mod dlq;
+pub mod global;
 pub mod hand_over;
 pub mod ownership;
 pub mod producer;
@@ -173,6 +176,10 @@ pub enum RuntimeError {
     Registry(wire::avro::AvroError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("the global topic {topic} does not exist (create it, or let --create-topics do it)")]
+    GlobalTopicMissing { topic: String },
+    #[error("restoring the global store from {topic} made no progress for {waited:?}")]
+    GlobalStalled { topic: String, waited: Duration },
 }
 
 impl From<KafkaError> for RuntimeError {
