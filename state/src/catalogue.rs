@@ -94,6 +94,13 @@ impl CatalogueTable {
         }
     }
 
+    /// Removes every row.
+    pub fn clear(&self) {
+        let mut rows = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        rows.by_key.clear();
+        rows.key_of_sku.clear();
+    }
+
     /// The row of `sku`, if the table has one.
     pub fn get(&self, sku: &str) -> Option<CatalogueItem> {
         let rows = self.inner.read().unwrap_or_else(PoisonError::into_inner);

@@ -8,13 +8,14 @@
 //! `{"id": 7, "sku": "BRAKE-PAD-UIC", "description": "...", "active": true, "stock": 40, ...}`.
 //! Columns other than these are ignored, so the table can grow columns. A tombstone is a deleted
 //! row. A row without a SKU, with a negative stock or that is not such an object goes to the
-//! catalogue's dead-letter topic and changes nothing.
+//! catalogue's dead-letter topic, and what its key held before is removed (that SKU can no
+//! longer be ordered until a good row comes).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use engine::runtime::global::{GlobalRecord, GlobalStateStore};
+use engine::runtime::global::{Decoded, GlobalRecord, GlobalStateStore};
 use serde_json::Value;
 use state::store::catalogue::{CatalogueChange, CatalogueStore};
 use state::{CatalogueItem, StoreError, StoreOptions};
@@ -50,6 +51,17 @@ impl Default for CatalogueArgs {
     }
 }
 
+/// The topics of the live catalogue, when one is configured: the catalogue topic (compacted,
+/// one partition, as the connector creates it) and its dead-letter topic.
+pub fn topic_specs(args: &CatalogueArgs, topics: &wire::TopicArgs) -> Vec<wire::TopicSpec> {
+    let Some(topic) = args.topic() else { return Vec::new() };
+    vec![
+        wire::TopicSpec::new(topic, 1, topics.replication_factor).compacted(),
+        wire::TopicSpec::new(args.catalogue_dlq_topic.clone(), 1, topics.replication_factor)
+            .retention_ms(topics.dlq_retention_ms),
+    ]
+}
+
 /// The catalogue store, as the global stream thread keeps it.
 pub struct CatalogueGlobalStore(pub CatalogueStore);
 
@@ -72,14 +84,27 @@ impl GlobalStateStore for CatalogueGlobalStore {
         self.0.positions()
     }
 
-    fn decode(&self, record: &GlobalRecord<'_>) -> Result<CatalogueChange, String> {
-        let key = record.key.ok_or("the record has no key (the row's primary key)")?;
-        let item = record.value.map(parse_row).transpose()?;
-        Ok(CatalogueChange { partition: record.partition, offset: record.offset, key: key.to_vec(), item })
+    /// A row that cannot be read removes what its key held: the row changed, and what it was
+    /// before is no longer true (an instance that starts after compaction would not have it
+    /// either).
+    fn decode(&self, record: &GlobalRecord<'_>) -> Decoded<CatalogueChange> {
+        let Some(key) = record.key else {
+            return Decoded::Refused { reason: "the record has no key (the row's primary key)".into(), instead: None };
+        };
+        let change =
+            |item| CatalogueChange { partition: record.partition, offset: record.offset, key: key.to_vec(), item };
+        match record.value.map(parse_row).transpose() {
+            Ok(item) => Decoded::Change(change(item)),
+            Err(reason) => Decoded::Refused { reason, instead: Some(change(None)) },
+        }
     }
 
     fn apply(&mut self, changes: Vec<CatalogueChange>, positions: &HashMap<i32, i64>) -> Result<(), StoreError> {
         self.0.apply(&changes, positions)
+    }
+
+    fn clear(&mut self) -> Result<(), StoreError> {
+        self.0.clear()
     }
 
     fn len(&self) -> usize {
@@ -105,7 +130,32 @@ pub fn parse_row(bytes: &[u8]) -> Result<CatalogueItem, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_row;
+    use super::{parse_row, CatalogueGlobalStore};
+    use engine::runtime::global::{Decoded, GlobalRecord, GlobalStateStore};
+    use state::StoreOptions;
+
+    #[test]
+    fn a_bad_version_of_a_known_row_removes_it_and_is_dead_lettered() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = CatalogueGlobalStore::open(dir.path(), &StoreOptions::with_cache_bytes(1 << 20)).expect("open");
+        let record =
+            |offset, value: &'static [u8]| GlobalRecord { partition: 0, offset, key: Some(b"7"), value: Some(value) };
+        let Decoded::Change(good) = store.decode(&record(0, br#"{"id":7,"sku":"A","active":true,"stock":5}"#)) else {
+            panic!("a good row is a change");
+        };
+        store.apply(vec![good], &[(0, 1)].into()).expect("apply");
+        assert!(store.0.table().get("A").is_some());
+        let Decoded::Refused { reason, instead } =
+            store.decode(&record(1, br#"{"id":7,"sku":"A","active":true,"stock":-1}"#))
+        else {
+            panic!("a negative stock is refused");
+        };
+        assert!(reason.contains("negative"), "{reason}");
+        store.apply(instead.into_iter().collect(), &[(0, 2)].into()).expect("apply");
+        assert!(store.0.table().get("A").is_none(), "the row's earlier version no longer counts");
+        let no_key = GlobalRecord { partition: 0, offset: 2, key: None, value: Some(b"{}") };
+        assert!(matches!(store.decode(&no_key), Decoded::Refused { instead: None, .. }));
+    }
 
     #[test]
     fn a_row_reads_by_its_columns_and_a_bad_one_says_why() {

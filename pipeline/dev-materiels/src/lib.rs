@@ -303,16 +303,8 @@ fn run_with_catalogue(
         return runtime::run(config, Arc::clone(shutdown), metrics, requests).map_err(DevMaterielsError::from);
     };
     if config.create_topics {
-        let t = &config.topics;
-        engine::admin::ensure_topics(
-            &config.kafka,
-            &[
-                wire::TopicSpec::new(topic.clone(), 1, t.replication_factor).compacted(),
-                wire::TopicSpec::new(live.catalogue_dlq_topic.clone(), 1, t.replication_factor)
-                    .retention_ms(t.dlq_retention_ms),
-            ],
-        )
-        .map_err(RuntimeError::from)?;
+        engine::admin::ensure_topics(&config.kafka, &catalogue::topic_specs(live, &config.topics))
+            .map_err(RuntimeError::from)?;
     }
     let store = catalogue::CatalogueGlobalStore::open(&config.state_dir, &config.store).map_err(RuntimeError::from)?;
     let global = GlobalConfig {

@@ -57,7 +57,8 @@ struct Cli {
 enum Command {
     /// The topics of the system: `orders`, `order-updates`, the dead-letter topic and the
     /// compacted changelog, with the partitions, replication, retention and cleanup policy the
-    /// flags give.
+    /// flags give; with --catalogue-topic, the catalogue topic (compacted) and its dead-letter
+    /// topic too.
     Topics {
         #[command(subcommand)]
         action: TopicsAction,
@@ -93,11 +94,12 @@ enum Command {
 #[derive(Subcommand, Clone, Copy)]
 enum ConnectAction {
     /// Create each connector, or replace its configuration (idempotent), then wait up to a
-    /// minute for it and its tasks to run and print their states. Exits 1 unless all run. A
-    /// worker still starting is waited for, up to two minutes.
+    /// minute for it and its tasks to run and print their states. Exits 1 unless all run, 2 if
+    /// the worker cannot be reached (a worker still starting is waited for, up to two minutes)
+    /// or a connector file cannot be read.
     Apply,
     /// Print each connector's state and its tasks' (with the trace of a failure). Exits 1
-    /// unless all run.
+    /// unless all run, 2 if the worker cannot be reached (waited for up to two minutes).
     Status,
 }
 
@@ -170,7 +172,8 @@ enum TopicsAction {
 /// Runs `topics check|apply`; prints one line per finding.
 fn topics(args: &DevMaterielsArgs, action: TopicsAction) -> std::process::ExitCode {
     let changelog = format!("{}-order-store-changelog", args.application_id);
-    let specs = system_topics(&args.topics, &changelog);
+    let mut specs = system_topics(&args.topics, &changelog);
+    specs.extend(dev_materiels::catalogue::topic_specs(&args.live_catalogue, &args.topics));
     let result = match action {
         TopicsAction::Check => check_topics(&args.kafka, &specs),
         TopicsAction::Apply => apply_topics(&args.kafka, &specs),

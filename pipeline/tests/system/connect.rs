@@ -106,6 +106,19 @@ fn apply(worker: &ConnectWorker, names: &[&str], slot: &str) -> ConnectClient {
     client
 }
 
+/// Waits until `topic` holds at least `n` records (Debezium's snapshot, a change captured).
+fn wait_records(env: &TestEnv, topic: &str, n: usize) -> usize {
+    let started = Instant::now();
+    loop {
+        let records = crate::support::end_offsets(&env.kafka, topic);
+        if records >= i64::try_from(n).unwrap_or(i64::MAX) {
+            return usize::try_from(records).unwrap_or(0);
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{topic} has {records} records, not {n}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Places an order of one line and returns its update once decided: (status, reason, decided at).
 fn decide(api: &Http, order_id: &str, sku: &str, quantity: u32) -> (String, Option<String>, u64) {
     let placed = api.post(
@@ -151,6 +164,8 @@ fn catalogue_rows_changed_in_postgresql_decide_the_next_orders_and_a_poison_row_
     );
     let worker = connect_worker(&env, "catalogue_test", &[]);
     let _connect = apply(&worker, &["catalogue-source"], "rail_catalogue_test");
+    // dev-materiels waits for the topic's end, not for the table's: let the snapshot land first.
+    wait_records(&env, "catalogue", 2);
     let mut dev = env.spawn_dev_materiels_with(0, &[("CATALOGUE_TOPIC", "catalogue")]);
     let mut wagon_lits = env.spawn_wagon_lits(0, 5_000);
     let api = Http::new(env.api_port, Some(TOKEN));
@@ -206,8 +221,28 @@ fn catalogue_rows_changed_in_postgresql_decide_the_next_orders_and_a_poison_row_
     let row: Value = serde_json::from_slice(dead[0].value.as_deref().unwrap_or_default()).expect("the row, as it was");
     assert_eq!(row["description"], "a row without its SKU");
     eprintln!("poison row: dead-lettered ({why}); {order} decided after it");
+    // Both topics as docs/asyncapi.json describes them.
+    let document = crate::contracts::AsyncApi::load();
+    let rows: Vec<_> = env.read_all("catalogue").into_iter().filter(|r| r.value.is_some()).collect();
+    assert!(crate::contracts::check(&document, "catalogue", &rows, true) >= 4);
+    crate::contracts::check(&document, "catalogue.dlq", &dead, false);
     let metrics = String::from_utf8_lossy(&Http::new(env.dev_port, Some(TOKEN)).get("/metrics").raw).into_owned();
     assert!(metrics.contains("rail_global_dead_letters_total{topic=\"catalogue\"} 1"), "{metrics}");
+
+    // Stopped, a row changed meanwhile, started again: it reads on from its stored positions
+    // (one record), and decides nothing before it has: the first order is rejected.
+    dev.terminate();
+    let before = crate::support::end_offsets(&env.kafka, "catalogue");
+    sql("catalogue_test", "UPDATE catalogue SET active = false WHERE sku = 'HVAC-FILTER-G4'");
+    wait_records(&env, "catalogue", usize::try_from(before).unwrap_or(0) + 1);
+    let mut dev = env.spawn_dev_materiels_with(1, &[("CATALOGUE_TOPIC", "catalogue")]);
+    let (status, reason, _) = decide(&api, "RESTARTED-1", "HVAC-FILTER-G4", 1);
+    assert_eq!(status, "Rejected", "the first order after the restart: {reason:?}");
+    let metrics = String::from_utf8_lossy(&Http::new(env.dev_port, Some(TOKEN)).get("/metrics").raw).into_owned();
+    assert!(
+        metrics.contains("rail_global_records_total{topic=\"catalogue\"} 1\n"),
+        "read on from its positions:\n{metrics}"
+    );
     dev.assert_running();
     wagon_lits.assert_running();
 }
@@ -218,14 +253,11 @@ fn five_thousand_orders_reach_postgresql_as_in_the_view_through_a_connect_crash_
     let url = schema_registry().url();
     let mut env = TestEnv::start("connect-sink", 2);
     database("sink_test");
-    let skus = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/catalogue.txt"))
-        .expect("testdata/catalogue.txt");
-    let rows: Vec<String> =
-        skus.lines().filter(|l| !l.trim().is_empty()).map(|sku| format!("('{sku}', true, 1000000)")).collect();
-    sql(
-        "sink_test",
-        &format!("INSERT INTO catalogue (sku, active, stock) VALUES {}, ('CONNECT-PROBE', true, 10)", rows.join(", ")),
-    );
+    // The compose stack's seed (the built-in SKUs, 500 each), and a probe.
+    let seed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/postgres/seed.sql"))
+        .expect("deploy/postgres/seed.sql");
+    sql("sink_test", &seed);
+    sql("sink_test", "INSERT INTO catalogue (sku, active, stock) VALUES ('CONNECT-PROBE', true, 10)");
     let avro = [("WIRE_FORMAT", "avro"), ("SCHEMA_REGISTRY_URL", url.as_str())];
     // The catalogue topic, when given, is the catalogue (the fixed list is not used).
     env.dev_args.extend(["--catalogue-topic".to_string(), "catalogue".to_string()]);
@@ -234,6 +266,7 @@ fn five_thousand_orders_reach_postgresql_as_in_the_view_through_a_connect_crash_
     // them, the worst case the table must withstand.
     let mut worker = connect_worker(&env, "sink_test", &[("offset.flush.interval.ms", "60000")]);
     let connect = apply(&worker, &["catalogue-source", "orders-sink"], "rail_sink_test");
+    wait_records(&env, "catalogue", state::catalogue::DEFAULT_SKUS.len() + 1);
     let mut dev = env.spawn_dev_materiels_with(0, &avro);
     let mut wagon_lits = env.spawn_wagon_lits_with(0, 5_000, &avro);
     let api = Http::new(env.api_port, Some(TOKEN));
@@ -257,7 +290,7 @@ fn five_thousand_orders_reach_postgresql_as_in_the_view_through_a_connect_crash_
     );
 
     let mut ids = Vec::with_capacity(ORDERS);
-    let sku_list: Vec<&str> = skus.lines().filter(|l| !l.trim().is_empty()).collect();
+    let sku_list = state::catalogue::DEFAULT_SKUS;
     let place = |i: usize, ids: &mut Vec<String>| {
         let id = format!("PG-{i:05}");
         // Every 50th order asks for a SKU the catalogue does not have: rejected.

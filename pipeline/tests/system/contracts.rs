@@ -100,7 +100,8 @@ fn the_document_describes_the_topics_the_code_uses() {
     let api = AsyncApi::load();
     assert_eq!(api.doc["asyncapi"], "3.0.0");
     let topics = TopicArgs::default();
-    for topic in [&topics.orders_topic, &topics.updates_topic, &topics.dlq_topic] {
+    let catalogue = ["catalogue".to_string(), dev_materiels::catalogue::DEFAULT_DLQ_TOPIC.to_string()];
+    for topic in [&topics.orders_topic, &topics.updates_topic, &topics.dlq_topic].into_iter().chain(&catalogue) {
         assert_eq!(api.doc["channels"][topic.as_str()]["address"], topic.as_str(), "channel {topic}");
         let (payload, headers) = api.message(topic);
         api.validator(&payload);
@@ -131,7 +132,7 @@ fn headers_json(record: &Record) -> Value {
     Value::Object(record.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
 }
 
-fn check(api: &AsyncApi, channel: &str, records: &[Record], json_payload: bool) -> usize {
+pub fn check(api: &AsyncApi, channel: &str, records: &[Record], json_payload: bool) -> usize {
     let (payload, headers) = api.message(channel);
     let (payload, headers) = (api.validator(&payload), api.validator(&headers));
     for r in records {

@@ -111,6 +111,21 @@ impl CatalogueStore {
         Ok(())
     }
 
+    /// Deletes every row and position, and empties the table.
+    pub fn clear(&mut self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for name in [CF_ROWS, CF_POSITIONS] {
+            let family = cf(&self.db, &self.path, name)?;
+            for entry in self.db.iterator_cf(family, IteratorMode::Start) {
+                let (key, _) = entry.map_err(|source| self.err(source))?;
+                batch.delete_cf(family, key);
+            }
+        }
+        self.db.write(batch).map_err(|source| self.err(source))?;
+        self.table.clear();
+        Ok(())
+    }
+
     fn decode(&self, key: &[u8], value: &[u8]) -> Result<CatalogueItem, StoreError> {
         match value.split_first() {
             Some((&ROW_V1, rest)) => postcard::from_bytes(rest).map_err(|e| self.corrupt(key, &e.to_string())),
@@ -159,11 +174,17 @@ mod tests {
             store.apply(&[change(2, "2", None)], &HashMap::from([(0, 4)])).expect("apply");
             assert_eq!(store.table().len(), 1);
         }
-        let store = CatalogueStore::open(dir.path(), &options).expect("reopen");
+        let mut store = CatalogueStore::open(dir.path(), &options).expect("reopen");
         assert_eq!(store.positions().expect("positions"), HashMap::from([(0, 4)]));
         let table = store.table();
         assert_eq!(table.len(), 1);
         assert_eq!(table.get("A").map(|i| i.stock), Some(3));
         assert!(table.get("B").is_none());
+        store.clear().expect("clear");
+        assert!(table.is_empty(), "the table the state machine reads is emptied too");
+        drop(store);
+        let store = CatalogueStore::open(dir.path(), &options).expect("reopen");
+        assert!(store.positions().expect("positions").is_empty());
+        assert!(store.table().is_empty());
     }
 }

@@ -8,10 +8,15 @@
 //!   change made at the source is seen by the next decisions within a poll interval of its
 //!   arrival on the topic.
 //! - **Positions with the rows.** Each batch is written with the positions it reaches
-//!   ([`GlobalStateStore::apply`]); a restart reads on from there.
-//! - **Bad records.** A record the store cannot read ([`GlobalStateStore::decode`]) changes
-//!   nothing and goes to the dead-letter topic, with why and where it came from; the thread
-//!   keeps going. Its position only moves past the record once the dead-letter topic has it.
+//!   ([`GlobalStateStore::apply`]); a restart reads on from there. A stored position that is no
+//!   longer on the topic (the topic recreated) empties the store and the restore starts from the
+//!   beginning; met while following, it stops the process, whose restart does that.
+//! - **Errors.** Transient consumer errors are logged and retried by librdkafka; a fatal one, a
+//!   failed store write or dead letter, or a panic stops the thread and sets the process's
+//!   shutdown flag: decisions never go on against a table that stopped following its topic.
+//! - **Bad records.** A record the store cannot read ([`GlobalStateStore::decode`]) goes to the
+//!   dead-letter topic, with why and where it came from, and the store applies what it says in
+//!   its place ([`Decoded::Refused`]); the thread keeps going. Its position only moves past the record once the dead-letter topic has it.
 //!   Every instance reads every record, so with N instances a bad record is reported N times,
 //!   under the same source coordinates.
 //! - **Not part of the transactions.** A global table is read outside the exactly-once
@@ -28,7 +33,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -49,6 +54,17 @@ pub struct GlobalRecord<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+/// What a global store makes of one record.
+#[derive(Debug)]
+pub enum Decoded<C> {
+    /// A change to apply.
+    Change(C),
+    /// Not a record the store can hold: it goes to the dead-letter topic with `reason`, and
+    /// `instead` (if any) is applied in its place, e.g. the removal of what the record's key held
+    /// before, which the record says is no longer true.
+    Refused { reason: String, instead: Option<C> },
+}
+
 /// A global state store: what the global stream thread keeps up to date.
 pub trait GlobalStateStore: Send + 'static {
     /// A change of the store, read from one record.
@@ -57,12 +73,15 @@ pub trait GlobalStateStore: Send + 'static {
     /// Next offset to read, per partition; a partition missing is read from its beginning.
     fn positions(&self) -> Result<HashMap<i32, i64>, StoreError>;
 
-    /// Reads one record into a change, or says why it is not one (the record then goes to the
-    /// dead-letter topic).
-    fn decode(&self, record: &GlobalRecord<'_>) -> Result<Self::Change, String>;
+    /// Reads one record into a change, or says why it is not one.
+    fn decode(&self, record: &GlobalRecord<'_>) -> Decoded<Self::Change>;
 
     /// Applies `changes` (in the topic's order) and the positions they reach, at once.
     fn apply(&mut self, changes: Vec<Self::Change>, positions: &HashMap<i32, i64>) -> Result<(), StoreError>;
+
+    /// Empties the store, positions included: the topic is then read again from its beginning
+    /// (its stored positions were no longer on the topic).
+    fn clear(&mut self) -> Result<(), StoreError>;
 
     /// Entries held, for logs and metrics.
     fn len(&self) -> usize;
@@ -166,6 +185,15 @@ impl GlobalStreamThread {
                 return Err(RuntimeError::ThreadStopped { name: "global stream" });
             }
             let batch = reader.poll_batch(RESTORE_BATCH, Duration::from_millis(200), &mut at_end)?;
+            if batch.reset {
+                // A stored position is no longer on the topic (recreated, or compacted and cleaned
+                // past it): what the store holds may be stale. Start again from nothing.
+                tracing::warn!(topic = %config.topic, "a stored position of the global store is not on the topic any more: reading it again from its beginning");
+                store.clear()?;
+                reader.assign(&store)?;
+                at_end = partitions.iter().map(|p| (*p, false)).collect();
+                continue;
+            }
             if batch.read > 0 {
                 last_progress = Instant::now();
             } else if last_progress.elapsed() > RESTORE_STALL {
@@ -187,10 +215,12 @@ impl GlobalStreamThread {
             std::thread::Builder::new()
                 .name("global-stream".into())
                 .spawn(move || {
+                    // Stops the process however the thread ends, a panic included: decisions
+                    // must not go on against a table that no longer follows its topic.
+                    let _guard = StopOnExit { shutdown, stop: Arc::clone(&stop) };
                     let result = follow(&config, &mut reader, &mut store, &stop, &metrics);
                     if let Err(err) = &result {
                         tracing::error!(error = %err, topic = %config.topic, "the global stream thread failed; stopping");
-                        shutdown.store(true, Ordering::Relaxed);
                     }
                     result
                 })
@@ -206,6 +236,20 @@ impl GlobalStreamThread {
     }
 }
 
+/// Sets the process's shutdown flag when the global stream thread ends without being asked to.
+struct StopOnExit {
+    shutdown: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        if !self.stop.load(Ordering::Relaxed) {
+            self.shutdown.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 fn follow<S: GlobalStateStore>(
     config: &GlobalConfig,
     reader: &mut Reader,
@@ -216,6 +260,11 @@ fn follow<S: GlobalStateStore>(
     let mut at_end = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let batch = reader.poll_batch(RESTORE_BATCH, config.batch_interval, &mut at_end)?;
+        if batch.reset {
+            // Decisions go on meanwhile: the table is not emptied under them. A restart reads
+            // the topic again, before any decision.
+            return Err(RuntimeError::GlobalPositionLost { topic: config.topic.clone() });
+        }
         if batch.read == 0 {
             continue;
         }
@@ -238,6 +287,8 @@ struct Batch {
     records: Vec<Owned>,
     positions: HashMap<i32, i64>,
     read: u64,
+    /// A stored position was not on the topic any more (librdkafka's `auto.offset.reset=error`).
+    reset: bool,
 }
 
 struct Owned {
@@ -252,6 +303,7 @@ struct Reader {
     consumer: BaseConsumer<RestoreContext>,
     dead_letters: FutureProducer,
     dead_letter_topic: String,
+    last_error: Option<Instant>,
 }
 
 impl Reader {
@@ -263,7 +315,8 @@ impl Reader {
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
+            // A stored position off the topic is reported, not silently replaced.
+            .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", "100");
         let consumer: BaseConsumer<RestoreContext> = config
             .kafka
@@ -285,6 +338,7 @@ impl Reader {
             consumer,
             dead_letters,
             dead_letter_topic: config.dead_letter_topic.clone(),
+            last_error: None,
         })
     }
 
@@ -322,7 +376,7 @@ impl Reader {
         wait: Duration,
         at_end: &mut HashMap<i32, bool>,
     ) -> Result<Batch, RuntimeError> {
-        let mut batch = Batch { records: Vec::new(), positions: HashMap::new(), read: 0 };
+        let mut batch = Batch { records: Vec::new(), positions: HashMap::new(), read: 0, reset: false };
         let started = Instant::now();
         while batch.records.len() < max && started.elapsed() < wait {
             match self.consumer.poll(Duration::from_millis(50)) {
@@ -343,8 +397,22 @@ impl Reader {
                         break;
                     }
                 }
-                Some(Err(source)) => {
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    batch.reset = true;
+                    break;
+                }
+                // The consumer cannot go on (librdkafka says so).
+                Some(Err(source @ KafkaError::MessageConsumptionFatal(_))) => {
                     return Err(RuntimeError::Kafka { context: format!("reading {}", self.topic), source });
+                }
+                // Transient errors (a broker down, a partition moving): librdkafka retries by
+                // itself; a restore that stays stuck ends with its stall timeout. Said at most
+                // once a second.
+                Some(Err(error)) => {
+                    if self.last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                        tracing::warn!(%error, topic = %self.topic, "global consumer error");
+                        self.last_error = Some(Instant::now());
+                    }
                 }
                 None => {
                     if at_end.values().all(|done| *done) {
@@ -369,10 +437,11 @@ impl Reader {
                 value: record.value.as_deref(),
             };
             match store.decode(&view) {
-                Ok(change) => changes.push(change),
-                Err(reason) => {
+                Decoded::Change(change) => changes.push(change),
+                Decoded::Refused { reason, instead } => {
                     self.dead_letter(&view, &reason)?;
                     dead += 1;
+                    changes.extend(instead);
                 }
             }
         }

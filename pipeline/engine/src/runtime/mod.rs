@@ -180,6 +180,8 @@ pub enum RuntimeError {
     GlobalTopicMissing { topic: String },
     #[error("restoring the global store from {topic} made no progress for {waited:?}")]
     GlobalStalled { topic: String, waited: Duration },
+    #[error("a position of the global store is no longer on {topic} (recreated?): a restart reads it again")]
+    GlobalPositionLost { topic: String },
 }
 
 impl From<KafkaError> for RuntimeError {
