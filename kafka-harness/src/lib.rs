@@ -13,10 +13,12 @@
 //! [`jars_dir`], by [`ensure_jars`] or by `scripts/kafka-jars.sh`.
 //!
 //! [`registry`] starts a real schema registry (Apicurio) the same way, [`connect`] a Kafka
-//! Connect worker with its connector plugins, [`postgres`] a PostgreSQL server.
+//! Connect worker with its connector plugins, [`mirror`] MirrorMaker 2 between two clusters,
+//! [`postgres`] a PostgreSQL server.
 
 pub mod connect;
 mod maven;
+pub mod mirror;
 pub mod postgres;
 pub mod registry;
 

@@ -17,6 +17,7 @@ mod http_api;
 mod http_decisions;
 mod http_fuzz;
 mod lost_state;
+mod mirror;
 mod model_self_check;
 mod open_transaction;
 mod ops_page;
