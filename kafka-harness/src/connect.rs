@@ -247,7 +247,8 @@ impl Drop for ConnectWorker {
     }
 }
 
-const LOG4J2: &str = "\
+/// The log settings of the Connect worker and of MirrorMaker 2 (Connect's runtime both).
+pub(crate) const LOG4J2: &str = "\
 status = warn
 appender.out.type = Console
 appender.out.name = OUT

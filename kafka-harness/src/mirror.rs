@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::connect::ensure_connect_jars;
+use crate::connect::{ensure_connect_jars, LOG4J2};
 use crate::{die_with_parent, free_port, io, tail, HarnessError};
 
 /// How replicated topics are named on the target.
@@ -183,17 +183,3 @@ impl Drop for MirrorMaker {
         self.kill();
     }
 }
-
-const LOG4J2: &str = "\
-status = warn
-appender.out.type = Console
-appender.out.name = OUT
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.out.ref = OUT
-logger.reflections.name = org.reflections
-logger.reflections.level = ERROR
-logger.kafkaclients.name = org.apache.kafka.clients
-logger.kafkaclients.level = WARN
-";
