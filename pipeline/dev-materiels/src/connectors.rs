@@ -1,12 +1,20 @@
 //! The Kafka Connect connectors of the system (`deploy/connect/*.json`: the catalogue source and
 //! the orders sink), applied to a running Connect worker through its REST API, and their status
-//! (`dev-materiels connect apply|status`, docs/integration.md).
+//! (`dev-materiels connect apply|status|supervise`, docs/integration.md).
 //!
 //! Applying is idempotent: each connector's configuration is `PUT` to
 //! `/connectors/<name>/config`, which creates it or replaces its configuration (Connect restarts
 //! it only if the configuration changed).
+//!
+//! Kafka Connect restarts no failed task by itself: a task that meets an error its connector does
+//! not retry (the JDBC sink's database restarted under a statement, a source's database down at
+//! the task's start) stays `FAILED` until restarted. [`Supervisor`] is what Strimzi's
+//! `autoRestart` does for it: it restarts what failed, backing off while it keeps failing
+//! (`dev-materiels connect supervise`).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -194,6 +202,23 @@ impl ConnectClient {
         Ok(ConnectorStatus { name: name.to_string(), state, tasks, trace })
     }
 
+    /// Restarts the connector's instance and tasks that are `FAILED` (Connect's
+    /// `POST /connectors/<name>/restart?includeTasks=true&onlyFailed=true`); what runs is left
+    /// running.
+    pub fn restart_failed(&self, name: &str) -> Result<(), ConnectError> {
+        let response = self
+            .http
+            .post(format!("{}/connectors/{name}/restart?includeTasks=true&onlyFailed=true", self.url))
+            .send()
+            .map_err(|e| self.err(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().unwrap_or_default();
+        Err(self.err(format!("restart of {name} answered {status}: {text}")))
+    }
+
     /// Waits until every connector runs (or one fails, or `patience` passes); returns their last
     /// statuses.
     pub fn wait_running(&self, names: &[String], patience: Duration) -> Result<Vec<ConnectorStatus>, ConnectError> {
@@ -209,9 +234,127 @@ impl ConnectClient {
     }
 }
 
+/// How [`Supervisor`] restarts what failed: at once the first time, then after a delay that
+/// doubles from `first_delay` up to `max_delay` while it keeps failing. A connector that has run
+/// for `stable_after` since its last restart starts again from the first attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    pub stable_after: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            first_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(300),
+            stable_after: Duration::from_secs(600),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The wait before restart number `attempt` (0 for the first) of a connector that keeps
+    /// failing.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
+        let doubled = self.first_delay.saturating_mul(1u32.checked_shl(attempt - 1).unwrap_or(u32::MAX));
+        doubled.min(self.max_delay)
+    }
+}
+
+/// A restart the supervisor made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    /// The connector as it was found, failed (its trace included).
+    pub status: ConnectorStatus,
+    /// 0 for the first restart since the connector last ran steadily.
+    pub attempt: u32,
+}
+
+#[derive(Debug, Default)]
+struct Attempts {
+    count: u32,
+    last: Option<Instant>,
+}
+
+/// Restarts the connectors' failed instances and tasks, backing off as its [`RestartPolicy`]
+/// says; call [`Supervisor::check`] at intervals, or [`Supervisor::run`].
+pub struct Supervisor {
+    client: ConnectClient,
+    names: Vec<String>,
+    policy: RestartPolicy,
+    attempts: HashMap<String, Attempts>,
+}
+
+impl Supervisor {
+    pub fn new(client: ConnectClient, names: Vec<String>, policy: RestartPolicy) -> Supervisor {
+        Supervisor { client, names, policy, attempts: HashMap::new() }
+    }
+
+    /// Looks at each connector once; restarts what failed and is due. Returns the restarts made.
+    pub fn check(&mut self) -> Result<Vec<Restart>, ConnectError> {
+        let mut restarts = Vec::new();
+        for name in &self.names {
+            let status = self.client.status(name)?;
+            let attempts = self.attempts.entry(name.clone()).or_default();
+            let since_last = attempts.last.map(|at| at.elapsed());
+            if !status.failed() {
+                if status.running() && since_last.is_some_and(|d| d >= self.policy.stable_after) {
+                    *attempts = Attempts::default();
+                }
+                continue;
+            }
+            if since_last.is_some_and(|d| d >= self.policy.stable_after) {
+                *attempts = Attempts::default();
+            }
+            if since_last.is_some_and(|d| d < self.policy.delay(attempts.count)) {
+                continue;
+            }
+            self.client.restart_failed(name)?;
+            restarts.push(Restart { status, attempt: attempts.count });
+            attempts.count = attempts.count.saturating_add(1);
+            attempts.last = Some(Instant::now());
+        }
+        Ok(restarts)
+    }
+
+    /// Checks every `interval` until `stop` is set; each restart, and each time the worker cannot
+    /// be asked, is passed to `report` (the worker unreachable is waited out, not an end).
+    pub fn run(
+        &mut self,
+        interval: Duration,
+        stop: &AtomicBool,
+        mut report: impl FnMut(Result<&Restart, &ConnectError>),
+    ) {
+        while !stop.load(Ordering::Relaxed) {
+            match self.check() {
+                Ok(restarts) => restarts.iter().for_each(|r| report(Ok(r))),
+                Err(err) => report(Err(&err)),
+            }
+            let slept = Instant::now();
+            while slept.elapsed() < interval && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100).min(interval));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Connector;
+    use super::{Connector, RestartPolicy};
+    use std::time::Duration;
+
+    #[test]
+    fn restarts_back_off_from_at_once_to_the_cap() {
+        let policy = RestartPolicy::default();
+        let delays: Vec<u64> = (0..12).map(|n| policy.delay(n).as_secs()).collect();
+        assert_eq!(delays, [0, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(policy.delay(u32::MAX), Duration::from_secs(300), "no overflow");
+    }
 
     #[test]
     fn the_builtin_connectors_parse_and_name_their_environment() {

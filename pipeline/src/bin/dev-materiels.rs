@@ -22,7 +22,7 @@ use wire::avro::subjects::{self, SchemaSet};
 use wire::avro::Registry;
 use wire::topics::system_topics;
 
-use dev_materiels::connectors::{ConnectClient, Connector};
+use dev_materiels::connectors::{ConnectClient, Connector, RestartPolicy, Supervisor};
 use dev_materiels::DevMaterielsArgs;
 
 /// dev-materiels: the exactly-once stateful processor of material orders.
@@ -35,7 +35,7 @@ use dev_materiels::DevMaterielsArgs;
 ///
 /// `dev-materiels topics check|apply` checks (or creates and fixes) the topics of the system
 /// instead of running; `dev-materiels schemas check|apply` does the same for the Avro schemas in
-/// the schema registry, and `dev-materiels connect apply|status` for the Kafka Connect
+/// the schema registry, and `dev-materiels connect apply|status|supervise` for the Kafka Connect
 /// connectors.
 #[derive(Parser)]
 #[command(version, about, long_about)]
@@ -101,6 +101,15 @@ enum ConnectAction {
     /// Print each connector's state and its tasks' (with the trace of a failure). Exits 1
     /// unless all run, 2 if the worker cannot be reached (waited for up to two minutes).
     Status,
+    /// Keep the connectors running: Kafka Connect restarts no failed task by itself, so restart
+    /// each failed connector and task (at once, then backing off from 2 s to 5 min while it keeps
+    /// failing; a connector that ran 10 min starts over), logging each restart with its trace.
+    /// Runs until SIGTERM or Ctrl-C; a worker that cannot be reached is waited out.
+    Supervise {
+        /// Seconds between two looks at the connectors' status.
+        #[arg(long, env = "CONNECT_SUPERVISE_INTERVAL_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        interval_secs: u64,
+    },
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -115,7 +124,7 @@ enum SchemasAction {
     Apply,
 }
 
-/// Runs `connect apply|status`; prints one line per connector.
+/// Runs `connect apply|status|supervise`; prints one line per connector.
 fn connect(action: ConnectAction, url: &str, dir: Option<&std::path::Path>) -> std::process::ExitCode {
     let failed = |err: &dyn std::fmt::Display| {
         eprintln!("dev-materiels connect: {err}");
@@ -129,6 +138,25 @@ fn connect(action: ConnectAction, url: &str, dir: Option<&std::path::Path>) -> s
         (Ok(connectors), Ok(client)) => (connectors, client),
         (Err(err), _) | (_, Err(err)) => return failed(&err),
     };
+    let names: Vec<String> = connectors.iter().map(|c| c.name.clone()).collect();
+    if let ConnectAction::Supervise { interval_secs } = action {
+        let stop = match engine::shutdown::on_signal() {
+            Ok(stop) => stop,
+            Err(err) => return failed(&format!("cannot install signal handlers: {err}")),
+        };
+        tracing::info!(connectors = ?names, interval_secs, "supervising the connectors");
+        let mut supervisor = Supervisor::new(client, names, RestartPolicy::default());
+        supervisor.run(std::time::Duration::from_secs(interval_secs), &stop, |event| match event {
+            Ok(restart) => tracing::warn!(
+                connector = %restart.status.name,
+                attempt = restart.attempt + 1,
+                "restarted what failed: {}",
+                restart.status
+            ),
+            Err(err) => tracing::warn!("cannot supervise the connectors now: {err}"),
+        });
+        return std::process::ExitCode::SUCCESS;
+    }
     if let Err(err) = client.wait_ready(std::time::Duration::from_secs(120)) {
         return failed(&err);
     }
@@ -140,10 +168,9 @@ fn connect(action: ConnectAction, url: &str, dir: Option<&std::path::Path>) -> s
             }
         }
     }
-    let names: Vec<String> = connectors.iter().map(|c| c.name.clone()).collect();
     let patience = match action {
         ConnectAction::Apply => std::time::Duration::from_secs(60),
-        ConnectAction::Status => std::time::Duration::ZERO,
+        ConnectAction::Status | ConnectAction::Supervise { .. } => std::time::Duration::ZERO,
     };
     let statuses = match client.wait_running(&names, patience) {
         Ok(statuses) => statuses,

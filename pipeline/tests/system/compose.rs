@@ -98,7 +98,7 @@ fn the_compose_file_passes_the_compose_schema() {
 #[test]
 fn every_variable_the_compose_file_sets_is_one_the_binaries_read() {
     let compose = compose();
-    for name in RAIL_SERVICES.into_iter().chain(["connectors"]) {
+    for name in RAIL_SERVICES.into_iter().chain(["connectors", "connect-supervisor"]) {
         let service = service(&compose, name);
         let read = variables_read(&command(service));
         for variable in environment(service).keys() {

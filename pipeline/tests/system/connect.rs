@@ -15,10 +15,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dev_materiels::connectors::{ConnectClient, Connector};
+use dev_materiels::connectors::{ConnectClient, Connector, Restart, RestartPolicy, Supervisor};
 use kafka_harness::connect::{ConnectConfig, ConnectWorker};
 use kafka_harness::postgres::Postgres;
 use serde_json::{json, Value};
@@ -266,6 +267,23 @@ fn five_thousand_orders_reach_postgresql_as_in_the_view_through_a_connect_crash_
     // them, the worst case the table must withstand.
     let mut worker = connect_worker(&env, "sink_test", &[("offset.flush.interval.ms", "60000")]);
     let connect = apply(&worker, &["catalogue-source", "orders-sink"], "rail_sink_test");
+    // As in the compose stack, `connect supervise` restarts what fails (Connect restarts nothing).
+    let stop_supervising = Arc::new(AtomicBool::new(false));
+    let supervisor = {
+        let client = ConnectClient::new(&worker.url()).expect("a Connect client");
+        let stop = Arc::clone(&stop_supervising);
+        std::thread::spawn(move || {
+            let names = vec!["catalogue-source".to_string(), "orders-sink".to_string()];
+            let mut restarts: Vec<Restart> = Vec::new();
+            Supervisor::new(client, names, RestartPolicy::default()).run(Duration::from_secs(1), &stop, |event| {
+                if let Ok(restart) = event {
+                    eprintln!("supervisor: restarted (attempt {}) {}", restart.attempt + 1, restart.status);
+                    restarts.push(restart.clone());
+                }
+            });
+            restarts
+        })
+    };
     wait_records(&env, "catalogue", state::catalogue::DEFAULT_SKUS.len() + 1);
     let mut dev = env.spawn_dev_materiels_with(0, &avro);
     let mut wagon_lits = env.spawn_wagon_lits_with(0, 5_000, &avro);
@@ -320,9 +338,7 @@ fn five_thousand_orders_reach_postgresql_as_in_the_view_through_a_connect_crash_
     eprintln!("Connect worker back in {:?}", restarted.elapsed());
     // The restarted worker gets its tasks back after the group's rebalance delay, and its status
     // topic shows the dead incarnation's RUNNING until then: what proves the sink is back is a new
-    // row. The sink meets the PostgreSQL restart below running: a JDBC sink task that *starts*
-    // while the database is down fails for good (Hibernate connects at start) and stays FAILED
-    // until restarted (docs/integration.md); the clean-clone CI of 2026-12-02 met that race twice.
+    // row. The sink then meets the PostgreSQL restart below while it writes.
     let rows_at_kill = sql("sink_test", "SELECT count(*) FROM orders").trim().parse::<usize>().unwrap_or(0);
     let waiting = Instant::now();
     while sql("sink_test", "SELECT count(*) FROM orders").trim().parse::<usize>().unwrap_or(0) <= rows_at_kill {
@@ -380,11 +396,15 @@ fn five_thousand_orders_reach_postgresql_as_in_the_view_through_a_connect_crash_
     let statuses = connect
         .wait_running(&["catalogue-source".to_string(), "orders-sink".to_string()], Duration::ZERO)
         .expect("status");
+    stop_supervising.store(true, Ordering::Relaxed);
+    let restarts = supervisor.join().expect("the supervisor's thread");
     eprintln!(
         "orders sink: {rows} rows in PostgreSQL for {} orders placed, {} mismatches; {stale} writes of an older \
-         version attempted by the sink (records delivered again), {backwards} done; connectors: {}",
+         version attempted by the sink (records delivered again), {backwards} done; {} restarts by the supervisor; \
+         connectors: {}",
         ids.len(),
         mismatches.len(),
+        restarts.len(),
         statuses.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
     );
     assert!(
