@@ -169,6 +169,21 @@ impl SchemaRegistry {
         }
     }
 
+    /// Freezes the registry (SIGSTOP): connections are accepted by the kernel, nothing answers.
+    /// Unlike a restart, it keeps what it holds (its storage is in memory).
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            crate::signal(child, libc::SIGSTOP);
+        }
+    }
+
+    /// Thaws the registry (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            crate::signal(child, libc::SIGCONT);
+        }
+    }
+
     /// Kills the registry (SIGKILL) and waits for it: its API stops answering.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -376,3 +376,108 @@ fn a_registry_unreachable_at_start_is_waited_for_and_shown_on_readyz_and_metrics
     wagon.terminate();
     dev.terminate();
 }
+
+/// An update whose writer schema wagon-lits' view has not read before arrives while the registry
+/// does not answer (frozen): the view waits for it, the process goes on serving, and once the
+/// registry answers the update is in the view with the ones after it. (Before, the view's thread
+/// ended on the first such update and the view stood still while the API served it.)
+#[test]
+fn the_view_waits_for_a_schema_the_frozen_registry_cannot_give_and_reads_it_after() {
+    use crate::support::http::{Http, TOKEN};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let registry = kafka_harness::registry::SchemaRegistry::start().expect("a registry of this test's own");
+    let url = registry.url();
+    let mut env = TestEnv::start("avro-view-wait", 1);
+    env.dev_args = vec!["--wire-format".into(), "avro".into(), "--schema-registry-url".into(), url.clone()];
+    let env = env;
+    let mut dev = env.spawn_dev_materiels(0);
+    // wagon-lits gives a registry that does not answer 3 s (60 by default) before it calls it an
+    // outage.
+    let mut wagon = env.spawn_wagon_lits_with(
+        0,
+        2_000,
+        &[("WIRE_FORMAT", "avro"), ("SCHEMA_REGISTRY_URL", url.as_str()), ("SCHEMA_REGISTRY_PATIENCE_MS", "3000")],
+    );
+    let api = Http::new(env.api_port, Some(TOKEN));
+    api.wait_ok("/readyz", Duration::from_secs(120));
+    let status_of = |id: &str| {
+        let answer = api.get(&format!("/orders/{id}"));
+        (answer.status == 200).then(|| answer.body["status"].as_str().unwrap_or_default().to_owned())
+    };
+    let wait_for = |id: &str, patience: Duration| {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(status) = status_of(id) {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let place = |id: &str| {
+        let body = serde_json::json!({
+            "order_id": id, "wagon_id": "WL-7", "requested_by": "avro-test",
+            "lines": [{"sku": "BRAKE-PAD-UIC", "quantity": 1}]
+        });
+        assert_eq!(api.post("/orders", body.to_string()).status, 202);
+    };
+    place("WAIT-1");
+    assert!(wait_for("WAIT-1", Duration::from_secs(60)).is_some(), "WAIT-1 is not in the view; {}", wagon.log_tail(30));
+
+    // Version 1 of the update schema with a doc of its own (as an older dev-materiels might have
+    // registered it), registered now: a schema id the view has never fetched.
+    let mut v1_json: serde_json::Value = serde_json::from_str(Record::Update.history()[0].text).expect("v1 JSON");
+    v1_json["doc"] = "version 1, as a test's older writer registered it".into();
+    let v1_text = v1_json.to_string();
+    let client = wire::avro::Registry::new(&url, Duration::from_secs(10)).expect("client");
+    let v1_id = client.register(&Record::subject(&env.topics.updates_topic), &v1_text).expect("registered");
+    let v1 = apache_avro::Schema::parse_str(&v1_text).expect("v1");
+    // An order of an older dev-materiels' making, decided here, its update written with version 1.
+    let place_old = Workload::new(11, "WAIT-OLD", now_ms()).place_phase(1, Mix::CLEAN).remove(0);
+    let state::Decision::Update { update, .. } = state::decide(None, &place_old, &crate::support::rules(), now_ms())
+    else {
+        panic!("a decision")
+    };
+    let old_id = update.order_id.clone();
+    let old_status = format!("{:?}", update.status.expect("a status"));
+    let value = match wire::avro::update_value(&update) {
+        apache_avro::types::Value::Record(fields) => {
+            apache_avro::types::Value::Record(fields.into_iter().filter(|(n, _)| n != "expected_ship_ms").collect())
+        }
+        _ => panic!("a record"),
+    };
+    let body = apache_avro::writer::datum::GenericDatumWriter::builder(&v1)
+        .build()
+        .expect("writer")
+        .write_value_to_vec(value)
+        .expect("write");
+
+    // The registry freezes; the version-1 update lands on order-updates, then an order is placed.
+    registry.pause();
+    let producer: BaseProducer = env.kafka.finish(env.kafka.base()).create().expect("producer");
+    producer
+        .send(BaseRecord::to(&env.topics.updates_topic).key(old_id.as_str()).payload(&frame(v1_id, &body)))
+        .map_err(|(e, _)| e)
+        .expect("queue the update");
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    place("WAIT-2");
+    std::thread::sleep(Duration::from_secs(15));
+    wagon.assert_running();
+    dev.assert_running();
+
+    // The registry answers again: the view reads the version-1 update and what came after it.
+    registry.resume();
+    let seen = wait_for(&old_id, Duration::from_secs(60));
+    assert_eq!(seen.as_deref(), Some(old_status.as_str()), "the version-1 update; {}", wagon.log_tail(30));
+    assert!(wait_for("WAIT-2", Duration::from_secs(60)).is_some(), "WAIT-2 is not in the view; {}", wagon.log_tail(30));
+    wagon.assert_running();
+    let log = wagon.log_tail(400);
+    assert!(log.contains("the view waits for the registry"), "the view met no registry outage:\n{log}");
+    let metrics = String::from_utf8_lossy(&api.get("/metrics").raw).to_string();
+    assert!(metrics.contains("rail_schema_registry_reachable 1"), "{metrics}");
+    wagon.terminate();
+    dev.terminate();
+}

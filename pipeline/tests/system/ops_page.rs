@@ -134,7 +134,15 @@ fn the_operations_page_shows_what_the_api_and_kafka_hold_and_replays_a_dead_lett
         assert!(client.current_url().await.expect("url").path().ends_with("/ops/login"));
         client.find(Locator::Css("#token")).await.expect("token field").send_keys(TOKEN).await.expect("type");
         client.find(Locator::Css("#sign-in")).await.expect("button").click().await.expect("click");
-        assert_eq!(client.current_url().await.expect("url").path(), "/ops");
+        // The click returns once the event is dispatched, not when the navigation it starts has
+        // ended (the clean-clone CI of da95b08 read `/ops/login` here once).
+        let clicked = Instant::now();
+        let mut path = client.current_url().await.expect("url").path().to_string();
+        while path != "/ops" && clicked.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            path = client.current_url().await.expect("url").path().to_string();
+        }
+        assert_eq!(path, "/ops", "signed in, the browser is sent back to the page");
 
         // Orders by status: what the API counts.
         for (status, n) in &counts {

@@ -9,11 +9,11 @@
 //!
 //! Both print the latency of placing an order (p50/p99) by path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::support::http::{Http, TOKEN};
-use crate::support::{compare_view, converge_with, oracle, TestEnv};
+use crate::support::{compare_view, converge_report, oracle, TestEnv, WagonLits};
 use serde_json::json;
 use state::{Command, CommandEnvelope, OrderLine, PlaceOrder};
 
@@ -84,9 +84,18 @@ fn wait_drained(direct: &Http, dev: &mut crate::support::DevMateriels, timeout: 
     }
 }
 
-fn check_exactly_once(env: &TestEnv, placed: &[Placed]) -> oracle::Report {
+fn check_exactly_once(env: &TestEnv, placed: &[Placed], wagon_lits: &WagonLits) -> oracle::Report {
     let commands: Vec<CommandEnvelope> = placed.iter().map(|p| p.envelope.clone()).collect();
-    let report = converge_with(env, &commands, |expected| compare_view(&env.wagon_lits_view(), expected));
+    let (report, diffs) =
+        converge_report(env, &commands, &HashSet::new(), |expected| compare_view(&env.wagon_lits_view(), expected));
+    assert!(
+        diffs.is_empty(),
+        "view differs from the oracle in {} orders, e.g. {:#?}\n{}\n--- wagon-lits:\n{}",
+        diffs.len(),
+        &diffs[..diffs.len().min(10)],
+        report.summary(),
+        wagon_lits.log_tail(80)
+    );
     assert!(report.is_exactly_once(), "{}\n{:#?}", report.summary(), report.examples);
     assert_eq!(report.unsettled, 0, "{}", report.summary());
     report
@@ -147,7 +156,7 @@ fn a_frozen_broker_sends_orders_over_http_and_nothing_is_lost_or_doubled() {
     assert!(over_kafka >= 50, "orders placed outside the outage should go by Kafka ({over_kafka} did)");
 
     wait_drained(&direct, &mut dev, Duration::from_secs(120));
-    let report = check_exactly_once(&env, &placed);
+    let report = check_exactly_once(&env, &placed, &wagon_lits);
     eprintln!("outage: {}", report.summary());
 
     // Every answer given over HTTP said it was provisional, and is what order-updates carries
@@ -203,7 +212,7 @@ fn orders_placed_while_dev_materiels_is_down_wait_in_kafka() {
     placed.extend(while_down);
     let mut dev = env.spawn_dev_materiels(1);
     direct.wait_ok("/readyz", Duration::from_secs(60));
-    let report = check_exactly_once(&env, &placed);
+    let report = check_exactly_once(&env, &placed, &wagon_lits);
     eprintln!("dev-materiels down: {}", report.summary());
     wagon_lits.terminate();
     dev.terminate();

@@ -71,6 +71,16 @@ pub enum WagonLitsError {
     ReplayTarget(PathBuf),
 }
 
+/// Sets the process's shutdown flag when dropped: a thread that holds one stops the process
+/// however it ends.
+struct StopOnExit(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What a replay found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayReport {
@@ -219,7 +229,16 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
         let shutdown = Arc::clone(&shutdown);
         std::thread::Builder::new()
             .name("wagon-lits-view".into())
-            .spawn(move || materialiser.run(shutdown))
+            .spawn(move || {
+                // The view ends only when asked: any other end (an error, a panic) stops the
+                // process, rather than leave the API serving a view that no longer moves.
+                let _stop = StopOnExit(Arc::clone(&shutdown));
+                let result = materialiser.run(shutdown);
+                if let Err(err) = &result {
+                    tracing::error!(error = %err, "the view failed; stopping");
+                }
+                result
+            })
             .map_err(|source| WagonLitsError::Thread { name: "view", source })?
     };
     let delivery_timeout = Duration::from_millis(args.delivery_timeout_ms);

@@ -114,19 +114,31 @@ impl Materialiser {
 
     /// Reads what is there (waiting up to `wait` for the first record) and applies it in one
     /// batch. Returns how many records it read.
+    ///
+    /// An update whose writer schema the registry cannot give now is an error: nothing of the
+    /// batch is applied, and the consumer is sought back to the batch's first record of each
+    /// partition, so that the next step reads them again ([`Materialiser::run`] waits and
+    /// retries).
     pub fn step(&mut self, wait: Duration) -> Result<usize, WagonLitsError> {
         let mut records = Vec::new();
+        // The batch's first offset of each partition it read.
+        let mut firsts: Vec<(i32, i64)> = Vec::new();
         let deadline = Instant::now() + wait;
         let mut timeout = wait;
         while records.len() < self.config.max_batch {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(message)) => {
+                    if !firsts.iter().any(|(p, _)| *p == message.partition()) {
+                        firsts.push((message.partition(), message.offset()));
+                    }
                     let update = match message.payload().map(|p| self.config.codec.decode_update(p)) {
                         Some(Ok(update)) => Some(update),
-                        // Nothing of this batch is applied, and its offsets are not stored: the
-                        // records are read again once the registry answers.
-                        Some(Err(UpdateError::Registry(e))) => return Err(WagonLitsError::Registry(e)),
+                        Some(Err(UpdateError::Registry(e))) => {
+                            drop(message);
+                            self.rewind(&firsts)?;
+                            return Err(WagonLitsError::Registry(e));
+                        }
                         Some(Err(UpdateError::Invalid { kind, reason })) => {
                             tracing::warn!(
                                 partition = message.partition(),
@@ -169,6 +181,16 @@ impl Materialiser {
         Ok(records.len())
     }
 
+    /// Positions the consumer back on each `(partition, offset)`.
+    fn rewind(&self, firsts: &[(i32, i64)]) -> Result<(), WagonLitsError> {
+        for (partition, offset) in firsts {
+            self.consumer
+                .seek(&self.config.updates_topic, *partition, Offset::Offset(*offset), KAFKA_CALL_TIMEOUT)
+                .map_err(kafka_err("seeking back to the records not applied"))?;
+        }
+        Ok(())
+    }
+
     /// Reads until the view has caught up with the end of every partition as it was when called.
     pub fn catch_up(&mut self, timeout: Duration) -> Result<(), WagonLitsError> {
         let deadline = Instant::now() + timeout;
@@ -202,11 +224,23 @@ impl Materialiser {
         }
     }
 
-    /// Applies updates until `shutdown` is set.
+    /// Applies updates until `shutdown` is set. An update whose writer schema the registry cannot
+    /// give now is waited for (read again every second, the view standing still meanwhile, as
+    /// `rail_schema_registry_reachable` shows); any other failure ends the run.
     pub fn run(mut self, shutdown: Arc<AtomicBool>) -> Result<ApplyStats, WagonLitsError> {
         let mut sized = Instant::now();
         while !shutdown.load(Ordering::Relaxed) {
-            self.step(Duration::from_millis(100))?;
+            match self.step(Duration::from_millis(100)) {
+                Ok(_) => {}
+                Err(WagonLitsError::Registry(err)) => {
+                    tracing::warn!(error = %err, "an update's schema is not readable now; the view waits for the registry");
+                    let waited = Instant::now();
+                    while waited.elapsed() < Duration::from_secs(1) && !shutdown.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                Err(err) => return Err(err),
+            }
             if sized.elapsed() > Duration::from_secs(5) {
                 self.metrics.store_size(self.view.size());
                 sized = Instant::now();
