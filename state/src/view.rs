@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 
 use crate::order::{CommandEnvelope, OrderStatus, OrderUpdate};
-use crate::store::{cf, open_db, StoreError, StoreOptions};
+use crate::store::{cf, open_db, Access, StoreError, StoreOptions};
 
 const CF_ORDERS: &str = "orders";
 const CF_BY_STATUS: &str = "by_status";
@@ -130,7 +130,11 @@ fn be_u64(bytes: &[u8]) -> Option<u64> {
 impl ViewStore {
     pub fn open(path: &Path, options: &StoreOptions) -> Result<ViewStore, StoreError> {
         std::fs::create_dir_all(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
-        let db = open_db(path, options, &[CF_ORDERS, CF_BY_STATUS, CF_META])?;
+        let db = open_db(
+            path,
+            options,
+            &[(CF_ORDERS, Access::Lookups), (CF_BY_STATUS, Access::Scans), (CF_META, Access::Small)],
+        )?;
         let counts = Self::load_counts(&db, path)?;
         let pending = Self::load_pending(&db, path)?;
         Ok(ViewStore { db, path: path.to_path_buf(), counts: Mutex::new(counts), pending: Mutex::new(pending) })

@@ -95,9 +95,10 @@ pub fn span(
     span: &TraceParent,
     parent: Option<&TraceParent>,
     start: SystemTime,
-    attributes: Vec<KeyValue>,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
 ) {
     let Some(exporter) = EXPORTER.get() else { return };
+    let attributes = attributes();
     let parent = match parent {
         Some(parent) => Context::new().with_remote_span_context(context(parent)),
         None => Context::new(),

@@ -146,18 +146,13 @@ async fn traced(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&trace.to_string()) {
         response.headers_mut().insert(TRACEPARENT, value);
     }
-    engine::otel::span(
-        route.clone(),
-        opentelemetry::trace::SpanKind::Server,
-        &trace,
-        caller.as_ref(),
-        started,
+    engine::otel::span(route.clone(), opentelemetry::trace::SpanKind::Server, &trace, caller.as_ref(), started, || {
         vec![
             opentelemetry::KeyValue::new("http.request.method", "POST"),
             opentelemetry::KeyValue::new("http.route", route.clone()),
             opentelemetry::KeyValue::new("http.response.status_code", i64::from(response.status().as_u16())),
-        ],
-    );
+        ]
+    });
     response
 }
 

@@ -69,8 +69,37 @@ fn nonzero<T: Default + PartialEq + From<u8>>(value: T) -> T {
 }
 
 impl fmt::Display for TraceParent {
+    /// Written digit by digit rather than through `{:032x}`: every update carries one, and
+    /// the formatting machinery was 2% of dev-materiels' stream thread (docs/benchmarks.md,
+    /// 2026-12-07).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, u8::from(self.sampled))
+        let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&mut value[3..35], self.trace_id);
+        hex_into(&mut value[36..52], u128::from(self.span_id));
+        value[54] = if self.sampled { b'1' } else { b'0' };
+        f.write_str(std::str::from_utf8(&value).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// Writes the low digits of `value` in lower-case hexadecimal, filling `out`.
+fn hex_into(out: &mut [u8], mut value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for digit in out.iter_mut().rev() {
+        *digit = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+/// A trace id for the logs, formatted only if a log line is written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceId(pub Option<u128>);
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id:032x}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -83,6 +112,12 @@ mod tests {
         let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let parsed = TraceParent::parse(value).expect("valid");
         assert_eq!(parsed.to_string(), value);
+        let unsampled = TraceParent { sampled: false, ..parsed };
+        assert_eq!(unsampled.to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let small = TraceParent { trace_id: 1, span_id: 0xa, sampled: true };
+        assert_eq!(small.to_string(), format!("00-{:032x}-{:016x}-01", 1u128, 0xau64));
+        assert_eq!(TraceId(Some(parsed.trace_id)).to_string(), parsed.trace_id());
+        assert_eq!(TraceId(None).to_string(), "");
         assert_eq!(parsed.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let child = parsed.child();
         assert_eq!(child.trace_id, parsed.trace_id);

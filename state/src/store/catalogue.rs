@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{IteratorMode, WriteBatch, DB};
 
-use super::{cf, open_db, StoreError, StoreOptions};
+use super::{cf, open_db, Access, StoreError, StoreOptions};
 use crate::catalogue::{CatalogueItem, CatalogueTable};
 
 const CF_ROWS: &str = "rows";
@@ -44,7 +44,7 @@ impl CatalogueStore {
     /// Opens (or creates) the store and loads its rows into a new [`CatalogueTable`].
     pub fn open(path: &Path, options: &StoreOptions) -> Result<CatalogueStore, StoreError> {
         std::fs::create_dir_all(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
-        let db = open_db(path, options, &[CF_ROWS, CF_POSITIONS])?;
+        let db = open_db(path, options, &[(CF_ROWS, Access::Scans), (CF_POSITIONS, Access::Small)])?;
         let table = CatalogueTable::default();
         let store = CatalogueStore { db, path: path.to_path_buf(), table };
         let rows = cf(&store.db, &store.path, CF_ROWS)?;

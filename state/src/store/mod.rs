@@ -109,23 +109,37 @@ impl StoreOptions {
     }
 
     pub(crate) fn rocks_options(&self) -> Options {
+        self.family_options(Access::Lookups)
+    }
+
+    /// The options of a column family used as `access` says. The database's own options are
+    /// those of [`Access::Lookups`].
+    pub(crate) fn family_options(&self, access: Access) -> Options {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        options.set_write_buffer_size(self.write_buffer_bytes);
+        options.set_write_buffer_size(match access {
+            Access::Small => SMALL_WRITE_BUFFER_BYTES,
+            Access::Lookups | Access::Scans => self.write_buffer_bytes,
+        });
         options.set_max_write_buffer_number(3);
         options.set_max_background_jobs(2);
         // Keep the column families' flushes consistent with each other, so that state, index
         // and position survive a crash together.
         options.set_atomic_flush(true);
         options.set_write_buffer_manager(&self.write_buffers);
-        // Most lookups are for orders not seen yet: a bloom filter on the memtables too, so a miss
-        // does not walk their skip lists (the SST files have theirs, below).
-        options.set_memtable_prefix_bloom_ratio(0.1);
-        options.set_memtable_whole_key_filtering(true);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&self.block_cache);
-        table.set_bloom_filter(10.0, false);
+        if access == Access::Lookups {
+            // Most lookups are for orders not seen yet: a bloom filter on the memtables too, so a
+            // miss does not walk their skip lists (the SST files have theirs, below). Only here:
+            // each new memtable allocates and zeroes its filter, and with atomic flushes every
+            // column family switches memtables together (a tenth of the stream thread's time in
+            // the end-to-end bench when all four had one, docs/benchmarks.md, 2026-12-07).
+            options.set_memtable_prefix_bloom_ratio(0.1);
+            options.set_memtable_whole_key_filtering(true);
+            table.set_bloom_filter(10.0, false);
+        }
         table.set_cache_index_and_filter_blocks(true);
         // Filters and indexes in 4 KiB partitions, top levels pinned: a whole-file filter of a
         // large SST does not stay in a 1 MiB cache shard, and was read again by most multi-gets
@@ -138,6 +152,23 @@ impl StoreOptions {
         options
     }
 }
+
+/// How a column family is read, which sets its filters and memtable size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Point lookups by key, most of them misses (an order's state, a view's row): bloom filters
+    /// in the memtables and in the files.
+    Lookups,
+    /// Iterated in key order, never looked up (the timer index, the view's status index): no
+    /// filters.
+    Scans,
+    /// A few keys (a position, the outbox): no filters, and a small memtable, since a new one is
+    /// allocated at every flush of the store.
+    Small,
+}
+
+/// Memtable size of an [`Access::Small`] column family.
+const SMALL_WRITE_BUFFER_BYTES: usize = 1 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -169,11 +200,17 @@ pub(crate) fn store_size(db: &DB, families: &[&str], main: &str) -> StoreSize {
     size
 }
 
-pub(crate) fn open_db(path: &Path, options: &StoreOptions, families: &[&str]) -> Result<DB, StoreError> {
+pub(crate) fn open_db(
+    path: &Path,
+    options: &StoreOptions,
+    families: &[(&'static str, Access)],
+) -> Result<DB, StoreError> {
     let db_options = options.rocks_options();
-    let descriptors =
-        families.iter().map(|name| ColumnFamilyDescriptor::new(*name, options.rocks_options())).collect::<Vec<_>>();
-    DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|source| {
+    let descriptors = families
+        .iter()
+        .map(|(name, access)| ColumnFamilyDescriptor::new(*name, options.family_options(*access)))
+        .collect::<Vec<_>>();
+    let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|source| {
         // RocksDB's own words for a store another handle holds (PosixEnv::LockFile): "lock hold
         // by current process" within this process, "Resource temporarily unavailable" from
         // another.
@@ -183,7 +220,17 @@ pub(crate) fn open_db(path: &Path, options: &StoreOptions, families: &[&str]) ->
         } else {
             StoreError::Rocks { path: path.to_path_buf(), source }
         }
-    })
+    })?;
+    // The blocks of a file a flush writes go to the block cache as it is written: what was just
+    // written is what is read next (a timer fires two seconds after its order was placed, a
+    // confirmation follows its order), and without this each of those reads went to the file
+    // (docs/benchmarks.md, 2026-12-07). Not in the C API's table options; set by name.
+    for (name, _) in families {
+        let handle = cf(&db, path, name)?;
+        db.set_options_cf(handle, &[("block_based_table_factory", "{prepopulate_block_cache=kFlushOnly;}")])
+            .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
+    }
+    Ok(db)
 }
 
 pub(crate) fn cf<'a>(db: &'a DB, path: &Path, name: &'static str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
@@ -246,7 +293,13 @@ impl StoreBatch {
 impl OrderStore {
     pub fn open(path: &Path, options: &StoreOptions) -> Result<OrderStore, StoreError> {
         std::fs::create_dir_all(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
-        let db = open_db(path, options, &[CF_ORDERS, CF_TIMERS, CF_META, CF_OUTBOX])?;
+        let families = [
+            (CF_ORDERS, Access::Lookups),
+            (CF_TIMERS, Access::Scans),
+            (CF_META, Access::Small),
+            (CF_OUTBOX, Access::Small),
+        ];
+        let db = open_db(path, options, &families)?;
         Ok(OrderStore { db, path: path.to_path_buf() })
     }
 

@@ -127,3 +127,20 @@ fn state_survives_reopen() {
     assert_eq!(store.get("x").expect("get"), Some(s));
     assert_eq!(store.changelog_position().expect("position"), Some(100));
 }
+
+#[test]
+fn flushed_blocks_go_to_the_block_cache() {
+    // RocksDB writes the options in force to an OPTIONS file at each change: the table options
+    // set by name after the open must be there, for every column family.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
+    let latest = std::fs::read_dir(dir.path())
+        .expect("read the store's directory")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("OPTIONS-"))
+        .max_by_key(|e| e.file_name())
+        .expect("an OPTIONS file");
+    let text = std::fs::read_to_string(latest.path()).expect("read the OPTIONS file");
+    let set = text.matches("prepopulate_block_cache=kFlushOnly").count();
+    assert_eq!(set, 4, "set for orders, timers, meta and outbox (not RocksDB's own default family)");
+}

@@ -57,18 +57,13 @@ impl RecordCollector {
             .map_err(|e| RuntimeError::Encode { what: "an update", reason: e.to_string() })?;
         let key = output.update.order_id.as_str();
         let span = parent.map_or_else(TraceParent::root, TraceParent::child);
-        crate::otel::span(
-            "decide",
-            opentelemetry::trace::SpanKind::Consumer,
-            &span,
-            parent,
-            started,
+        crate::otel::span("decide", opentelemetry::trace::SpanKind::Consumer, &span, parent, started, || {
             vec![
                 opentelemetry::KeyValue::new("order_id", output.update.order_id.clone()),
                 opentelemetry::KeyValue::new("version", output.update.version as i64),
                 opentelemetry::KeyValue::new("trigger", format!("{:?}", output.update.trigger)),
-            ],
-        );
+            ]
+        });
         let traceparent = span.to_string();
         let headers =
             OwnedHeaders::new_with_capacity(1).insert(Header { key: TRACEPARENT, value: Some(traceparent.as_bytes()) });

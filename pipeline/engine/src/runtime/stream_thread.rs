@@ -502,7 +502,7 @@ impl Engine {
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT).and_then(|h| h.value))
             .and_then(TraceParent::from_bytes);
-        let trace_id = trace.as_ref().map(TraceParent::trace_id).unwrap_or_default();
+        let trace_id = wire::trace::TraceId(trace.as_ref().map(|t| t.trace_id));
         match self.config.codec.decode_command(message.key(), message.payload()) {
             Ok(envelope) => {
                 self.metrics.commands_kafka.inc();

@@ -68,6 +68,9 @@ pub struct Task {
     /// [`Task::prefetch`]; each is taken by the first command of its order, and what is left is
     /// dropped at the end of the batch ([`Task::end_batch`]).
     prefetched: HashMap<String, Option<OrderState>>,
+    /// The map of the last layer written, emptied, for the next transaction to write into: a
+    /// new map grew to a transaction's size again each time, on freshly faulted pages.
+    spare: HashMap<String, Pending>,
 }
 
 /// What a command read from `orders` produced, in the order it goes out.
@@ -112,6 +115,7 @@ impl Task {
             next_input_offset: None,
             outbox,
             prefetched: HashMap::new(),
+            spare: HashMap::new(),
         })
     }
 
@@ -236,7 +240,8 @@ impl Task {
     /// written or dropped when its transaction settled: a transaction closes only then.)
     pub fn seal(&mut self) {
         debug_assert!(self.sealed.is_empty(), "a transaction closed before the previous one settled");
-        let open = std::mem::take(&mut self.open);
+        let next = Layer { pending: std::mem::take(&mut self.spare), ..Layer::default() };
+        let open = std::mem::replace(&mut self.open, next);
         let sealed = std::mem::replace(&mut self.sealed, open);
         // Should the debug assertion not hold, keep the older writes rather than lose them.
         for (order_id, pending) in sealed.pending {
@@ -294,14 +299,17 @@ impl Task {
     /// The order's state as the open transaction sees it (a copy only when the write-back cache
     /// holds it; a committed state is decoded fresh), and the timer of the state the open
     /// transaction's write replaces in RocksDB once the sealed one is written.
-    fn current(&self, order_id: &str) -> Result<(Option<OrderState>, Option<Timer>), StoreError> {
+    fn current(&mut self, order_id: &str) -> Result<(Option<OrderState>, Option<Timer>), StoreError> {
         if let Some(p) = self.open.pending.get(order_id) {
             return Ok((Some(p.state.clone()), p.committed_timer));
         }
         match self.sealed.pending.get(order_id) {
             Some(p) => Ok((Some(p.state.clone()), p.state.timer)),
             None => {
-                let committed = self.store.get(order_id)?;
+                let committed = match self.prefetched.remove(order_id) {
+                    Some(prefetched) => prefetched,
+                    None => self.store.get(order_id)?,
+                };
                 let timer = committed.as_ref().and_then(|s| s.timer);
                 Ok((committed, timer))
             }
@@ -359,6 +367,10 @@ impl Task {
             return Ok(out);
         }
         out.extend(self.drain_outbox(rules, now_ms)?);
+        // The committed states of the due orders in one multi-get, as for a batch of records:
+        // looked up one by one, they were a quarter of the stream thread's time in the
+        // end-to-end bench (docs/benchmarks.md, 2026-12-07).
+        self.prefetch(due.iter().map(|id| id.as_bytes()))?;
         for order_id in due {
             let (Some(mut state), committed_timer) = self.current(&order_id)? else { continue };
             let previous_timer = state.timer;
@@ -366,6 +378,7 @@ impl Task {
                 out.push(self.take(state, update, previous_timer, committed_timer)?);
             }
         }
+        self.end_batch();
         Ok(out)
     }
 
@@ -390,6 +403,9 @@ impl Task {
         for seq in sealed.outbox {
             self.outbox.remove(&seq);
         }
+        let mut pending = sealed.pending;
+        pending.clear();
+        self.spare = pending;
         Ok(written)
     }
 
