@@ -8,8 +8,11 @@
 //! Column families:
 //! - `orders`: order id -> [`OrderState`] (the same bytes as the changelog record value, see
 //!   [`crate::encoding`]);
-//! - `timers`: due time (big-endian milliseconds) ++ order id -> empty, an index of the timers the
-//!   states carry, so a task finds what is due without scanning every order;
+//! - `timers`: no longer written. Builds before 2026-12-07 kept an index of the states' timers
+//!   there; the timers now live in memory only ([`OrderStore::timers`] reads them from the states
+//!   when a task opens), which spares two memtable writes per changed order. The family stays so
+//!   that stores written by earlier builds open; what it holds is ignored. (A store written by
+//!   this build and opened by an earlier one would miss its timers: no downgrade.)
 //! - `meta`: `changelog-position` -> next changelog offset to read (big-endian i64);
 //! - `outbox`: sequence number (big-endian u64) -> [`OutboxEntry`]: decisions taken over HTTP
 //!   while Kafka was unreachable. Their states are already in `orders`; the entries wait to be
@@ -37,7 +40,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 pub use crate::encoding::{decode_state, encode_state};
-use crate::order::{CommandEnvelope, OrderState, OrderUpdate, Timer};
+use crate::order::{CommandEnvelope, OrderState, OrderUpdate};
 
 /// A decision taken over HTTP, waiting to be published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,11 +162,11 @@ pub(crate) enum Access {
     /// Point lookups by key, most of them misses (an order's state, a view's row): bloom filters
     /// in the memtables and in the files.
     Lookups,
-    /// Iterated in key order, never looked up (the timer index, the view's status index): no
-    /// filters.
+    /// Iterated in key order, never looked up (the view's status index, the catalogue's rows):
+    /// no filters.
     Scans,
-    /// A few keys (a position, the outbox): no filters, and a small memtable, since a new one is
-    /// allocated at every flush of the store.
+    /// A few keys (a position, the outbox, the timer index earlier builds wrote): no filters,
+    /// and a small memtable, since a new one is allocated at every flush of the store.
     Small,
 }
 
@@ -237,13 +240,6 @@ pub(crate) fn cf<'a>(db: &'a DB, path: &Path, name: &'static str) -> Result<&'a 
     db.cf_handle(name).ok_or_else(|| StoreError::MissingColumnFamily { path: path.to_path_buf(), name })
 }
 
-fn timer_key(timer: &Timer, order_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(8 + order_id.len());
-    key.extend_from_slice(&timer.due_ms.to_be_bytes());
-    key.extend_from_slice(order_id.as_bytes());
-    key
-}
-
 /// The committed state of one task.
 pub struct OrderStore {
     db: DB,
@@ -295,7 +291,7 @@ impl OrderStore {
         std::fs::create_dir_all(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
         let families = [
             (CF_ORDERS, Access::Lookups),
-            (CF_TIMERS, Access::Scans),
+            (CF_TIMERS, Access::Small),
             (CF_META, Access::Small),
             (CF_OUTBOX, Access::Small),
         ];
@@ -355,19 +351,23 @@ impl OrderStore {
         Ok(value.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(i64::from_be_bytes))
     }
 
-    /// Every pending timer, earliest first.
+    /// Every pending timer, earliest first, read from the states (a scan of the store: when a
+    /// task opens, and after a restore or an abort changed the store underneath).
     pub fn timers(&self) -> Result<Vec<(u64, String)>, StoreError> {
-        let cf = self.cf(CF_TIMERS)?;
+        let cf = self.cf(CF_ORDERS)?;
         let mut out = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (key, _) = item.map_err(|e| self.err(e))?;
-            if key.len() < 8 {
-                continue;
+            let (key, value) = item.map_err(|e| self.err(e))?;
+            let state = decode_state(&value).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason: e.to_string(),
+            })?;
+            if let Some(timer) = state.timer {
+                out.push((timer.due_ms, state.order_id));
             }
-            let (due, id) = key.split_at(8);
-            let due = u64::from_be_bytes(due.try_into().unwrap_or([0; 8]));
-            out.push((due, String::from_utf8_lossy(id).into_owned()));
         }
+        out.sort_unstable();
         Ok(out)
     }
 
@@ -416,34 +416,15 @@ impl OrderStore {
     }
 
     /// Adds a new state to `batch`. `encoded` is [`encode_state`] of `state` (the changelog
-    /// record value, encoded once); `old_timer` is the timer of the state it replaces, so the
-    /// index drops it.
-    pub fn put(
-        &self,
-        batch: &mut StoreBatch,
-        state: &OrderState,
-        encoded: &[u8],
-        old_timer: Option<Timer>,
-    ) -> Result<(), StoreError> {
-        let timers = self.cf(CF_TIMERS)?;
-        if old_timer != state.timer {
-            if let Some(old) = old_timer {
-                batch.batch.delete_cf(timers, timer_key(&old, &state.order_id));
-            }
-            if let Some(new) = state.timer {
-                batch.batch.put_cf(timers, timer_key(&new, &state.order_id), []);
-            }
-        }
+    /// record value, encoded once).
+    pub fn put(&self, batch: &mut StoreBatch, state: &OrderState, encoded: &[u8]) -> Result<(), StoreError> {
         batch.batch.put_cf(self.cf(CF_ORDERS)?, state.order_id.as_bytes(), encoded);
         batch.puts += 1;
         Ok(())
     }
 
     /// Adds the deletion of an order (a changelog tombstone) to `batch`.
-    pub fn delete(&self, batch: &mut StoreBatch, order_id: &str, old_timer: Option<Timer>) -> Result<(), StoreError> {
-        if let Some(old) = old_timer {
-            batch.batch.delete_cf(self.cf(CF_TIMERS)?, timer_key(&old, order_id));
-        }
+    pub fn delete(&self, batch: &mut StoreBatch, order_id: &str) -> Result<(), StoreError> {
         batch.batch.delete_cf(self.cf(CF_ORDERS)?, order_id.as_bytes());
         batch.puts += 1;
         Ok(())
@@ -467,17 +448,16 @@ impl OrderStore {
     /// Returns how many records were read.
     pub fn restore(&self, records: &[(Vec<u8>, Option<Vec<u8>>)], next_position: i64) -> Result<usize, StoreError> {
         let mut batch = StoreBatch::new();
-        // State as this batch leaves it, for keys it touched twice: (version, timer).
-        let mut in_batch: HashMap<&[u8], Option<(u64, Option<Timer>)>> = HashMap::new();
+        // The version this batch leaves, for keys it touched twice.
+        let mut in_batch: HashMap<&[u8], Option<u64>> = HashMap::new();
         let mut outbox = if records.is_empty() { Vec::new() } else { self.outbox()? };
         let mut changed_entries = std::collections::BTreeSet::new();
         for (key, value) in records {
             let order_id = String::from_utf8_lossy(key);
             let current = match in_batch.get(key.as_slice()) {
                 Some(current) => *current,
-                None => self.get(&order_id)?.map(|s| (s.version, s.timer)),
+                None => self.get(&order_id)?.map(|s| s.version),
             };
-            let old_timer = current.and_then(|(_, timer)| timer);
             match value {
                 Some(bytes) => {
                     let state = decode_state(bytes).map_err(|e| StoreError::Corrupt {
@@ -507,14 +487,14 @@ impl OrderStore {
                             }
                         }
                     }
-                    if !other_history && current.is_some_and(|(version, _)| version > state.version) {
+                    if !other_history && current.is_some_and(|version| version > state.version) {
                         continue;
                     }
-                    self.put(&mut batch, &state, bytes, old_timer)?;
-                    in_batch.insert(key.as_slice(), Some((state.version, state.timer)));
+                    self.put(&mut batch, &state, bytes)?;
+                    in_batch.insert(key.as_slice(), Some(state.version));
                 }
                 None => {
-                    self.delete(&mut batch, &order_id, old_timer)?;
+                    self.delete(&mut batch, &order_id)?;
                     in_batch.insert(key.as_slice(), None);
                 }
             }

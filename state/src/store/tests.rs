@@ -1,5 +1,5 @@
 use super::*;
-use crate::order::{OrderStatus, TimerKind};
+use crate::order::{OrderStatus, Timer, TimerKind};
 
 fn state(id: &str, version: u64, timer: Option<Timer>) -> OrderState {
     OrderState { version, status: Some(OrderStatus::Accepted), timer, ..OrderState::new(id) }
@@ -24,18 +24,18 @@ fn batch_writes_state_timers_and_position_together() {
     let t1 = Timer { kind: TimerKind::Prepare, due_ms: 10 };
     let s = state("a", 1, Some(t1));
     let mut batch = StoreBatch::new();
-    store.put(&mut batch, &s, &encode_state(&s).expect("encode"), None).expect("put");
+    store.put(&mut batch, &s, &encode_state(&s).expect("encode")).expect("put");
     batch.set_position(7);
     store.write(batch).expect("write");
     assert_eq!(store.get("a").expect("get"), Some(s.clone()));
     assert_eq!(store.timers().expect("timers"), vec![(10, "a".to_string())]);
     assert_eq!(store.changelog_position().expect("position"), Some(7));
 
-    // Moving the timer replaces its index entry.
+    // Moving the timer moves it in what the states say.
     let t2 = Timer { kind: TimerKind::Ship, due_ms: 20 };
     let s2 = state("a", 2, Some(t2));
     let mut batch = StoreBatch::new();
-    store.put(&mut batch, &s2, &encode_state(&s2).expect("encode"), Some(t1)).expect("put");
+    store.put(&mut batch, &s2, &encode_state(&s2).expect("encode")).expect("put");
     store.write(batch).expect("write");
     assert_eq!(store.timers().expect("timers"), vec![(20, "a".to_string())]);
     assert_eq!(store.changelog_position().expect("position"), Some(7));
@@ -83,7 +83,7 @@ fn restore_never_goes_back_and_drops_published_outbox_entries() {
     let mut batch = StoreBatch::new();
     for v in [3, 4] {
         let s = state("a", v, None);
-        store.put(&mut batch, &s, &encode_state(&s).expect("encode"), None).expect("put");
+        store.put(&mut batch, &s, &encode_state(&s).expect("encode")).expect("put");
         let entry = OutboxEntry { update: update(v), state: s, command: None, superseded: false };
         store.put_outbox(&mut batch, v, &entry).expect("outbox");
     }
@@ -119,7 +119,7 @@ fn state_survives_reopen() {
     {
         let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
         let mut batch = StoreBatch::new();
-        store.put(&mut batch, &s, &encode_state(&s).expect("encode"), None).expect("put");
+        store.put(&mut batch, &s, &encode_state(&s).expect("encode")).expect("put");
         batch.set_position(100);
         store.write(batch).expect("write");
     }
@@ -143,4 +143,27 @@ fn flushed_blocks_go_to_the_block_cache() {
     let text = std::fs::read_to_string(latest.path()).expect("read the OPTIONS file");
     let set = text.matches("prepopulate_block_cache=kFlushOnly").count();
     assert_eq!(set, 4, "set for orders, timers, meta and outbox (not RocksDB's own default family)");
+}
+
+#[test]
+fn the_timer_index_earlier_builds_wrote_is_ignored() {
+    // A store written before 2026-12-07 has a `timers` family of (due ++ order id) keys; the
+    // timers are now read from the states, so an entry left there (here one whose state has
+    // none) fires nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = OrderStore::open(dir.path(), &StoreOptions::default()).expect("open");
+    let s = state("a", 3, None);
+    let mut batch = StoreBatch::new();
+    store.put(&mut batch, &s, &encode_state(&s).expect("encode")).expect("put");
+    let mut stale = 10u64.to_be_bytes().to_vec();
+    stale.extend_from_slice(b"a");
+    batch.batch.put_cf(store.cf(CF_TIMERS).expect("timers family"), stale, []);
+    store.write(batch).expect("write");
+    let b = state("b", 1, Some(Timer { kind: TimerKind::Prepare, due_ms: 30 }));
+    let c = state("c", 1, Some(Timer { kind: TimerKind::Prepare, due_ms: 20 }));
+    let mut batch = StoreBatch::new();
+    store.put(&mut batch, &b, &encode_state(&b).expect("encode")).expect("put");
+    store.put(&mut batch, &c, &encode_state(&c).expect("encode")).expect("put");
+    store.write(batch).expect("write");
+    assert_eq!(store.timers().expect("timers"), vec![(20, "c".to_string()), (30, "b".to_string())]);
 }

@@ -30,8 +30,6 @@ pub struct Output {
 struct Pending {
     state: OrderState,
     encoded: Bytes,
-    /// The timer of the committed state this one replaces, for the store's timer index.
-    committed_timer: Option<Timer>,
 }
 
 /// The writes of one transaction, not yet in RocksDB.
@@ -192,7 +190,7 @@ impl Task {
         let mut batch = StoreBatch::new();
         // The only copy of this decision until Kafka has it: through the log, synced.
         batch.make_durable();
-        self.store.put(&mut batch, &entry.state, &encode_state(&entry.state)?, old_timer)?;
+        self.store.put(&mut batch, &entry.state, &encode_state(&entry.state)?)?;
         self.store.put_outbox(&mut batch, seq, &entry)?;
         self.store.write(batch)?;
         self.timers.replace(&entry.state.order_id, old_timer, entry.state.timer);
@@ -278,7 +276,6 @@ impl Task {
         state: OrderState,
         update: OrderUpdate,
         previous_timer: Option<Timer>,
-        committed_timer: Option<Timer>,
     ) -> Result<Output, StoreError> {
         let encoded = Bytes::from(encode_state(&state)?);
         self.open.changelog_records += 1;
@@ -290,29 +287,21 @@ impl Task {
                 pending.encoded = encoded;
             }
             None => {
-                self.open.pending.insert(state.order_id.clone(), Pending { state, encoded, committed_timer });
+                self.open.pending.insert(state.order_id.clone(), Pending { state, encoded });
             }
         }
         Ok(output)
     }
 
     /// The order's state as the open transaction sees it (a copy only when the write-back cache
-    /// holds it; a committed state is decoded fresh), and the timer of the state the open
-    /// transaction's write replaces in RocksDB once the sealed one is written.
-    fn current(&mut self, order_id: &str) -> Result<(Option<OrderState>, Option<Timer>), StoreError> {
-        if let Some(p) = self.open.pending.get(order_id) {
-            return Ok((Some(p.state.clone()), p.committed_timer));
+    /// holds it; a committed state is decoded fresh).
+    fn current(&mut self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
+        if let Some(p) = self.open.pending.get(order_id).or_else(|| self.sealed.pending.get(order_id)) {
+            return Ok(Some(p.state.clone()));
         }
-        match self.sealed.pending.get(order_id) {
-            Some(p) => Ok((Some(p.state.clone()), p.state.timer)),
-            None => {
-                let committed = match self.prefetched.remove(order_id) {
-                    Some(prefetched) => prefetched,
-                    None => self.store.get(order_id)?,
-                };
-                let timer = committed.as_ref().and_then(|s| s.timer);
-                Ok((committed, timer))
-            }
+        match self.prefetched.remove(order_id) {
+            Some(prefetched) => Ok(prefetched),
+            None => self.store.get(order_id),
         }
     }
 
@@ -332,9 +321,8 @@ impl Task {
             let previous_timer = pending.state.timer;
             let mut state = std::mem::replace(&mut pending.state, OrderState::new(String::new()));
             let update = decide_in_place(&mut state, envelope, rules, now_ms);
-            let committed_timer = pending.committed_timer;
             return match update {
-                Some(update) => self.take(state, update, previous_timer, committed_timer).map(Some),
+                Some(update) => self.take(state, update, previous_timer).map(Some),
                 None => {
                     pending.state = state;
                     Ok(None)
@@ -350,10 +338,10 @@ impl Task {
                 None => self.store.get(&envelope.order_id)?,
             },
         };
-        let committed_timer = committed.as_ref().and_then(|s| s.timer);
+        let previous_timer = committed.as_ref().and_then(|s| s.timer);
         let mut state = committed.unwrap_or_else(|| OrderState::new(envelope.order_id.clone()));
         match decide_in_place(&mut state, envelope, rules, now_ms) {
-            Some(update) => self.take(state, update, committed_timer, committed_timer).map(Some),
+            Some(update) => self.take(state, update, previous_timer).map(Some),
             None => Ok(None),
         }
     }
@@ -372,10 +360,10 @@ impl Task {
         // end-to-end bench (docs/benchmarks.md, 2026-12-07).
         self.prefetch(due.iter().map(|id| id.as_bytes()))?;
         for order_id in due {
-            let (Some(mut state), committed_timer) = self.current(&order_id)? else { continue };
+            let Some(mut state) = self.current(&order_id)? else { continue };
             let previous_timer = state.timer;
             if let Some(update) = fire_timer_in_place(&mut state, rules, now_ms) {
-                out.push(self.take(state, update, previous_timer, committed_timer)?);
+                out.push(self.take(state, update, previous_timer)?);
             }
         }
         self.end_batch();
@@ -389,7 +377,7 @@ impl Task {
         let sealed = std::mem::take(&mut self.sealed);
         let mut batch = StoreBatch::new();
         for pending in sealed.pending.values() {
-            self.store.put(&mut batch, &pending.state, &pending.encoded, pending.committed_timer)?;
+            self.store.put(&mut batch, &pending.state, &pending.encoded)?;
         }
         for seq in &sealed.outbox {
             self.store.delete_outbox(&mut batch, *seq)?;
