@@ -354,15 +354,9 @@ impl OrderStore {
     /// Every pending timer, earliest first, read from the states (a scan of the store: when a
     /// task opens, and after a restore or an abort changed the store underneath).
     pub fn timers(&self) -> Result<Vec<(u64, String)>, StoreError> {
-        let cf = self.cf(CF_ORDERS)?;
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (key, value) = item.map_err(|e| self.err(e))?;
-            let state = decode_state(&value).map_err(|e| StoreError::Corrupt {
-                path: self.path.clone(),
-                key: String::from_utf8_lossy(&key).into_owned(),
-                reason: e.to_string(),
-            })?;
+        for state in self.states()? {
+            let state = state?;
             if let Some(timer) = state.timer {
                 out.push((timer.due_ms, state.order_id));
             }
@@ -511,17 +505,20 @@ impl OrderStore {
 
     /// Every stored state (for checks and tools; not on the hot path).
     pub fn all(&self) -> Result<Vec<OrderState>, StoreError> {
+        self.states()?.collect()
+    }
+
+    /// Every stored state, decoded one at a time, in key order.
+    fn states(&self) -> Result<impl Iterator<Item = Result<OrderState, StoreError>> + '_, StoreError> {
         let cf = self.cf(CF_ORDERS)?;
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+        Ok(self.db.iterator_cf(cf, IteratorMode::Start).map(|item| {
             let (key, value) = item.map_err(|e| self.err(e))?;
-            out.push(decode_state(&value).map_err(|e| StoreError::Corrupt {
+            decode_state(&value).map_err(|e| StoreError::Corrupt {
                 path: self.path.clone(),
                 key: String::from_utf8_lossy(&key).into_owned(),
                 reason: e.to_string(),
-            })?);
-        }
-        Ok(out)
+            })
+        }))
     }
 }
 

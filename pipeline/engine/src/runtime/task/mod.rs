@@ -329,15 +329,9 @@ impl Task {
                 }
             };
         }
-        // In the sealed layer (written by the transaction that is committing): decided on a copy,
-        // which replaces the sealed state once that is written.
-        let committed = match self.sealed.pending.get(&envelope.order_id) {
-            Some(sealed) => Some(sealed.state.clone()),
-            None => match self.prefetched.remove(&envelope.order_id) {
-                Some(prefetched) => prefetched,
-                None => self.store.get(&envelope.order_id)?,
-            },
-        };
+        // Otherwise decided on a copy of the sealed layer's state (written by the transaction that
+        // is committing, replaced once that is written), or of the committed one.
+        let committed = self.current(&envelope.order_id)?;
         let previous_timer = committed.as_ref().and_then(|s| s.timer);
         let mut state = committed.unwrap_or_else(|| OrderState::new(envelope.order_id.clone()));
         match decide_in_place(&mut state, envelope, rules, now_ms) {
