@@ -398,18 +398,31 @@ impl ViewStore {
             entry.1 = Some(update.clone());
             entry.2 = true;
         }
+        // Keys in order within each column family: RocksDB's memtable (a skip list) inserts a key
+        // next to the previous one from where that one landed; a random order climbs the list
+        // from its top each time.
         let mut batch = WriteBatch::default();
-        for (order_id, (committed_status, row, changed)) in &rows {
-            let (Some(row), true) = (row, changed) else { continue };
+        let mut index_changes: Vec<(Vec<u8>, bool)> = Vec::new();
+        for order_id in &ids {
+            let Some((committed_status, Some(row), true)) = rows.get(order_id) else { continue };
             if let Some(old) = committed_status.filter(|old| Some(*old) != row.status) {
-                batch.delete_cf(index, status_key(old, order_id));
+                index_changes.push((status_key(old, order_id), false));
             }
             if let Some(new) = row.status {
-                batch.put_cf(index, status_key(new, order_id), []);
+                index_changes.push((status_key(new, order_id), true));
             }
             let encoded = crate::encoding::encode_row(row)
                 .map_err(|e| StoreError::Encode { what: "a view row", reason: e.to_string() })?;
             batch.put_cf(orders, order_id.as_bytes(), encoded);
+        }
+        // Each key at most once (an order leaves one status for another), so the order is free.
+        index_changes.sort_unstable();
+        for (key, put) in index_changes {
+            if put {
+                batch.put_cf(index, key, []);
+            } else {
+                batch.delete_cf(index, key);
+            }
         }
         for (partition, offset) in &next_offsets {
             batch.put_cf(meta, offset_key(*partition), (*offset as u64).to_be_bytes());

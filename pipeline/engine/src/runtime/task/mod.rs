@@ -369,8 +369,15 @@ impl Task {
     /// changelog partition, the position stays), in one batch.
     pub fn flush(&mut self, next_changelog_offset: Option<i64>) -> Result<usize, StoreError> {
         let sealed = std::mem::take(&mut self.sealed);
-        let mut batch = StoreBatch::new();
-        for pending in sealed.pending.values() {
+        // In key order: RocksDB's memtable (a skip list) inserts a key next to the previous one
+        // from where that one landed, and a random order climbs the list from its top each time.
+        let mut states: Vec<&Pending> = sealed.pending.values().collect();
+        states.sort_unstable_by(|a, b| a.state.order_id.cmp(&b.state.order_id));
+        // The states, the outbox entries' keys (8 bytes), the position (a key and 8 bytes).
+        let payload: usize = states.iter().map(|p| p.state.order_id.len() + p.encoded.len()).sum();
+        let records = states.len() + sealed.outbox.len() + 1;
+        let mut batch = StoreBatch::with_capacity(records, payload + 8 * sealed.outbox.len() + 32);
+        for pending in states {
             self.store.put(&mut batch, &pending.state, &pending.encoded)?;
         }
         for seq in &sealed.outbox {
