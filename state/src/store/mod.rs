@@ -327,12 +327,17 @@ impl OrderStore {
         let cf = self.cf(CF_ORDERS)?;
         match self.db.get_pinned_cf(cf, order_id.as_bytes()).map_err(|e| self.err(e))? {
             None => Ok(None),
-            Some(bytes) => decode_state(&bytes).map(Some).map_err(|e| StoreError::Corrupt {
-                path: self.path.clone(),
-                key: order_id.to_string(),
-                reason: e.to_string(),
-            }),
+            Some(bytes) => self.decode(order_id, &bytes).map(Some),
         }
+    }
+
+    /// Decodes a state read from the store, a failure naming the store and the key.
+    fn decode(&self, order_id: &str, bytes: &[u8]) -> Result<OrderState, StoreError> {
+        decode_state(bytes).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            key: order_id.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// The states of several orders at once (RocksDB's batched multi-get: one pass over the
@@ -346,11 +351,7 @@ impl OrderStore {
             .zip(found)
             .map(|(id, found)| match found.map_err(|e| self.err(e))? {
                 None => Ok(None),
-                Some(bytes) => decode_state(&bytes).map(Some).map_err(|e| StoreError::Corrupt {
-                    path: self.path.clone(),
-                    key: id.to_string(),
-                    reason: e.to_string(),
-                }),
+                Some(bytes) => self.decode(id, &bytes).map(Some),
             })
             .collect()
     }
