@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use engine::kafka::KafkaArgs;
+use engine::kafka::{KafkaArgs, ReadToEndContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -31,7 +31,8 @@ pub fn read_to_end(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = kafka.finish(config).create().context("creating the reader")?;
+    let consumer: BaseConsumer<ReadToEndContext> =
+        kafka.finish(config).create_with_context(ReadToEndContext).context("creating the reader")?;
     let partitions = engine::admin::partition_count(kafka, topic, Duration::from_secs(30))?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {

@@ -4,6 +4,9 @@
 use std::time::Duration;
 
 use clap::Args;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 
 /// How to reach the Kafka cluster.
@@ -129,7 +132,7 @@ impl KafkaArgs {
             }
             // Serve the client's events: authentication failures arrive as errors there.
             if let Some(Err(err)) = client.poll(Duration::from_millis(50)) {
-                rdkafka::client::ClientContext::error(client.context().as_ref(), err, "");
+                ClientContext::error(client.context().as_ref(), err, "");
             }
             let errors = seen.lock().map(|e| e.clone()).unwrap_or_default();
             if let Some(reason) = errors.iter().find(|(auth, _)| *auth).map(|(_, r)| r.clone()) {
@@ -170,8 +173,8 @@ pub enum ConnectError {
 /// failure, reason). Reasons never contain the password.
 struct ErrorCapture(std::sync::Arc<std::sync::Mutex<Vec<(bool, String)>>>);
 
-impl rdkafka::client::ClientContext for ErrorCapture {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+impl ClientContext for ErrorCapture {
+    fn error(&self, error: KafkaError, reason: &str) {
         use rdkafka::types::RDKafkaErrorCode;
         let auth = matches!(
             error.rdkafka_error_code(),
@@ -201,7 +204,26 @@ impl ErrorCapture {
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for ErrorCapture {}
+impl ConsumerContext for ErrorCapture {}
 
 /// How long to wait for Kafka in blocking admin and transactional calls.
 pub const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The context of a consumer that reads partitions to their end with `enable.partition.eof`
+/// (restores, standby copies, global tables, checkers). librdkafka reports each end reached as an
+/// event, and rust-rdkafka also hands it to the client's error callback, as a global error
+/// (fede1024/rust-rdkafka#820), where the default context logs it at error level: "Global
+/// error: PartitionEOF". The end of a partition is not an error; other errors are logged.
+pub struct ReadToEndContext;
+
+impl ClientContext for ReadToEndContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
+        if !eof {
+            tracing::warn!(%error, reason, "Kafka consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for ReadToEndContext {}

@@ -18,7 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use state::{decode_command, InvalidCommand};
 
-use engine::kafka::{KafkaArgs, KAFKA_CALL_TIMEOUT};
+use engine::kafka::{KafkaArgs, ReadToEndContext, KAFKA_CALL_TIMEOUT};
 use wire::dlq::headers;
 
 /// The header a replayed record carries: `<dead-letter topic>/<partition>/<offset>`.
@@ -90,14 +90,14 @@ impl DeadLetter {
     }
 }
 
-fn reader(kafka: &KafkaArgs) -> Result<BaseConsumer, DeadLetterError> {
+fn reader(kafka: &KafkaArgs) -> Result<BaseConsumer<ReadToEndContext>, DeadLetterError> {
     let mut config = kafka.base();
     config
         .set("group.id", "dead-letter-reader")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true");
-    kafka.finish(config).create().map_err(self::kafka("creating a dead-letter reader"))
+    kafka.finish(config).create_with_context(ReadToEndContext).map_err(self::kafka("creating a dead-letter reader"))
 }
 
 fn to_letter(message: &impl Message) -> DeadLetter {

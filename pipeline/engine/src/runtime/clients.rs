@@ -9,8 +9,8 @@ use rdkafka::ClientConfig;
 use wire::MAX_MESSAGE_BYTES;
 
 use super::producer::KafkaProducer;
-use super::restore::RestoreContext;
 use super::{KafkaContext, RuntimeError, StreamConfig};
+use crate::kafka::ReadToEndContext;
 use crate::kafka::KAFKA_CALL_TIMEOUT;
 
 /// The consumer of `orders`: a member of the application's group, reading committed records
@@ -39,7 +39,7 @@ pub fn main_consumer<C: ConsumerContext>(config: &StreamConfig, context: C) -> R
 
 /// The consumer restores and standby copies read changelog partitions with (no group
 /// membership: it assigns).
-pub fn restore_consumer(config: &StreamConfig, role: &str) -> Result<BaseConsumer<RestoreContext>, RuntimeError> {
+pub fn restore_consumer(config: &StreamConfig, role: &str) -> Result<BaseConsumer<ReadToEndContext>, RuntimeError> {
     let mut r = config.kafka.base();
     r.set("client.id", format!("{}-{role}-consumer", config.transactional_id()))
         .set("group.id", format!("{}-{role}", config.application_id))
@@ -48,24 +48,24 @@ pub fn restore_consumer(config: &StreamConfig, role: &str) -> Result<BaseConsume
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "20");
-    config.kafka.finish(r).create_with_context(RestoreContext).context("creating the restore consumer")
+    config.kafka.finish(r).create_with_context(ReadToEndContext).context("creating the restore consumer")
 }
 
 /// A client that only asks for high watermarks: `read_uncommitted`, so that the end it is told
 /// includes the records of transactions still open (a `read_committed` client is told the last
 /// stable offset). A restore compares the two ([`super::restore`]).
-pub fn watermarks_client(config: &StreamConfig) -> Result<BaseConsumer<RestoreContext>, RuntimeError> {
+pub fn watermarks_client(config: &StreamConfig) -> Result<BaseConsumer<ReadToEndContext>, RuntimeError> {
     let mut c = config.kafka.base();
     c.set("client.id", format!("{}-watermarks", config.transactional_id()))
         .set("group.id", format!("{}-watermarks", config.application_id))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_uncommitted");
-    config.kafka.finish(c).create_with_context(RestoreContext).context("creating the watermarks client")
+    config.kafka.finish(c).create_with_context(ReadToEndContext).context("creating the watermarks client")
 }
 
 /// The consumer that tails the changelog into the standby copies (no group; never waits for a
 /// partition's end).
-pub fn standby_consumer(config: &StreamConfig) -> Result<BaseConsumer<RestoreContext>, RuntimeError> {
+pub fn standby_consumer(config: &StreamConfig) -> Result<BaseConsumer<ReadToEndContext>, RuntimeError> {
     let mut c = config.kafka.base();
     c.set("client.id", format!("{}-standby-consumer", config.transactional_id()))
         .set("group.id", format!("{}-standby", config.application_id))
@@ -74,7 +74,7 @@ pub fn standby_consumer(config: &StreamConfig) -> Result<BaseConsumer<RestoreCon
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100");
-    config.kafka.finish(c).create_with_context(RestoreContext).context("creating the standby consumer")
+    config.kafka.finish(c).create_with_context(ReadToEndContext).context("creating the standby consumer")
 }
 
 fn producer_config(config: &StreamConfig, transactional_id: &str) -> ClientConfig {

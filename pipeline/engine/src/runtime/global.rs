@@ -40,8 +40,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use state::StoreError;
 use wire::dlq::headers;
 
-use super::restore::RestoreContext;
 use super::{KafkaContext, RuntimeError};
+use crate::kafka::ReadToEndContext;
 use crate::kafka::{KafkaArgs, KAFKA_CALL_TIMEOUT};
 
 /// One record of the global topic, as read.
@@ -300,7 +300,7 @@ struct Owned {
 
 struct Reader {
     topic: String,
-    consumer: BaseConsumer<RestoreContext>,
+    consumer: BaseConsumer<ReadToEndContext>,
     dead_letters: FutureProducer,
     dead_letter_topic: String,
     last_error: Option<Instant>,
@@ -318,10 +318,10 @@ impl Reader {
             // A stored position off the topic is reported, not silently replaced.
             .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", "100");
-        let consumer: BaseConsumer<RestoreContext> = config
+        let consumer: BaseConsumer<ReadToEndContext> = config
             .kafka
             .finish(c)
-            .create_with_context(RestoreContext)
+            .create_with_context(ReadToEndContext)
             .context(format!("creating the consumer of {}", config.topic))?;
         let mut p = config.kafka.base();
         p.set("client.id", format!("{}-global-dlq", config.client_id))

@@ -21,31 +21,14 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::task::Task;
 use super::RuntimeError;
 use crate::kafka::KAFKA_CALL_TIMEOUT;
-
-/// The restore consumer's context: reaching the end of a partition is what a restore waits for,
-/// not an error worth a log line.
-pub struct RestoreContext;
-
-impl ClientContext for RestoreContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(error, KafkaError::PartitionEOF(_))
-            || matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
-        if !eof {
-            tracing::warn!(%error, reason, "restore consumer error");
-        }
-    }
-}
-
-impl ConsumerContext for RestoreContext {}
 
 /// Records applied to RocksDB per batch during a restore.
 const RESTORE_BATCH: usize = 5_000;

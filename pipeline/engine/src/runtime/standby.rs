@@ -22,8 +22,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use state::{OrderStore, StoreOptions};
 
-use super::restore::RestoreContext;
 use super::{KafkaContext, RuntimeError, StreamConfig};
+use crate::kafka::ReadToEndContext;
 
 /// Changelog records (key, value; `None` a tombstone) read for one partition.
 type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
@@ -34,7 +34,7 @@ const MAX_PER_POLL: usize = 2_000;
 /// The standby copies of one instance, and the consumer that feeds them.
 pub struct Standbys {
     changelog: String,
-    consumer: BaseConsumer<RestoreContext>,
+    consumer: BaseConsumer<ReadToEndContext>,
     stores: BTreeMap<i32, OrderStore>,
     state_dir: PathBuf,
     options: StoreOptions,

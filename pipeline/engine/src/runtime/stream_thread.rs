@@ -56,12 +56,12 @@ use super::collector::RecordCollector;
 use super::direct::{DirectRefusal, DirectReply, DirectRequest, QueryReply};
 use super::ownership::Ownership;
 use super::producer::KafkaProducer;
-use super::restore::RestoreContext;
 use super::standby::Standbys;
 use super::task::Direct;
 use super::task_manager::TaskManager;
 use super::transaction::Transactions;
 use super::{clients, prepare_topics, KafkaContext, RuntimeError, StreamConfig};
+use crate::kafka::ReadToEndContext;
 use crate::kafka::KAFKA_CALL_TIMEOUT;
 use crate::metrics::{StreamMetrics, StreamStats};
 
@@ -93,9 +93,9 @@ pub(super) struct Engine {
     pub(super) producers: Vec<Arc<KafkaProducer>>,
     pub(super) records: RecordCollector,
     pub(super) txns: Transactions<KafkaProducer>,
-    pub(super) restore_consumer: BaseConsumer<RestoreContext>,
+    pub(super) restore_consumer: BaseConsumer<ReadToEndContext>,
     /// Asks for the changelog's high watermarks ([`clients::watermarks_client`]).
-    pub(super) watermarks: BaseConsumer<RestoreContext>,
+    pub(super) watermarks: BaseConsumer<ReadToEndContext>,
     /// Not before this instant is a restore tried again that found a transaction open on its
     /// changelog partition.
     pub(super) restore_again_at: Option<Instant>,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use engine::kafka::KafkaArgs;
+use engine::kafka::{KafkaArgs, ReadToEndContext};
 use engine::metrics::{RestoreRecord, StreamStats};
 use kafka_harness::{Cluster, ClusterConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -352,7 +352,8 @@ pub fn read_topic(kafka: &KafkaArgs, topic: &str) -> Vec<Record> {
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = kafka.finish(config).create().expect("reader");
+    let consumer: BaseConsumer<ReadToEndContext> =
+        kafka.finish(config).create_with_context(ReadToEndContext).expect("reader");
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
     let partitions = metadata.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
