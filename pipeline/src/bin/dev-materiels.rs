@@ -1,7 +1,9 @@
 //! The `dev-materiels` command line: run the processor, or check and apply the topics.
 
 /// jemalloc for Rust and, unprefixed, for RocksDB and librdkafka too: less time in malloc and
-/// less fragmentation than glibc's allocator under this load (see docs/benchmarks.md).
+/// less fragmentation than glibc's allocator under this load (see docs/benchmarks.md). The
+/// `system-allocator` feature leaves it out, for heaptrack.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -11,6 +13,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// without, for 5-10% more CPU per order (docs/benchmarks.md, 2026-12-02).
 // SAFETY: jemalloc reads this symbol (a `const char *`, here a reference to the first byte of a
 // NUL-terminated string) as its compiled-in `malloc_conf`; nothing else defines it.
+#[cfg(not(feature = "system-allocator"))]
 #[allow(non_upper_case_globals, unsafe_code)]
 #[export_name = "malloc_conf"]
 pub static malloc_conf: &u8 = &b"dirty_decay_ms:1000\0"[0];
