@@ -1,8 +1,8 @@
 //! Property test of the server on raw bytes (the cargo-fuzz stand-in for HTTP request parsing):
 //! valid requests with bytes flipped, inserted, deleted or cut, and plain noise, written to a real
-//! socket. Whatever arrives, the server answers with a well-formed HTTP/1.1 status line that is
-//! never a 5xx, or closes the connection, and it keeps serving: a valid request made after each
-//! generated one gets its 200.
+//! socket. Whatever arrives, the server answers with a well-formed HTTP/1.1 status line (HTTP/1.0
+//! to a request that says 1.0, as HTTP requires) that is never a 5xx, or closes the connection,
+//! and it keeps serving: a valid request made after each generated one gets its 200.
 //!
 //! `RAW_FUZZ_CASES` sets the number of generated requests (default 1,000).
 
@@ -107,13 +107,22 @@ fn the_server_survives_any_bytes_and_answers_only_documented_statuses() {
     let cases = std::env::var("RAW_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let statuses = std::sync::Mutex::new(std::collections::BTreeMap::<String, u32>::new());
+    // A case the generator found (a flipped byte made the request HTTP/1.0, and the answer's
+    // version followed; the check wanted 1.1 only), kept as a fixed one.
+    let http_1_0 =
+        b"POST /x HTTP/1.0\r\nHost: x\r\nAuthorization: BeareTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let answer = runtime.block_on(exchange(port, http_1_0)).expect("an answer");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.0 401 "), "{:?}", String::from_utf8_lossy(&answer));
     let result = runner.run(&request(), |bytes| {
         let answer = runtime.block_on(exchange(port, &bytes)).map_err(TestCaseError::fail)?;
         let text = String::from_utf8_lossy(&answer);
         let status = if answer.is_empty() {
             "closed".to_string()
         } else {
-            prop_assert!(text.starts_with("HTTP/1.1 "), "not an HTTP answer: {text:?}");
+            prop_assert!(
+                text.starts_with("HTTP/1.1 ") || text.starts_with("HTTP/1.0 "),
+                "not an HTTP answer: {text:?}"
+            );
             text.get(9..12).unwrap_or("???").to_string()
         };
         prop_assert!(!status.starts_with('5'), "{status} for {:?}", String::from_utf8_lossy(&bytes));
