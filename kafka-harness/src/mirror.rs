@@ -171,6 +171,22 @@ impl MirrorMaker {
         }
     }
 
+    /// Stops it with SIGTERM (it ends its transactions), or SIGKILL after `patience`.
+    pub fn stop(&mut self, patience: Duration) {
+        if let Some(child) = self.child.as_mut() {
+            crate::signal(child, libc::SIGTERM);
+            let deadline = Instant::now() + patience;
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    self.child = None;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.kill();
+    }
+
     /// Starts it again (after [`MirrorMaker::kill`]) with the same settings.
     pub fn restart(&mut self) -> Result<(), HarnessError> {
         self.kill();

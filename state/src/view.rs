@@ -17,7 +17,14 @@
 //! - `orders`: order id -> latest [`OrderUpdate`] (see [`crate::encoding`]);
 //! - `by_status`: status code ++ order id -> empty, for listing orders by status in pages;
 //! - `meta`: `offset/<partition>` -> next offset (big-endian i64), `count/<code>` -> number of
-//!   orders in that status (big-endian u64).
+//!   orders in that status (big-endian u64), `pending/<order id>` -> a [`Pending`] decision,
+//!   `journal/<sequence>` (big-endian u64) -> a [`JournalEntry`].
+//!
+//! **The journal** (with `--replicated`, for a failover to a standby cluster): every command
+//! wagon-lits sends to `orders` is written here, synced, before it is sent, and deleted in the
+//! batch that applies an update of its command id. So the view always knows which commands it
+//! sent that `order-updates` has not answered: after a failover, those are sent again to the
+//! standby (same command ids, decided once there; docs/multi-cluster.md).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -73,6 +80,22 @@ pub struct ViewStore {
     /// Orders whose last command was decided over HTTP and is not on `order-updates` yet, with
     /// that command (kept in the store too, under `pending/`).
     pending: Mutex<HashMap<String, Pending>>,
+    /// The journal's entries by command id, and the next sequence number.
+    journal: Mutex<Journal>,
+}
+
+#[derive(Default)]
+struct Journal {
+    by_command: HashMap<String, u64>,
+    next: u64,
+}
+
+/// A command sent to `orders` that `order-updates` has not answered yet ([`ViewStore::journal`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JournalEntry {
+    pub command: CommandEnvelope,
+    /// When it was first sent, in milliseconds since the Unix epoch.
+    pub sent_ms: u64,
 }
 
 /// A command decided over HTTP that `order-updates` has not confirmed yet.
@@ -101,6 +124,11 @@ pub struct ViewRow {
 }
 
 const PENDING_PREFIX: &[u8] = b"pending/";
+const JOURNAL_PREFIX: &[u8] = b"journal/";
+
+fn journal_key(sequence: u64) -> Vec<u8> {
+    [JOURNAL_PREFIX, &sequence.to_be_bytes()].concat()
+}
 
 fn pending_key(order_id: &str) -> Vec<u8> {
     [PENDING_PREFIX, order_id.as_bytes()].concat()
@@ -137,7 +165,14 @@ impl ViewStore {
         )?;
         let counts = Self::load_counts(&db, path)?;
         let pending = Self::load_pending(&db, path)?;
-        Ok(ViewStore { db, path: path.to_path_buf(), counts: Mutex::new(counts), pending: Mutex::new(pending) })
+        let journal = Self::load_journal(&db, path)?;
+        Ok(ViewStore {
+            db,
+            path: path.to_path_buf(),
+            counts: Mutex::new(counts),
+            pending: Mutex::new(pending),
+            journal: Mutex::new(journal),
+        })
     }
 
     /// Opens the view for reading only, alongside a process that writes it.
@@ -146,7 +181,14 @@ impl ViewStore {
             .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
         let counts = Self::load_counts(&db, path)?;
         let pending = Self::load_pending(&db, path)?;
-        Ok(ViewStore { db, path: path.to_path_buf(), counts: Mutex::new(counts), pending: Mutex::new(pending) })
+        let journal = Self::load_journal(&db, path)?;
+        Ok(ViewStore {
+            db,
+            path: path.to_path_buf(),
+            counts: Mutex::new(counts),
+            pending: Mutex::new(pending),
+            journal: Mutex::new(journal),
+        })
     }
 
     fn load_pending(db: &DB, path: &Path) -> Result<HashMap<String, Pending>, StoreError> {
@@ -160,6 +202,87 @@ impl ViewStore {
             }
         }
         Ok(pending)
+    }
+
+    fn journal_entries_in(db: &DB, path: &Path) -> Result<Vec<(u64, JournalEntry)>, StoreError> {
+        let meta = cf(db, path, CF_META)?;
+        let mut entries = Vec::new();
+        for item in db.iterator_cf(meta, IteratorMode::From(JOURNAL_PREFIX, Direction::Forward)) {
+            let (key, value) = item.map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
+            let Some(sequence) = key.strip_prefix(JOURNAL_PREFIX) else { break };
+            let sequence = be_u64(sequence).ok_or_else(|| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                key: format!("journal key {key:?}"),
+                reason: "not a sequence number".into(),
+            })?;
+            let entry = serde_json::from_slice::<JournalEntry>(&value).map_err(|e| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                key: format!("journal entry {sequence}"),
+                reason: e.to_string(),
+            })?;
+            entries.push((sequence, entry));
+        }
+        Ok(entries)
+    }
+
+    fn load_journal(db: &DB, path: &Path) -> Result<Journal, StoreError> {
+        let entries = Self::journal_entries_in(db, path)?;
+        Ok(Journal {
+            next: entries.last().map_or(0, |(sequence, _)| sequence + 1),
+            by_command: entries.into_iter().map(|(sequence, e)| (e.command.command_id, sequence)).collect(),
+        })
+    }
+
+    /// Writes `command` to the journal, synced, unless it is there already: call it before the
+    /// command is sent, so that its update cannot be applied before it is journaled.
+    pub fn journal(&self, command: &CommandEnvelope, now_ms: u64) -> Result<(), StoreError> {
+        self.journal_at(None, &JournalEntry { command: command.clone(), sent_ms: now_ms })
+    }
+
+    /// Writes an entry at `sequence` (carried over from another view), or at the next one.
+    fn journal_at(&self, sequence: Option<u64>, entry: &JournalEntry) -> Result<(), StoreError> {
+        let encoded = serde_json::to_vec(entry)
+            .map_err(|e| StoreError::Encode { what: "a journal entry", reason: e.to_string() })?;
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if journal.by_command.contains_key(&entry.command.command_id) {
+            return Ok(());
+        }
+        let sequence = sequence.unwrap_or(journal.next);
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_META)?, journal_key(sequence), encoded, &options).map_err(|e| self.err(e))?;
+        journal.by_command.insert(entry.command.command_id.clone(), sequence);
+        journal.next = journal.next.max(sequence + 1);
+        Ok(())
+    }
+
+    /// Takes a command out of the journal: it was not sent after all.
+    pub fn forget(&self, command_id: &str) -> Result<(), StoreError> {
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sequence) = journal.by_command.get(command_id).copied() {
+            self.db.delete_cf(self.cf(CF_META)?, journal_key(sequence)).map_err(|e| self.err(e))?;
+            journal.by_command.remove(command_id);
+        }
+        Ok(())
+    }
+
+    /// The journal: the commands sent that `order-updates` has not answered, in the order they
+    /// were first sent.
+    pub fn journal_entries(&self) -> Result<Vec<(u64, JournalEntry)>, StoreError> {
+        Self::journal_entries_in(&self.db, &self.path)
+    }
+
+    /// How many commands the journal holds.
+    pub fn journal_len(&self) -> usize {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner()).by_command.len()
+    }
+
+    /// Writes `entries` (from another view) into this one's journal, keeping their order.
+    pub fn carry_journal(&self, entries: &[(u64, JournalEntry)]) -> Result<(), StoreError> {
+        for (sequence, entry) in entries {
+            self.journal_at(Some(*sequence), entry)?;
+        }
+        Ok(())
     }
 
     /// The command of `order_id` decided over HTTP and not confirmed by `order-updates` yet, if
@@ -360,6 +483,8 @@ impl ViewStore {
         let mut next_offsets: HashMap<i32, i64> = HashMap::new();
         let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut confirmed: Vec<String> = Vec::new();
+        let mut journal = self.journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut answered: Vec<(String, u64)> = Vec::new();
         for record in records {
             if let Some((partition, offset)) = record.position {
                 next_offsets.insert(partition, offset + 1);
@@ -371,6 +496,9 @@ impl ViewStore {
             // A pending command of this order is confirmed (whatever the update says: the topic's
             // decision is the one that stands).
             if let Some(command_id) = &update.command_id {
+                if let Some(sequence) = journal.by_command.get(command_id) {
+                    answered.push((command_id.clone(), *sequence));
+                }
                 if !pending.is_empty() && pending.get(&update.order_id).is_some_and(|p| p.command_id == *command_id) {
                     confirmed.push(update.order_id.clone());
                 }
@@ -430,6 +558,11 @@ impl ViewStore {
         for order_id in &confirmed {
             batch.delete_cf(meta, pending_key(order_id));
         }
+        answered.sort_unstable_by_key(|(_, sequence)| *sequence);
+        answered.dedup();
+        for (_, sequence) in &answered {
+            batch.delete_cf(meta, journal_key(*sequence));
+        }
         for (status, n) in &new_counts {
             if counts.get(status) != Some(n) {
                 batch.put_cf(meta, count_key(*status), n.to_be_bytes());
@@ -441,6 +574,9 @@ impl ViewStore {
         *counts = new_counts;
         for order_id in confirmed {
             pending.remove(&order_id);
+        }
+        for (command_id, _) in answered {
+            journal.by_command.remove(&command_id);
         }
         Ok(stats)
     }

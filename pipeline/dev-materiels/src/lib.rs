@@ -4,6 +4,7 @@
 pub mod catalogue;
 pub mod connectors;
 pub mod http;
+pub mod takeover;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -102,6 +103,12 @@ pub struct DevMaterielsArgs {
     /// committer and RocksDB threads, docs/benchmarks.md).
     #[arg(long, env = "STREAM_THREADS", default_value_t = default_stream_threads(), value_parser = clap::value_parser!(u16).range(1..))]
     pub stream_threads: u16,
+    /// A standby cluster copies this one with MirrorMaker 2: each update carries its order's
+    /// state and its command's timestamp in headers (about 100 bytes), from which
+    /// `dev-materiels cluster take-over` rebuilds the state on the standby and finds where to
+    /// start reading `orders` there (docs/multi-cluster.md).
+    #[arg(long, env = "REPLICATED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub replicated: bool,
 }
 
 /// One stream thread per two cores, at least one.
@@ -137,6 +144,7 @@ impl DevMaterielsArgs {
             standby: self.standby,
             stuck_call_after: Duration::from_millis(self.transaction_call_stuck_after_ms),
             overlap_commits: self.overlap_commits,
+            replicated: self.replicated,
             stream_threads: usize::from(self.stream_threads),
             // Connected to the registry when the processor starts ([`DevMateriels::run`]).
             codec: Codec::json(),

@@ -189,6 +189,7 @@ fn run(args: &DemoArgs) -> anyhow::Result<()> {
         standby: false,
         transaction_call_stuck_after_ms: engine::runtime::STUCK_CALL_AFTER.as_millis() as u64,
         overlap_commits: false,
+        replicated: false,
         stream_threads: dev_materiels::default_stream_threads(),
     };
     let processor = dev_materiels::DevMateriels::new(&dev).context("configuring dev-materiels")?;

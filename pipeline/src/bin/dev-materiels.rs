@@ -81,6 +81,17 @@ enum Command {
     /// The Kafka Connect connectors of the system (`deploy/connect/`: the catalogue source from
     /// PostgreSQL, the orders sink to PostgreSQL) on a running Connect worker, through its REST
     /// API (docs/integration.md).
+    /// Multi-cluster operation (docs/multi-cluster.md). `cluster take-over`, run against the
+    /// standby cluster's brokers with dev-materiels stopped everywhere and MirrorMaker 2 stopped,
+    /// after the primary cluster is lost: corrects the standby's changelog to the state each
+    /// order's last update there carries (updates written with --replicated), commits the group's
+    /// offsets on `orders` right after the last command decided, and makes --state-dir the
+    /// standby's. Then start dev-materiels against the standby. Prints one line per partition.
+    /// Exits 1 if the primary answers (without --force), 2 on any other failure; safe to run again.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     Connect {
         #[command(subcommand)]
         action: ConnectAction,
@@ -113,6 +124,65 @@ enum ConnectAction {
         #[arg(long, env = "CONNECT_SUPERVISE_INTERVAL_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         interval_secs: u64,
     },
+}
+
+#[derive(Subcommand, Clone)]
+enum ClusterAction {
+    /// Take over on the cluster --bootstrap-servers names (the standby), from the primary.
+    TakeOver {
+        /// The primary's brokers: if they answer, the take-over refuses (two clusters would
+        /// decide orders) unless --force.
+        #[arg(long, env = "PRIMARY_BOOTSTRAP_SERVERS")]
+        primary: Option<String>,
+        /// Take over although the primary answers: a switchover, once both services are stopped
+        /// on the primary and MirrorMaker 2 has copied everything (docs/multi-cluster.md).
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for a transaction MirrorMaker 2 left open on the standby (if it died
+        /// mid-transaction) to be aborted by the broker: beyond its transaction timeout.
+        #[arg(long, default_value_t = 120)]
+        open_transaction_patience_secs: u64,
+    },
+}
+
+/// Runs `cluster take-over`.
+fn cluster(args: &DevMaterielsArgs, action: &ClusterAction) -> std::process::ExitCode {
+    let ClusterAction::TakeOver { primary, force, open_transaction_patience_secs } = action;
+    let failed = |err: &dyn std::fmt::Display, code: u8| {
+        eprintln!("dev-materiels cluster take-over: {err}");
+        std::process::ExitCode::from(code)
+    };
+    let codec = match wire::Codec::connect(&args.codec, &[]) {
+        Ok(codec) => codec,
+        Err(err) => return failed(&err, 2),
+    };
+    let primary =
+        primary.as_ref().map(|brokers| engine::kafka::KafkaArgs { brokers: brokers.clone(), ..args.kafka.clone() });
+    let take_over = dev_materiels::takeover::TakeOver {
+        args,
+        primary,
+        force: *force,
+        codec,
+        open_transaction_patience: std::time::Duration::from_secs(*open_transaction_patience_secs),
+    };
+    match take_over.run() {
+        Ok(report) => {
+            for partition in &report.partitions {
+                println!("{partition}");
+            }
+            println!(
+                "took over on cluster {} in {:.1} s: {} states corrected, {} dropped, {} local stores dropped; start dev-materiels against it",
+                report.cluster_id,
+                report.elapsed.as_secs_f64(),
+                report.partitions.iter().map(|p| p.corrected).sum::<usize>(),
+                report.partitions.iter().map(|p| p.dropped).sum::<usize>(),
+                report.stores_dropped
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(err @ dev_materiels::takeover::TakeOverError::PrimaryAnswers { .. }) => failed(&err, 1),
+        Err(err) => failed(&err, 2),
+    }
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -299,6 +369,7 @@ fn main() -> std::process::ExitCode {
     match &cli.command {
         Some(Command::Topics { action }) => return topics(&cli.args, *action),
         Some(Command::Schemas { action, schemas_dir }) => return schemas(&cli.args, *action, schemas_dir.as_deref()),
+        Some(Command::Cluster { action }) => return cluster(&cli.args, action),
         Some(Command::Connect { action, connect_url, connectors_dir }) => {
             return connect(*action, connect_url, connectors_dir.as_deref())
         }

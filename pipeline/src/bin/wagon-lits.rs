@@ -135,10 +135,37 @@ enum Cmd {
         #[command(flatten)]
         view: ViewDir,
     },
+    /// Multi-cluster operation (docs/multi-cluster.md). `cluster take-over`, run against the
+    /// standby cluster's brokers with wagon-lits stopped, after `dev-materiels cluster
+    /// take-over`: rebuilds the view from the standby's `order-updates` (the old one is kept
+    /// beside it), then sends again to the standby's `orders` every command the old view's journal
+    /// (--replicated) and pending marks hold that the standby has not answered. Then start
+    /// `wagon-lits serve` against the standby. Exits 1 if the primary answers (without --force).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
     /// The dead-letter topic: list its records with their reasons, or replay one to `orders`.
     Dlq {
         #[command(subcommand)]
         command: DlqCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Take over on the cluster --bootstrap-servers names (the standby), from the primary.
+    TakeOver {
+        #[command(flatten)]
+        args: WagonLitsArgs,
+        /// The primary's brokers: if they answer, the take-over refuses (commands would go to
+        /// two clusters) unless --force.
+        #[arg(long, env = "PRIMARY_BOOTSTRAP_SERVERS")]
+        primary: Option<String>,
+        /// Take over although the primary answers: a switchover, once wagon-lits is stopped on
+        /// the primary and MirrorMaker 2 has copied everything.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -263,6 +290,33 @@ fn run(command: Cmd) -> anyhow::Result<()> {
                 }
                 println!("the rebuilt view equals the live one");
             }
+            Ok(())
+        }
+        Cmd::Cluster { command: ClusterCmd::TakeOver { args, primary, force } } => {
+            args.kafka.check(Duration::from_secs(15))?;
+            let codec = Codec::connect(&args.codec, &[(Record::Command, &args.topics.orders_topic)])?;
+            let primary = primary.map(|brokers| KafkaArgs { brokers, ..args.kafka.clone() });
+            let take_over = wagon_lits::takeover::TakeOver { args: &args, codec, primary, force };
+            let done = match take_over.run() {
+                Ok(done) => done,
+                Err(err @ wagon_lits::WagonLitsError::PrimaryAnswers { .. }) => {
+                    eprintln!("wagon-lits cluster take-over: {err}");
+                    std::process::exit(1);
+                }
+                Err(err) => return Err(err.into()),
+            };
+            println!(
+                "took over on cluster {} in {:.1} s: view rebuilt ({} orders); {} journaled and {} pending commands \
+                 carried, {} answered by the standby, {} sent again; old view kept at {}",
+                done.cluster_id,
+                done.elapsed.as_secs_f64(),
+                done.orders,
+                done.journaled,
+                done.pending,
+                done.answered,
+                done.resent,
+                done.old_view.map_or_else(|| "(none)".to_string(), |p| p.display().to_string())
+            );
             Ok(())
         }
         Cmd::Dlq { command: DlqCmd::List { kafka, topics, limit } } => {

@@ -261,6 +261,7 @@ fn dev_materiels_endpoint_answers_every_request_with_a_documented_status() {
         standby: false,
         stuck_call_after: STUCK_CALL_AFTER,
         overlap_commits: false,
+        replicated: false,
         // Two, so that the requests are routed to the thread that serves their partition.
         stream_threads: 2,
         codec: wire::Codec::json(),

@@ -19,6 +19,7 @@ mod http_fuzz;
 mod lost_state;
 mod mirror;
 mod model_self_check;
+mod multi_cluster;
 mod open_transaction;
 mod ops_page;
 mod otel;

@@ -5,6 +5,7 @@
 //! - [`api`]: the HTTP API for the people and systems that place orders;
 //! - [`ops`]: the operations page (`/ops`) for the people who run the system;
 //! - [`dead_letters`]: listing and replaying the dead-letter topic (`wagon-lits dlq`);
+//! - [`takeover`]: moving to a standby cluster after a failover (`wagon-lits cluster take-over`);
 //! - [`metrics`]: its families on `GET /metrics`.
 //!
 //! [`serve`] wires the three together.
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod ops;
 pub mod sender;
 pub mod starting;
+pub mod takeover;
 pub mod view;
 
 use std::path::PathBuf;
@@ -69,6 +71,16 @@ pub enum WagonLitsError {
     Registry(wire::avro::AvroError),
     #[error("{0} already holds a view; replay into a new directory")]
     ReplayTarget(PathBuf),
+    #[error(
+        "the primary cluster at {brokers} answers: taking over now would send commands to two clusters. Stop \
+         wagon-lits on the primary and let MirrorMaker 2 catch up (a switchover, docs/multi-cluster.md), then run \
+         again with --force; or run again once the primary is gone"
+    )]
+    PrimaryAnswers { brokers: String },
+    #[error("the cluster of the view: {0}")]
+    Cluster(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// Sets the process's shutdown flag when dropped: a thread that holds one stops the process
@@ -178,11 +190,21 @@ pub struct WagonLitsArgs {
     /// again as long as it is not shown. Its order's next commands wait until it is.
     #[arg(long, env = "PENDING_RESEND_AFTER_MS", default_value_t = 30_000)]
     pub pending_resend_after_ms: u64,
+    /// A standby cluster copies this one with MirrorMaker 2: journal each command (synced, in the
+    /// view's store) until `order-updates` answers it, for `wagon-lits cluster take-over` to send
+    /// again after a failover (docs/multi-cluster.md).
+    #[arg(long, env = "REPLICATED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub replicated: bool,
 }
 
 /// Runs wagon-lits (view, API, breaker probe) until `shutdown` is set.
 pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>) -> Result<(), WagonLitsError> {
     args.kafka.check(engine::kafka::KAFKA_CALL_TIMEOUT)?;
+    // The view's positions are offsets of one cluster: it refuses another (a failover goes
+    // through `wagon-lits cluster take-over`).
+    let cluster =
+        engine::runtime::state_dir::cluster_id(&args.kafka).map_err(|e| WagonLitsError::Cluster(e.to_string()))?;
+    engine::runtime::state_dir::claim(&args.state_dir, &cluster).map_err(|e| WagonLitsError::Cluster(e.to_string()))?;
     ensure_service_topics(&args.kafka, &args.topics)?;
     let schema_registry = args.codec.registry().map_err(wire::codec::CodecError::from)?;
     let schema_health = schema_registry.as_ref().map(wire::avro::Registry::health);
@@ -250,8 +272,10 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
             http_fallback::Client::new(config.token.clone(), Duration::from_millis(args.fallback_timeout_ms)),
         )
     });
-    let sender =
-        Arc::new(CommandSender::new(producer, delivery_timeout, fallback, Arc::clone(&view), metrics.sender.clone()));
+    let sender = Arc::new(
+        CommandSender::new(producer, delivery_timeout, fallback, Arc::clone(&view), metrics.sender.clone())
+            .with_journal(args.replicated),
+    );
     runtime.spawn(Arc::clone(&sender).probe(Duration::from_millis(args.breaker_probe_ms), Arc::clone(&shutdown)));
     runtime.spawn(Arc::clone(&sender).resend_pending(
         Duration::from_secs(1),

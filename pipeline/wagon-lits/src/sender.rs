@@ -290,6 +290,8 @@ pub struct CommandSender {
     view: Arc<ViewStore>,
     pub breaker: Arc<Breaker>,
     pub metrics: SenderMetrics,
+    /// Journal each command before it goes to Kafka (`--replicated`, [`ViewStore::journal`]).
+    journal: bool,
 }
 
 impl CommandSender {
@@ -312,7 +314,14 @@ impl CommandSender {
             view,
             breaker: Arc::new(Breaker::new(metrics.breaker.clone())),
             metrics,
+            journal: false,
         }
+    }
+
+    /// The same sender, journaling each command before it goes to Kafka, until `order-updates`
+    /// answers it: what a failover to a standby cluster sends again (docs/multi-cluster.md).
+    pub fn with_journal(self, journal: bool) -> CommandSender {
+        CommandSender { journal, ..self }
     }
 
     pub fn producer(&self) -> &CommandProducer {
@@ -327,6 +336,11 @@ impl CommandSender {
             return Err(SendError::Pending { command_id: pending.command_id });
         }
         if self.breaker.allows_kafka() {
+            if self.journal {
+                self.view
+                    .journal(envelope, now_ms())
+                    .map_err(|e| SendError::Unavailable(format!("cannot write the journal: {e}")))?;
+            }
             let outcome = match self.producer.send_traced(envelope, trace) {
                 Ok(future) => {
                     match tokio::time::timeout(self.delivery_timeout + Duration::from_millis(500), future).await {
@@ -346,6 +360,12 @@ impl CommandSender {
                 }
                 Err(reason) => {
                     tracing::warn!(order_id = %envelope.order_id, command_id = %envelope.command_id, trace_id = %trace.trace_id(), %reason, "Kafka did not take the command; falling back to HTTP");
+                    // Not accepted by Kafka: not journaled (the HTTP path keeps its own marks).
+                    if self.journal {
+                        if let Err(err) = self.view.forget(&envelope.command_id) {
+                            tracing::warn!(command_id = %envelope.command_id, error = %err, "cannot take the command out of the journal; a failover would send it again (decided once)");
+                        }
+                    }
                     self.metrics.kafka_failures.inc();
                     self.breaker.failure();
                 }

@@ -144,3 +144,40 @@ fn an_answer_that_changed_nothing_leaves_nothing_pending() {
     view.record_direct(&command("a", "again"), &[], 1_000).expect("record over HTTP");
     assert_eq!(view.pending_count(), 0);
 }
+
+#[test]
+fn the_journal_keeps_each_command_sent_until_an_update_of_its_id_is_applied_across_reopens_and_views() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("open");
+        view.journal(&command("a", "a-1"), 10).expect("journal a-1");
+        view.journal(&command("b", "b-1"), 11).expect("journal b-1");
+        view.journal(&command("a", "a-2"), 12).expect("journal a-2");
+        view.journal(&command("a", "a-1"), 13).expect("a command journaled again is kept once");
+        assert_eq!(view.journal_len(), 3);
+        // An update of a-1 answers it; a timer's update (no command id) and b's answer nothing.
+        let mut timer = update("b", 1, OrderStatus::Accepted, None);
+        timer.command_id = None;
+        view.apply(&[rec(0, 0, update("a", 1, OrderStatus::Accepted, None)), rec(1, 0, timer)]).expect("apply");
+        assert_eq!(view.journal_len(), 2);
+        view.journal(&command("c", "c-1"), 14).expect("journal c-1");
+        view.forget("c-1").expect("c-1 was not sent after all");
+    }
+    let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("reopen");
+    let entries = view.journal_entries().expect("entries");
+    let ids: Vec<&str> = entries.iter().map(|(_, e)| e.command.command_id.as_str()).collect();
+    assert_eq!(ids, vec!["b-1", "a-2"], "in the order first sent");
+    assert_eq!(entries[0].1.sent_ms, 11);
+
+    // Carried into a new view (a rebuild after a failover), in the same order; answered there too.
+    let other = tempfile::tempdir().expect("tempdir");
+    let rebuilt = ViewStore::open(other.path(), &StoreOptions::default()).expect("open");
+    rebuilt.carry_journal(&entries).expect("carry");
+    rebuilt.apply(&[rec(0, 0, update("a", 2, OrderStatus::Cancelled, Some(OrderStatus::Accepted)))]).expect("apply");
+    let left: Vec<String> =
+        rebuilt.journal_entries().expect("entries").into_iter().map(|(_, e)| e.command.command_id).collect();
+    assert_eq!(left, vec!["b-1".to_string()]);
+    rebuilt.journal(&command("d", "d-1"), 20).expect("journal after a carry");
+    let sequences: Vec<u64> = rebuilt.journal_entries().expect("entries").into_iter().map(|(s, _)| s).collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "a new entry goes after the carried ones: {sequences:?}");
+}

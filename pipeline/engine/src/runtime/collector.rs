@@ -27,6 +27,8 @@ pub struct RecordCollector {
     dlq_topic: String,
     /// How updates are written (JSON or Avro).
     codec: wire::Codec,
+    /// Headers for a standby cluster on each update ([`wire::replication`]).
+    replicated: bool,
     metrics: Arc<StreamMetrics>,
 }
 
@@ -38,6 +40,7 @@ impl RecordCollector {
             changelog: config.changelog_topic(),
             dlq_topic: config.topics.dlq_topic.clone(),
             codec: config.codec.clone(),
+            replicated: config.replicated,
             metrics,
         }
     }
@@ -49,7 +52,16 @@ impl RecordCollector {
 
     /// Produces an update and its changelog record. The update carries a span of its own, child
     /// of `parent` (the command's), or a new trace (timers, the outbox, commands without one).
-    pub fn emit(&self, partition: i32, output: &Output, parent: Option<&TraceParent>) -> Result<(), RuntimeError> {
+    /// `command_ts` is the timestamp of the `orders` record whose command it decided (none for
+    /// timers and commands decided over HTTP); with `--replicated` it goes in a header, with the
+    /// state.
+    pub fn emit(
+        &self,
+        partition: i32,
+        output: &Output,
+        parent: Option<&TraceParent>,
+        command_ts: Option<i64>,
+    ) -> Result<(), RuntimeError> {
         let started = SystemTime::now();
         let update = self
             .codec
@@ -65,8 +77,15 @@ impl RecordCollector {
             ]
         });
         let traceparent = span.to_string();
-        let headers =
-            OwnedHeaders::new_with_capacity(1).insert(Header { key: TRACEPARENT, value: Some(traceparent.as_bytes()) });
+        let mut headers =
+            OwnedHeaders::new_with_capacity(3).insert(Header { key: TRACEPARENT, value: Some(traceparent.as_bytes()) });
+        if self.replicated {
+            headers = headers.insert(Header { key: wire::replication::STATE, value: Some(&output.state[..]) });
+            if let Some(ts) = command_ts {
+                headers = headers
+                    .insert(Header { key: wire::replication::COMMAND_TS, value: Some(ts.to_string().as_bytes()) });
+            }
+        }
         self.producer.send(BaseRecord::to(&self.updates_topic).key(key).payload(&update).headers(headers))?;
         self.producer.send(BaseRecord::to(&self.changelog).partition(partition).key(key).payload(&output.state[..]))?;
         self.metrics.update_produced();

@@ -70,7 +70,7 @@ impl Engine {
             return Ok(());
         }
         for (partition, output) in &fired {
-            self.emit(*partition, output, None)?;
+            self.emit(*partition, output, None, None)?;
         }
         Ok(())
     }

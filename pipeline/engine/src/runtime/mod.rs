@@ -16,6 +16,7 @@
 //! - order timers fire as **punctuations**, every commit interval;
 //! - invalid input goes to the **dead-letter topic** ([`dlq`]);
 //! - optionally, **standby tasks** ([`standby`]) keep warm copies of the other partitions;
+//! - the state directory names the Kafka cluster its stores belong to ([`state_dir`]);
 //! - commands over HTTP reach the stream thread through [`direct`]; a store left behind hands its
 //!   unpublished ones over to `orders` ([`hand_over`]);
 //! - a process can run several stream threads ([`threads`], `num.stream.threads`), each a group
@@ -35,6 +36,7 @@ pub mod producer;
 pub mod rebalance;
 pub mod restore;
 pub mod standby;
+pub mod state_dir;
 pub mod stream_thread;
 pub mod task;
 pub mod task_manager;
@@ -85,6 +87,9 @@ pub struct StreamConfig {
     /// Open the next transaction on a second producer while the previous one commits
     /// ([`transaction`]); off, the stream thread takes no record during a commit.
     pub overlap_commits: bool,
+    /// Write on each update what a standby cluster needs to take over: the order's state and the
+    /// command's timestamp ([`wire::replication`]; docs/multi-cluster.md).
+    pub replicated: bool,
     /// Stream threads in the process, each a group member with its own tasks ([`threads`]).
     pub stream_threads: usize,
     /// How updates (and handed-over commands) are written, and commands read: JSON or Avro.
@@ -176,6 +181,14 @@ pub enum RuntimeError {
     Registry(wire::avro::AvroError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("the brokers at {brokers} did not give their cluster id")]
+    NoClusterId { brokers: String },
+    #[error(
+        "{dir} holds the stores of Kafka cluster {holds}, and the brokers are cluster {brokers}: its positions mean \
+         nothing here. After a failover, run `dev-materiels cluster take-over` against the new cluster (or empty the \
+         directory of an instance that did not run it)"
+    )]
+    ForeignState { dir: PathBuf, holds: String, brokers: String },
     #[error("the global topic {topic} does not exist (create it, or let --create-topics do it)")]
     GlobalTopicMissing { topic: String },
     #[error("restoring the global store from {topic} made no progress for {waited:?}")]

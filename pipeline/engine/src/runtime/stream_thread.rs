@@ -419,7 +419,7 @@ impl Engine {
             }
         }
         for (partition, output) in &drained {
-            self.emit(*partition, output, None)?;
+            self.emit(*partition, output, None, None)?;
         }
         // Not open any more if the producer refused the outbox ([`Engine::produced`]).
         Ok(self.txns.is_open())
@@ -432,8 +432,9 @@ impl Engine {
         partition: i32,
         output: &super::task::Output,
         parent: Option<&TraceParent>,
+        command_ts: Option<i64>,
     ) -> Result<(), RuntimeError> {
-        let sent = self.records.emit(partition, output, parent);
+        let sent = self.records.emit(partition, output, parent, command_ts);
         self.produced(sent)
     }
 
@@ -509,12 +510,12 @@ impl Engine {
                 let Some(task) = self.tasks.running_task(partition) else { return Ok(None) };
                 let processed = task.process(&envelope, &self.config.rules, now_ms())?;
                 for output in &processed.outbox {
-                    self.emit(partition, output, None)?;
+                    self.emit(partition, output, None, None)?;
                 }
                 match processed.decided {
                     Some(output) => {
                         tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, %trace_id, version = output.update.version, "command decided");
-                        self.emit(partition, &output, trace.as_ref())?
+                        self.emit(partition, &output, trace.as_ref(), message.timestamp().to_millis())?
                     }
                     None => {
                         tracing::debug!(partition, offset, order_id = %envelope.order_id, command_id = %envelope.command_id, %trace_id, "command already applied; nothing to do");

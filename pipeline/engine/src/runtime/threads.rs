@@ -48,6 +48,7 @@ pub fn run(
 ) -> Result<StreamStats, RuntimeError> {
     let threads = config.stream_threads.max(1);
     let partitions = stream_thread::prepare_topics_patiently(&config)?;
+    super::state_dir::claim(&config.state_dir, &super::state_dir::cluster_id(&config.kafka)?)?;
     metrics.stream_threads(threads);
     let ownership = Arc::new(Ownership::new(threads));
     if threads == 1 {

@@ -51,6 +51,20 @@ impl Http {
         Self::answer(self.runtime.block_on(self.client.post_json_with(&url, body.into(), headers)))
     }
 
+    /// [`Http::post_with`], with a connection that fails (a service down) as an error.
+    pub fn try_post_with(
+        &self,
+        path: &str,
+        body: impl Into<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
+        let url = format!("{}{path}", self.base);
+        match self.runtime.block_on(self.client.post_json_with(&url, body.into(), headers)) {
+            Ok(answer) => Ok(Self::answer(Ok(answer))),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
     /// Polls `path` until it answers 200.
     pub fn wait_ok(&self, path: &str, timeout: Duration) {
         let start = Instant::now();

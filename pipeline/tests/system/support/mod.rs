@@ -153,7 +153,7 @@ impl TestEnv {
     }
 
     /// The dev-materiels command line shared by every instance of a test.
-    fn dev_materiels_command(&self, instance_id: &str, state_dir: &Path) -> Command {
+    pub fn dev_materiels_command(&self, instance_id: &str, state_dir: &Path) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dev-materiels"));
         // One stream thread unless a test asks for more (the default depends on the cores).
         command.env("STREAM_THREADS", "1");
