@@ -10,7 +10,8 @@
 //!
 //! - **State**: the state of an order is the one carried by its last update on the standby's
 //!   `order-updates`. The standby's changelog is corrected to it where it differs (it may be
-//!   ahead: a state whose update never crossed; or behind), and an order the changelog has but no
+//!   ahead: a state whose update never crossed, then after a tombstone, since a restore never
+//!   lowers an order's version; or behind), and an order the changelog has but no
 //!   update shows is dropped (its commands are decided again), unless `order-updates` has lost
 //!   records to retention (its start offset is not 0), where it is kept as it is.
 //! - **Input**: reading `orders` starts right after the command of the last update that a
@@ -48,11 +49,13 @@ pub enum TakeOverError {
     #[error(transparent)]
     Topics(#[from] engine::admin::TopicError),
     #[error(
-        "the primary cluster at {brokers} answers: taking over now would let two clusters decide orders. Stop both \
-         services on the primary and let MirrorMaker 2 catch up (a switchover, docs/multi-cluster.md), then run again \
-         with --force; or run again once the primary is gone"
+        "the cluster being left, at {brokers}, answers: taking over now would let two clusters decide orders. Stop \
+         both services there and let MirrorMaker 2 catch up (a switchover, docs/multi-cluster.md), then run again \
+         with --force; or run again once that cluster is gone"
     )]
     PrimaryAnswers { brokers: String },
+    #[error("dev-materiels' group {group} still has members on {brokers}: stop every instance there first")]
+    GroupActive { group: String, brokers: String },
     #[error("reading {topic} partition {partition} made no progress for {waited:?}")]
     Stalled { topic: String, partition: i32, waited: Duration },
     #[error(
@@ -125,7 +128,8 @@ pub struct TakeOverReport {
 #[derive(Debug, Clone)]
 pub struct TakeOver<'a> {
     pub args: &'a crate::DevMaterielsArgs,
-    /// The primary's brokers: if they answer, the take-over refuses unless `force`.
+    /// The brokers of the cluster being left: if they answer, the take-over refuses unless
+    /// `force`.
     pub primary: Option<KafkaArgs>,
     pub force: bool,
     pub codec: Codec,
@@ -145,14 +149,14 @@ impl TakeOver<'_> {
         let kafka = &self.args.kafka;
         let cluster_id = state_dir::cluster_id(kafka)?;
         let topics = &self.args.topics;
-        let changelog = wire::topics::changelog_name(&self.args.application_id);
+        let changelog_topic = wire::topics::changelog_name(&self.args.application_id);
         let partitions = engine::admin::partition_count(kafka, &topics.orders_topic, KAFKA_CALL_TIMEOUT)?;
         // A MirrorMaker 2 that died mid-transaction leaves records no reader sees until the broker
         // aborts it (its transaction timeout); a correction written after them would be hidden as
         // long. So the copies must have no transaction open.
         let waited = wait_for_no_open_transaction(
             kafka,
-            &[&changelog, &topics.updates_topic, &topics.orders_topic],
+            &[&changelog_topic, &topics.updates_topic, &topics.orders_topic],
             partitions,
             self.open_transaction_patience,
         )?;
@@ -170,7 +174,7 @@ impl TakeOver<'_> {
         for partition in 0..partitions {
             let mut part = PartitionTakeOver { partition, ..PartitionTakeOver::default() };
             let mut states: HashMap<Vec<u8>, u64> = HashMap::new();
-            read_to_end(kafka, &changelog, partition, 0, |m| {
+            read_to_end(kafka, &changelog_topic, partition, 0, |m| {
                 let Some(key) = m.key() else { return Ok(true) };
                 match m.payload() {
                     None => {
@@ -215,14 +219,23 @@ impl TakeOver<'_> {
                     offset: -1,
                     reason: format!("the state header of order {}: {e}", String::from_utf8_lossy(key)),
                 })?;
-                if states.get(key) != Some(&version.version) {
-                    produce(&producer, &changelog, partition, key, Some(state))?;
-                    part.corrected += 1;
+                match states.get(key) {
+                    Some(v) if *v == version.version => {}
+                    changelog => {
+                        // A restore never lowers an order's version (a record of an older
+                        // version is taken for one overtaken): a state behind the changelog's goes
+                        // after a tombstone.
+                        if changelog.is_some_and(|v| *v > version.version) {
+                            produce(&producer, &changelog_topic, partition, key, None)?;
+                        }
+                        produce(&producer, &changelog_topic, partition, key, Some(state))?;
+                        part.corrected += 1;
+                    }
                 }
             }
             if updates_start == 0 {
                 for key in states.keys().filter(|k| !last.contains_key(*k)) {
-                    produce(&producer, &changelog, partition, key, None)?;
+                    produce(&producer, &changelog_topic, partition, key, None)?;
                     part.dropped += 1;
                 }
             }
@@ -347,6 +360,28 @@ fn wait_for_no_open_transaction(
         }
     }
     Ok(started.elapsed())
+}
+
+/// `dev-materiels cluster clear`: deletes the system's topics on the cluster `args` names (an old
+/// primary, before MirrorMaker 2 makes it a copy of the active cluster), unless dev-materiels'
+/// group has members there. Returns the topics deleted.
+pub fn clear(args: &crate::DevMaterielsArgs) -> Result<Vec<String>, TakeOverError> {
+    let kafka = &args.kafka;
+    let consumer: BaseConsumer = kafka.finish(kafka.base()).create().map_err(failed("creating a client"))?;
+    let groups = consumer
+        .fetch_group_list(Some(&args.application_id), KAFKA_CALL_TIMEOUT)
+        .map_err(failed(format!("describing group {}", args.application_id)))?;
+    if groups.groups().iter().any(|g| g.name() == args.application_id && !g.members().is_empty()) {
+        return Err(TakeOverError::GroupActive { group: args.application_id.clone(), brokers: kafka.brokers.clone() });
+    }
+    let changelog = wire::topics::changelog_name(&args.application_id);
+    let topics = [
+        args.topics.orders_topic.as_str(),
+        args.topics.updates_topic.as_str(),
+        args.topics.dlq_topic.as_str(),
+        changelog.as_str(),
+    ];
+    Ok(engine::admin::delete_topics(kafka, &topics)?)
 }
 
 fn reader(kafka: &KafkaArgs) -> Result<BaseConsumer<ReadToEndContext>, TakeOverError> {

@@ -51,6 +51,8 @@ pub enum TopicError {
     Kafka(#[from] KafkaError),
     #[error("creating topic {topic}: {code}")]
     Create { topic: String, code: RDKafkaErrorCode },
+    #[error("deleting topic {topic}: {code}")]
+    Delete { topic: String, code: RDKafkaErrorCode },
     #[error("topic {topic} has {actual} partitions, expected {expected}{hint}")]
     PartitionMismatch { topic: String, actual: i32, expected: i32, hint: String },
     #[error("topic {0} is missing from the cluster's metadata")]
@@ -81,6 +83,22 @@ pub fn ensure_topics(kafka: &KafkaArgs, specs: &[TopicSpec]) -> Result<(), Topic
         }
     }
     Ok(())
+}
+
+/// Deletes those of `topics` that exist; returns their names. A topic already gone is no error.
+pub fn delete_topics(kafka: &KafkaArgs, topics: &[&str]) -> Result<Vec<String>, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = kafka.finish(kafka.base()).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = futures::executor::block_on(admin.delete_topics(topics, &options))?;
+    let mut deleted = Vec::new();
+    for result in results {
+        match result {
+            Ok(topic) => deleted.push(topic),
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(TopicError::Delete { topic, code }),
+        }
+    }
+    Ok(deleted)
 }
 
 /// The number of partitions of `topic`, waiting up to `timeout` for it to show in metadata.

@@ -87,7 +87,8 @@ enum Command {
     /// order's last update there carries (updates written with --replicated), commits the group's
     /// offsets on `orders` right after the last command decided, and makes --state-dir the
     /// standby's. Then start dev-materiels against the standby. Prints one line per partition.
-    /// Exits 1 if the primary answers (without --force), 2 on any other failure; safe to run again.
+    /// Exits 1 if the cluster left answers (without --force), 2 on any other failure; safe to run
+    /// again. `cluster clear` deletes the system's topics on an old primary before a failback.
     Cluster {
         #[command(subcommand)]
         action: ClusterAction,
@@ -128,14 +129,15 @@ enum ConnectAction {
 
 #[derive(Subcommand, Clone)]
 enum ClusterAction {
-    /// Take over on the cluster --bootstrap-servers names (the standby), from the primary.
+    /// Take over on the cluster --brokers names (the standby), from the cluster being left.
     TakeOver {
-        /// The primary's brokers: if they answer, the take-over refuses (two clusters would
-        /// decide orders) unless --force.
-        #[arg(long, env = "PRIMARY_BOOTSTRAP_SERVERS")]
-        primary: Option<String>,
-        /// Take over although the primary answers: a switchover, once both services are stopped
-        /// on the primary and MirrorMaker 2 has copied everything (docs/multi-cluster.md).
+        /// The brokers of the cluster being left (the primary in a failover, the standby in a
+        /// failback): if they answer, the take-over refuses (two clusters would decide orders)
+        /// unless --force.
+        #[arg(long, env = "TAKE_OVER_FROM")]
+        from: Option<String>,
+        /// Take over although the cluster being left answers: a switchover, once both services
+        /// are stopped there and MirrorMaker 2 has copied everything (docs/multi-cluster.md).
         #[arg(long)]
         force: bool,
         /// How long to wait for a transaction MirrorMaker 2 left open on the standby (if it died
@@ -143,11 +145,47 @@ enum ClusterAction {
         #[arg(long, default_value_t = 120)]
         open_transaction_patience_secs: u64,
     },
+    /// Delete the system's topics (`orders`, `order-updates`, the dead-letter topic, the
+    /// changelog) on the cluster --brokers names, for MirrorMaker 2 to make it a copy of the
+    /// active one: the first step of a failback to an old primary, whose records that never
+    /// crossed were sent again to the standby and decided there. Refuses while dev-materiels'
+    /// group has members there.
+    Clear {
+        /// Confirms the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Runs `cluster clear`.
+fn clear(args: &DevMaterielsArgs, yes: bool) -> std::process::ExitCode {
+    if !yes {
+        eprintln!(
+            "dev-materiels cluster clear: this deletes the system's topics on {}; confirm with --yes",
+            args.kafka.brokers
+        );
+        return std::process::ExitCode::from(1);
+    }
+    match dev_materiels::takeover::clear(args) {
+        Ok(deleted) => {
+            println!("deleted on {}: {}", args.kafka.brokers, deleted.join(", "));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("dev-materiels cluster clear: {err}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }
 
 /// Runs `cluster take-over`.
 fn cluster(args: &DevMaterielsArgs, action: &ClusterAction) -> std::process::ExitCode {
-    let ClusterAction::TakeOver { primary, force, open_transaction_patience_secs } = action;
+    let (from, force, open_transaction_patience_secs) = match action {
+        ClusterAction::TakeOver { from, force, open_transaction_patience_secs } => {
+            (from, force, open_transaction_patience_secs)
+        }
+        ClusterAction::Clear { yes } => return clear(args, *yes),
+    };
     let failed = |err: &dyn std::fmt::Display, code: u8| {
         eprintln!("dev-materiels cluster take-over: {err}");
         std::process::ExitCode::from(code)
@@ -157,7 +195,7 @@ fn cluster(args: &DevMaterielsArgs, action: &ClusterAction) -> std::process::Exi
         Err(err) => return failed(&err, 2),
     };
     let primary =
-        primary.as_ref().map(|brokers| engine::kafka::KafkaArgs { brokers: brokers.clone(), ..args.kafka.clone() });
+        from.as_ref().map(|brokers| engine::kafka::KafkaArgs { brokers: brokers.clone(), ..args.kafka.clone() });
     let take_over = dev_materiels::takeover::TakeOver {
         args,
         primary,

@@ -154,16 +154,17 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ClusterCmd {
-    /// Take over on the cluster --bootstrap-servers names (the standby), from the primary.
+    /// Take over on the cluster --brokers names (the standby), from the cluster being left.
     TakeOver {
         #[command(flatten)]
         args: WagonLitsArgs,
-        /// The primary's brokers: if they answer, the take-over refuses (commands would go to
-        /// two clusters) unless --force.
-        #[arg(long, env = "PRIMARY_BOOTSTRAP_SERVERS")]
-        primary: Option<String>,
-        /// Take over although the primary answers: a switchover, once wagon-lits is stopped on
-        /// the primary and MirrorMaker 2 has copied everything.
+        /// The brokers of the cluster being left (the primary in a failover, the standby in a
+        /// failback): if they answer, the take-over refuses (commands would go to two clusters)
+        /// unless --force.
+        #[arg(long, env = "TAKE_OVER_FROM")]
+        from: Option<String>,
+        /// Take over although the cluster being left answers: a switchover, once wagon-lits is
+        /// stopped there and MirrorMaker 2 has copied everything.
         #[arg(long)]
         force: bool,
     },
@@ -292,10 +293,10 @@ fn run(command: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Cluster { command: ClusterCmd::TakeOver { args, primary, force } } => {
+        Cmd::Cluster { command: ClusterCmd::TakeOver { args, from, force } } => {
             args.kafka.check(Duration::from_secs(15))?;
             let codec = Codec::connect(&args.codec, &[(Record::Command, &args.topics.orders_topic)])?;
-            let primary = primary.map(|brokers| KafkaArgs { brokers, ..args.kafka.clone() });
+            let primary = from.map(|brokers| KafkaArgs { brokers, ..args.kafka.clone() });
             let take_over = wagon_lits::takeover::TakeOver { args: &args, codec, primary, force };
             let done = match take_over.run() {
                 Ok(done) => done,

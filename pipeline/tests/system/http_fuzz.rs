@@ -216,7 +216,8 @@ fn wagon_lits_api_answers_every_request_with_a_documented_status() {
     let metrics = WagonLitsMetrics::unregistered();
     let sender =
         Arc::new(CommandSender::new(producer, Duration::from_secs(5), None, Arc::clone(&view), metrics.sender));
-    let api = Api { view, sender, registry: Arc::new(Registry::default()), ops: None, schema_registry: None };
+    let api =
+        Api { view, sender, registry: Arc::new(Registry::default()), ops: None, schema_registry: None, failover: None };
     const PATHS: &[&str] = &[
         "/orders",
         "/orders",

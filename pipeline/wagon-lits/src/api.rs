@@ -88,6 +88,66 @@ pub struct Api {
     /// The schema registry's health, when one is configured: `/readyz` fails while it is
     /// unreachable.
     pub schema_registry: Option<Arc<wire::avro::RegistryHealth>>,
+    /// What `/readyz/failover` looks at; `None` turns it off.
+    pub failover: Option<Failover>,
+}
+
+/// What a failover to the standby would cost ([`crate::mirror_lag`]).
+pub struct Failover {
+    /// MirrorMaker 2's lag, when a standby is configured.
+    pub mirror: Option<Arc<crate::mirror_lag::MirrorWatch>>,
+    /// Commands are journaled (`--replicated`).
+    pub replicated: bool,
+    /// How often the lag is measured: a measure older than three of these is stale.
+    pub interval: std::time::Duration,
+}
+
+/// `GET /readyz/failover`: 200 if a failover to the standby now would lose no accepted command,
+/// with what it would send again and decide again; 503 (problem+json) saying why not otherwise.
+async fn failover_ready(State(api): State<Arc<Api>>) -> Response {
+    let Some(failover) = &api.failover else {
+        return Problem::unavailable("no standby cluster is configured (--standby-brokers)".to_string())
+            .into_response();
+    };
+    let Some(watch) = &failover.mirror else {
+        return Problem::unavailable("no standby cluster is configured (--standby-brokers)".to_string())
+            .into_response();
+    };
+    let lag = match watch.last() {
+        Ok(lag) => lag,
+        Err(err) => {
+            return Problem::unavailable(format!("MirrorMaker 2's lag to the standby is unknown: {err}"))
+                .into_response()
+        }
+    };
+    let age_ms = now_ms().saturating_sub(lag.measured_ms);
+    if u128::from(age_ms) > 3 * failover.interval.as_millis() {
+        return Problem::unavailable(format!(
+            "MirrorMaker 2's lag was last measured {} s ago: the standby does not answer",
+            age_ms / 1000
+        ))
+        .into_response();
+    }
+    let orders_behind = lag.records(&watch.topics()[0]);
+    if !failover.replicated {
+        return Problem::unavailable(format!(
+            "wagon-lits does not journal its commands (--replicated): a failover now would lose the {orders_behind} \
+             commands of orders not copied yet, and dev-materiels' state could not be rebuilt without its headers"
+        ))
+        .into_response();
+    }
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "status": "ready",
+            "lost": 0,
+            "sent_again": api.view.journal_len() + api.view.pending_count(),
+            "decided_again": lag.records(&watch.topics()[1]),
+            "lag_seconds": lag.seconds(),
+            "lag": lag.topics,
+            "measured_ms": lag.measured_ms,
+        }),
+    )
 }
 
 /// Ready unless the schema registry (when one is configured) did not answer its last call: a
@@ -123,6 +183,7 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route("/healthz", get(|| async { json(StatusCode::OK, &serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        .route("/readyz/failover", get(failover_ready))
         .route_layer(middleware::from_fn(traced))
         .with_state(api)
         .nest("/ops", ops)

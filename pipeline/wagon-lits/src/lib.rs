@@ -6,6 +6,7 @@
 //! - [`ops`]: the operations page (`/ops`) for the people who run the system;
 //! - [`dead_letters`]: listing and replaying the dead-letter topic (`wagon-lits dlq`);
 //! - [`takeover`]: moving to a standby cluster after a failover (`wagon-lits cluster take-over`);
+//! - [`mirror_lag`]: MirrorMaker 2's lag to the standby, and what a failover now would cost;
 //! - [`metrics`]: its families on `GET /metrics`.
 //!
 //! [`serve`] wires the three together.
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod dead_letters;
 pub mod metrics;
+pub mod mirror_lag;
 pub mod ops;
 pub mod sender;
 pub mod starting;
@@ -72,9 +74,9 @@ pub enum WagonLitsError {
     #[error("{0} already holds a view; replay into a new directory")]
     ReplayTarget(PathBuf),
     #[error(
-        "the primary cluster at {brokers} answers: taking over now would send commands to two clusters. Stop \
-         wagon-lits on the primary and let MirrorMaker 2 catch up (a switchover, docs/multi-cluster.md), then run \
-         again with --force; or run again once the primary is gone"
+        "the cluster being left, at {brokers}, answers: taking over now would send commands to two clusters. Stop \
+         wagon-lits there and let MirrorMaker 2 catch up (a switchover, docs/multi-cluster.md), then run again with \
+         --force; or run again once that cluster is gone"
     )]
     PrimaryAnswers { brokers: String },
     #[error("the cluster of the view: {0}")]
@@ -195,6 +197,14 @@ pub struct WagonLitsArgs {
     /// again after a failover (docs/multi-cluster.md).
     #[arg(long, env = "REPLICATED", default_value_t = false, action = clap::ArgAction::Set)]
     pub replicated: bool,
+    /// The standby cluster MirrorMaker 2 copies the system's topics to: its lag goes on
+    /// `/metrics` (`rail_mirror_lag_records`, `rail_mirror_lag_seconds`) and `GET
+    /// /readyz/failover` says what a failover now would cost (docs/multi-cluster.md). Empty: none.
+    #[arg(long, env = "STANDBY_BROKERS")]
+    pub standby_brokers: Option<String>,
+    /// How often MirrorMaker 2's lag is measured (with --standby-brokers).
+    #[arg(long, env = "MIRROR_LAG_INTERVAL_MS", default_value_t = 10_000)]
+    pub mirror_lag_interval_ms: u64,
 }
 
 /// Runs wagon-lits (view, API, breaker probe) until `shutdown` is set.
@@ -235,6 +245,21 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
         registry.register_collector(Box::new(Arc::clone(health)));
     }
     let metrics = WagonLitsMetrics::new(&mut registry, &args.topics.orders_topic, &args.topics.updates_topic);
+    let mirror = args.standby_brokers.as_ref().filter(|b| !b.is_empty()).map(|brokers| {
+        let topics = vec![
+            args.topics.orders_topic.clone(),
+            args.topics.updates_topic.clone(),
+            wire::topics::changelog_name(&args.dev_materiels_group),
+            args.topics.dlq_topic.clone(),
+        ];
+        let standby = KafkaArgs { brokers: brokers.clone(), ..args.kafka.clone() };
+        Arc::new(mirror_lag::MirrorWatch::new(args.kafka.clone(), standby, topics, &mut registry))
+    });
+    let mirror_interval = Duration::from_millis(args.mirror_lag_interval_ms.max(1_000));
+    if let Some(watch) = &mirror {
+        mirror_lag::spawn(Arc::clone(watch), mirror_interval, Arc::clone(&shutdown))
+            .map_err(|source| WagonLitsError::Thread { name: "mirror-lag", source })?;
+    }
     let materialiser = Materialiser::new(
         ViewConfig {
             kafka: args.kafka.clone(),
@@ -311,6 +336,7 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
                 registry: Arc::new(registry),
                 ops: Some(Arc::new(ops)),
                 schema_registry: schema_health,
+                failover: Some(api::Failover { mirror, replicated: args.replicated, interval: mirror_interval }),
             };
             let router = http_fallback::layered(api::router(Arc::new(api)), &config);
             runtime.block_on(http_fallback::serve(listener, router, &config, until_set(Arc::clone(&shutdown))))

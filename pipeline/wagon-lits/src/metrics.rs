@@ -12,6 +12,7 @@
 //! | `rail_breaker_state{state}` | the circuit breaker in front of Kafka (1 = current) |
 //! | `rail_pending_http_decisions`, `rail_pending_http_decision_age_seconds`, `rail_pending_http_decisions_resent_total` | HTTP decisions not on `order-updates` yet, the oldest one's age, and re-sends to `orders` |
 //! | `rail_store_keys{store,partition}`, `rail_store_bytes{store,partition}` | the view's size |
+//! | `rail_mirror_lag_records{topic,partition}`, `rail_mirror_lag_seconds{topic,partition}` | with `--standby-brokers`: what MirrorMaker 2 has not copied to the standby yet ([`crate::mirror_lag`]) |
 
 use engine::metrics::{ConsumerLag, StorePartition, TopicDirection};
 use prometheus_client::encoding::EncodeLabelSet;
