@@ -142,7 +142,9 @@ impl MirrorWatch {
                     .map_err(|e| format!("the standby's {topic} partition {partition}: {e}"))?;
                 let behind = records_after(&active, topic, partition, copied.as_ref())
                     .map_err(|e| format!("the active cluster's {topic} partition {partition}: {e}"))?;
-                let seconds = behind.oldest_ms.map_or(0.0, |ts| now.saturating_sub(ts) as f64 / 1000.0);
+                // After the read: a record written while it ran is not in the future.
+                let read_ms = now_ms();
+                let seconds = behind.oldest_ms.map_or(0.0, |ts| read_ms.saturating_sub(ts) as f64 / 1000.0);
                 lags.insert(partition, PartitionLag { records: behind.records, seconds });
             }
             topics.insert(topic.clone(), lags);
