@@ -278,6 +278,12 @@ fn the_primary_cluster_dies_the_services_fail_over_to_the_standby_and_back_losin
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(caught_up.status, 200, "/readyz/failover after the standby came back: {}", caught_up.body);
+    let behind = caught_up.body["lag_seconds"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        behind < 10.0,
+        "MirrorMaker 2 did not catch up within 90 s of the standby's return: {behind:.1} s behind ({})",
+        caught_up.body
+    );
     eprintln!(
         "multi-cluster: the standby frozen {:.0} s; MirrorMaker 2 {:.1} s behind again {:.0} s after it came back",
         resumed.duration_since(paused).as_secs_f64(),
