@@ -163,22 +163,18 @@ impl ViewStore {
             options,
             &[(CF_ORDERS, Access::Lookups), (CF_BY_STATUS, Access::Scans), (CF_META, Access::Small)],
         )?;
-        let counts = Self::load_counts(&db, path)?;
-        let pending = Self::load_pending(&db, path)?;
-        let journal = Self::load_journal(&db, path)?;
-        Ok(ViewStore {
-            db,
-            path: path.to_path_buf(),
-            counts: Mutex::new(counts),
-            pending: Mutex::new(pending),
-            journal: Mutex::new(journal),
-        })
+        Self::with_db(db, path)
     }
 
     /// Opens the view for reading only, alongside a process that writes it.
     pub fn open_read_only(path: &Path, options: &StoreOptions) -> Result<ViewStore, StoreError> {
         let db = DB::open_cf_for_read_only(&options.rocks_options(), path, [CF_ORDERS, CF_BY_STATUS, CF_META], false)
             .map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
+        Self::with_db(db, path)
+    }
+
+    /// The view over an opened database: its counts, pending marks and journal loaded.
+    fn with_db(db: DB, path: &Path) -> Result<ViewStore, StoreError> {
         let counts = Self::load_counts(&db, path)?;
         let pending = Self::load_pending(&db, path)?;
         let journal = Self::load_journal(&db, path)?;
