@@ -24,4 +24,4 @@ pub use order::{
 };
 pub use store::{OrderStore, OutboxEntry, StoreBatch, StoreError, StoreOptions, StoreSize};
 pub use timers::TimerQueue;
-pub use view::{ApplyStats, JournalEntry, Pending, ViewRecord, ViewRow, ViewStore};
+pub use view::{Answer, ApplyStats, JournalEntry, Pending, ViewRecord, ViewRow, ViewStore};

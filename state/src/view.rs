@@ -18,13 +18,18 @@
 //! - `by_status`: status code ++ order id -> empty, for listing orders by status in pages;
 //! - `meta`: `offset/<partition>` -> next offset (big-endian i64), `count/<code>` -> number of
 //!   orders in that status (big-endian u64), `pending/<order id>` -> a [`Pending`] decision,
-//!   `journal/<sequence>` (big-endian u64) -> a [`JournalEntry`].
+//!   `journal/<sequence>` (big-endian u64) -> a [`JournalEntry`], `answered/<sequence>` -> its
+//!   [`Answer`] (partition i32, offset i64, milliseconds u64, all big-endian).
 //!
 //! **The journal** (with `--replicated`, for a failover to a standby cluster): every command
-//! wagon-lits sends to `orders` is written here, synced, before it is sent, and deleted in the
-//! batch that applies an update of its command id. So the view always knows which commands it
-//! sent that `order-updates` has not answered: after a failover, those are sent again to the
-//! standby (same command ids, decided once there; docs/multi-cluster.md).
+//! wagon-lits sends to `orders` is written here, synced, before it is sent. The batch that applies
+//! an update of its command id marks it *answered* at that update's position on `order-updates`;
+//! a command decided over HTTP joins the journal, answered, in the batch that confirms it. An
+//! answered entry stays until its answer is on the standby too ([`ViewStore::forget_copied`],
+//! which MirrorMaker 2's lag watch calls with the copy's position) or, with no watch, for a
+//! while ([`ViewStore::forget_answered_before`]). So after a failover the view knows every
+//! command whose answer the standby may lack: those are sent again to the standby (same command
+//! ids, decided once there; docs/multi-cluster.md).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -35,15 +40,23 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use crate::order::{CommandEnvelope, OrderStatus, OrderUpdate};
 use crate::store::{cf, open_db, Access, StoreError, StoreOptions};
 
+mod journal;
+
+use journal::{answered_key, journal_key, Journal};
+pub use journal::{Answer, JournalEntry};
+
 const CF_ORDERS: &str = "orders";
 const CF_BY_STATUS: &str = "by_status";
 const CF_META: &str = "meta";
+
+/// (partition, offset) on `order-updates`.
+type Position = (i32, i64);
 
 /// One update to apply, as read from `order-updates`.
 pub struct ViewRecord {
     /// (partition, offset) on `order-updates`; `None` for an update that moves no offset (tests
     /// and benches).
-    pub position: Option<(i32, i64)>,
+    pub position: Option<Position>,
     /// `None` for a record that could not be decoded: its offset still advances.
     pub update: Option<OrderUpdate>,
 }
@@ -80,22 +93,11 @@ pub struct ViewStore {
     /// Orders whose last command was decided over HTTP and is not on `order-updates` yet, with
     /// that command (kept in the store too, under `pending/`).
     pending: Mutex<HashMap<String, Pending>>,
-    /// The journal's entries by command id, and the next sequence number.
+    /// The journal's entries by command id, the answered ones, and the next sequence number.
     journal: Mutex<Journal>,
-}
-
-#[derive(Default)]
-struct Journal {
-    by_command: HashMap<String, u64>,
-    next: u64,
-}
-
-/// A command sent to `orders` that `order-updates` has not answered yet ([`ViewStore::journal`]).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct JournalEntry {
-    pub command: CommandEnvelope,
-    /// When it was first sent, in milliseconds since the Unix epoch.
-    pub sent_ms: u64,
+    /// Commands are journaled ([`ViewStore::set_journaling`]): a command decided over HTTP joins
+    /// the journal when `order-updates` confirms it.
+    journaling: std::sync::atomic::AtomicBool,
 }
 
 /// A command decided over HTTP that `order-updates` has not confirmed yet.
@@ -124,11 +126,6 @@ pub struct ViewRow {
 }
 
 const PENDING_PREFIX: &[u8] = b"pending/";
-const JOURNAL_PREFIX: &[u8] = b"journal/";
-
-fn journal_key(sequence: u64) -> Vec<u8> {
-    [JOURNAL_PREFIX, &sequence.to_be_bytes()].concat()
-}
 
 fn pending_key(order_id: &str) -> Vec<u8> {
     [PENDING_PREFIX, order_id.as_bytes()].concat()
@@ -184,6 +181,7 @@ impl ViewStore {
             counts: Mutex::new(counts),
             pending: Mutex::new(pending),
             journal: Mutex::new(journal),
+            journaling: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -198,87 +196,6 @@ impl ViewStore {
             }
         }
         Ok(pending)
-    }
-
-    fn journal_entries_in(db: &DB, path: &Path) -> Result<Vec<(u64, JournalEntry)>, StoreError> {
-        let meta = cf(db, path, CF_META)?;
-        let mut entries = Vec::new();
-        for item in db.iterator_cf(meta, IteratorMode::From(JOURNAL_PREFIX, Direction::Forward)) {
-            let (key, value) = item.map_err(|source| StoreError::Rocks { path: path.to_path_buf(), source })?;
-            let Some(sequence) = key.strip_prefix(JOURNAL_PREFIX) else { break };
-            let sequence = be_u64(sequence).ok_or_else(|| StoreError::Corrupt {
-                path: path.to_path_buf(),
-                key: format!("journal key {key:?}"),
-                reason: "not a sequence number".into(),
-            })?;
-            let entry = serde_json::from_slice::<JournalEntry>(&value).map_err(|e| StoreError::Corrupt {
-                path: path.to_path_buf(),
-                key: format!("journal entry {sequence}"),
-                reason: e.to_string(),
-            })?;
-            entries.push((sequence, entry));
-        }
-        Ok(entries)
-    }
-
-    fn load_journal(db: &DB, path: &Path) -> Result<Journal, StoreError> {
-        let entries = Self::journal_entries_in(db, path)?;
-        Ok(Journal {
-            next: entries.last().map_or(0, |(sequence, _)| sequence + 1),
-            by_command: entries.into_iter().map(|(sequence, e)| (e.command.command_id, sequence)).collect(),
-        })
-    }
-
-    /// Writes `command` to the journal, synced, unless it is there already: call it before the
-    /// command is sent, so that its update cannot be applied before it is journaled.
-    pub fn journal(&self, command: &CommandEnvelope, now_ms: u64) -> Result<(), StoreError> {
-        self.journal_at(None, &JournalEntry { command: command.clone(), sent_ms: now_ms })
-    }
-
-    /// Writes an entry at `sequence` (carried over from another view), or at the next one.
-    fn journal_at(&self, sequence: Option<u64>, entry: &JournalEntry) -> Result<(), StoreError> {
-        let encoded = serde_json::to_vec(entry)
-            .map_err(|e| StoreError::Encode { what: "a journal entry", reason: e.to_string() })?;
-        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        if journal.by_command.contains_key(&entry.command.command_id) {
-            return Ok(());
-        }
-        let sequence = sequence.unwrap_or(journal.next);
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_META)?, journal_key(sequence), encoded, &options).map_err(|e| self.err(e))?;
-        journal.by_command.insert(entry.command.command_id.clone(), sequence);
-        journal.next = journal.next.max(sequence + 1);
-        Ok(())
-    }
-
-    /// Takes a command out of the journal: it was not sent after all.
-    pub fn forget(&self, command_id: &str) -> Result<(), StoreError> {
-        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(sequence) = journal.by_command.get(command_id).copied() {
-            self.db.delete_cf(self.cf(CF_META)?, journal_key(sequence)).map_err(|e| self.err(e))?;
-            journal.by_command.remove(command_id);
-        }
-        Ok(())
-    }
-
-    /// The journal: the commands sent that `order-updates` has not answered, in the order they
-    /// were first sent.
-    pub fn journal_entries(&self) -> Result<Vec<(u64, JournalEntry)>, StoreError> {
-        Self::journal_entries_in(&self.db, &self.path)
-    }
-
-    /// How many commands the journal holds.
-    pub fn journal_len(&self) -> usize {
-        self.journal.lock().unwrap_or_else(|p| p.into_inner()).by_command.len()
-    }
-
-    /// Writes `entries` (from another view) into this one's journal, keeping their order.
-    pub fn carry_journal(&self, entries: &[(u64, JournalEntry)]) -> Result<(), StoreError> {
-        for (sequence, entry) in entries {
-            self.journal_at(Some(*sequence), entry)?;
-        }
-        Ok(())
     }
 
     /// The command of `order_id` decided over HTTP and not confirmed by `order-updates` yet, if
@@ -480,7 +397,15 @@ impl ViewStore {
         let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut confirmed: Vec<String> = Vec::new();
         let mut journal = self.journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut answered: Vec<(String, u64)> = Vec::new();
+        // Journaled commands answered here: (command id, sequence, where); `None` for an update
+        // that moves no offset, whose entry goes at once.
+        let mut answered: Vec<(String, u64, Option<Position>)> = Vec::new();
+        // Commands decided over HTTP confirmed here, to join the journal answered (journaling).
+        let journaling = self.journaling.load(std::sync::atomic::Ordering::Relaxed);
+        let mut joined: Vec<(u64, JournalEntry)> = Vec::new();
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         for record in records {
             if let Some((partition, offset)) = record.position {
                 next_offsets.insert(partition, offset + 1);
@@ -493,10 +418,28 @@ impl ViewStore {
             // decision is the one that stands).
             if let Some(command_id) = &update.command_id {
                 if let Some(sequence) = journal.by_command.get(command_id) {
-                    answered.push((command_id.clone(), *sequence));
+                    if !journal.answered.contains_key(sequence) {
+                        answered.push((command_id.clone(), *sequence, record.position));
+                    }
                 }
-                if !pending.is_empty() && pending.get(&update.order_id).is_some_and(|p| p.command_id == *command_id) {
+                if let Some(mark) = pending.get(&update.order_id).filter(|p| p.command_id == *command_id) {
                     confirmed.push(update.order_id.clone());
+                    if let (true, Some(command), Some((partition, offset))) =
+                        (journaling, &mark.command, record.position)
+                    {
+                        if !journal.by_command.contains_key(command_id) {
+                            let sequence = journal.next + joined.len() as u64;
+                            let answer = Answer { partition, offset, at_ms };
+                            joined.push((
+                                sequence,
+                                JournalEntry {
+                                    command: command.clone(),
+                                    sent_ms: mark.since_ms,
+                                    answered: Some(answer),
+                                },
+                            ));
+                        }
+                    }
                 }
             }
             let Some(entry) = rows.get_mut(update.order_id.as_str()) else { continue };
@@ -554,10 +497,27 @@ impl ViewStore {
         for order_id in &confirmed {
             batch.delete_cf(meta, pending_key(order_id));
         }
-        answered.sort_unstable_by_key(|(_, sequence)| *sequence);
-        answered.dedup();
-        for (_, sequence) in &answered {
-            batch.delete_cf(meta, journal_key(*sequence));
+        answered.sort_unstable_by_key(|(_, sequence, _)| *sequence);
+        answered.dedup_by_key(|(_, sequence, _)| *sequence);
+        for (sequence, entry) in &joined {
+            let encoded = serde_json::to_vec(entry)
+                .map_err(|e| StoreError::Encode { what: "a journal entry", reason: e.to_string() })?;
+            batch.put_cf(meta, journal_key(*sequence), encoded);
+        }
+        for (_, sequence, position) in &answered {
+            match position {
+                Some((partition, offset)) => batch.put_cf(
+                    meta,
+                    answered_key(*sequence),
+                    Answer { partition: *partition, offset: *offset, at_ms }.encode(),
+                ),
+                None => batch.delete_cf(meta, journal_key(*sequence)),
+            }
+        }
+        for (sequence, entry) in &joined {
+            if let Some(answer) = entry.answered {
+                batch.put_cf(meta, answered_key(*sequence), answer.encode());
+            }
         }
         for (status, n) in &new_counts {
             if counts.get(status) != Some(n) {
@@ -571,8 +531,22 @@ impl ViewStore {
         for order_id in confirmed {
             pending.remove(&order_id);
         }
-        for (command_id, _) in answered {
-            journal.by_command.remove(&command_id);
+        for (command_id, sequence, position) in answered {
+            match position {
+                Some((partition, offset)) => {
+                    journal.answered.insert(sequence, (Answer { partition, offset, at_ms }, command_id));
+                }
+                None => {
+                    journal.by_command.remove(&command_id);
+                }
+            }
+        }
+        for (sequence, entry) in joined {
+            if let Some(answer) = entry.answered {
+                journal.answered.insert(sequence, (answer, entry.command.command_id.clone()));
+            }
+            journal.by_command.insert(entry.command.command_id, sequence);
+            journal.next = journal.next.max(sequence + 1);
         }
         Ok(stats)
     }

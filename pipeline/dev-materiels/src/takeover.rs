@@ -31,6 +31,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use state::store::decode_state;
 
@@ -368,9 +369,16 @@ fn wait_for_no_open_transaction(
 pub fn clear(args: &crate::DevMaterielsArgs) -> Result<Vec<String>, TakeOverError> {
     let kafka = &args.kafka;
     let consumer: BaseConsumer = kafka.finish(kafka.base()).create().map_err(failed("creating a client"))?;
-    let groups = consumer
-        .fetch_group_list(Some(&args.application_id), KAFKA_CALL_TIMEOUT)
-        .map_err(failed(format!("describing group {}", args.application_id)))?;
+    // A cluster just back loads its groups first: that answer is waited out, for a while.
+    let loading = Instant::now();
+    let groups = loop {
+        match consumer.fetch_group_list(Some(&args.application_id), KAFKA_CALL_TIMEOUT) {
+            Err(KafkaError::GroupListFetch(
+                RDKafkaErrorCode::CoordinatorLoadInProgress | RDKafkaErrorCode::CoordinatorNotAvailable,
+            )) if loading.elapsed() < Duration::from_secs(60) => std::thread::sleep(Duration::from_millis(500)),
+            other => break other.map_err(failed(format!("describing group {}", args.application_id)))?,
+        }
+    };
     if groups.groups().iter().any(|g| g.name() == args.application_id && !g.members().is_empty()) {
         return Err(TakeOverError::GroupActive { group: args.application_id.clone(), brokers: kafka.brokers.clone() });
     }
@@ -469,7 +477,7 @@ fn produce(
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
                 std::thread::sleep(Duration::from_millis(10));
             }

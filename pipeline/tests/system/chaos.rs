@@ -434,18 +434,23 @@ fn dump_failure(
                 .take(30),
         )
         .collect();
+    // Where each command went: on `orders` (so Kafka took it) or not, and dead-lettered or not.
+    let commands = env.read_all(&env.topics.orders_topic);
+    let dead = env.read_all(&env.topics.dlq_topic);
     for order in &orders {
         text.push_str(&format!("\n== {order}\n"));
         for (command, fate) in sent.iter().filter(|(c, _)| &c.order_id == order) {
             text.push_str(&format!("sent {fate:?}: {}\n", serde_json::to_string(command).unwrap_or_default()));
         }
-        for r in records.iter().filter(|r| r.key.as_deref() == Some(order.as_bytes())) {
-            text.push_str(&format!(
-                "update p{} o{}: {}\n",
-                r.partition,
-                r.offset,
-                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
-            ));
+        for (what, list) in [("on orders", &commands), ("update", &records), ("dead-lettered", &dead)] {
+            for r in list.iter().filter(|r| r.key.as_deref() == Some(order.as_bytes())) {
+                text.push_str(&format!(
+                    "{what} p{} o{}: {}\n",
+                    r.partition,
+                    r.offset,
+                    String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+                ));
+            }
         }
     }
     let _ = std::fs::write(out.join("report.txt"), &text);

@@ -98,7 +98,9 @@ pub struct Failover {
     pub mirror: Option<Arc<crate::mirror_lag::MirrorWatch>>,
     /// Commands are journaled (`--replicated`).
     pub replicated: bool,
-    /// How often the lag is measured: a measure older than three of these is stale.
+    /// How often the lag is measured: a measure older than three of these, plus 20 s (a measure
+    /// reads up to two records per partition, and while a transaction is open a read ends only
+    /// after a second without a record), is stale.
     pub interval: std::time::Duration,
 }
 
@@ -121,7 +123,7 @@ async fn failover_ready(State(api): State<Arc<Api>>) -> Response {
         }
     };
     let age_ms = now_ms().saturating_sub(lag.measured_ms);
-    if u128::from(age_ms) > 3 * failover.interval.as_millis() {
+    if u128::from(age_ms) > 3 * failover.interval.as_millis() + 20_000 {
         return Problem::unavailable(format!(
             "MirrorMaker 2's lag was last measured {} s ago: the standby does not answer",
             age_ms / 1000
@@ -142,6 +144,7 @@ async fn failover_ready(State(api): State<Arc<Api>>) -> Response {
             "status": "ready",
             "lost": 0,
             "sent_again": api.view.journal_len() + api.view.pending_count(),
+            "answered_not_copied": api.view.journal_answered_len(),
             "decided_again": lag.records(&watch.topics()[1]),
             "lag_seconds": lag.seconds(),
             "lag": lag.topics,

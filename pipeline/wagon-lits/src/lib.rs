@@ -193,10 +193,16 @@ pub struct WagonLitsArgs {
     #[arg(long, env = "PENDING_RESEND_AFTER_MS", default_value_t = 30_000)]
     pub pending_resend_after_ms: u64,
     /// A standby cluster copies this one with MirrorMaker 2: journal each command (synced, in the
-    /// view's store) until `order-updates` answers it, for `wagon-lits cluster take-over` to send
+    /// view's store) until the standby has its answer, for `wagon-lits cluster take-over` to send
     /// again after a failover (docs/multi-cluster.md).
     #[arg(long, env = "REPLICATED", default_value_t = false, action = clap::ArgAction::Set)]
     pub replicated: bool,
+    /// With --replicated and no --standby-brokers: how long a journaled command is kept after
+    /// `order-updates` answered it, taken as the time MirrorMaker 2 needs to copy the answer (a
+    /// failover later than that, with the copy further behind, loses what it has not copied).
+    /// With --standby-brokers the command is kept until the standby has the answer.
+    #[arg(long, env = "JOURNAL_KEEP_ANSWERED_SECS", default_value_t = 900)]
+    pub journal_keep_answered_secs: u64,
     /// The standby cluster MirrorMaker 2 copies the system's topics to: its lag goes on
     /// `/metrics` (`rail_mirror_lag_records`, `rail_mirror_lag_seconds`) and `GET
     /// /readyz/failover` says what a failover now would cost (docs/multi-cluster.md). Empty: none.
@@ -205,6 +211,47 @@ pub struct WagonLitsArgs {
     /// How often MirrorMaker 2's lag is measured (with --standby-brokers).
     #[arg(long, env = "MIRROR_LAG_INTERVAL_MS", default_value_t = 10_000)]
     pub mirror_lag_interval_ms: u64,
+}
+
+/// Starts the watch of MirrorMaker 2's lag, if a standby is configured, and what takes answered
+/// commands out of the journal (`--replicated`): the watch once the standby has an answer,
+/// else a thread once `--journal-keep-answered-secs` have passed since it.
+fn keep_journal(
+    args: &WagonLitsArgs,
+    mirror: Option<&Arc<mirror_lag::MirrorWatch>>,
+    view: &Arc<state::ViewStore>,
+    every: Duration,
+    shutdown: &Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), WagonLitsError> {
+    let journal = args.replicated.then(|| Arc::clone(view));
+    if let Some(watch) = mirror {
+        let updates = args.topics.updates_topic.clone();
+        return mirror_lag::spawn(Arc::clone(watch), every, Arc::clone(shutdown), move |lag| {
+            let Some(view) = &journal else { return };
+            match view.forget_copied(&lag.copied_until(&updates)) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(commands = n, "answers on the standby: out of the journal"),
+                Err(err) => tracing::warn!(error = %err, "cannot take answered commands out of the journal"),
+            }
+        })
+        .map_err(|source| WagonLitsError::Thread { name: "mirror-lag", source });
+    }
+    let Some(view) = journal else { return Ok(()) };
+    let keep = Duration::from_secs(args.journal_keep_answered_secs);
+    let stop = Arc::clone(shutdown);
+    std::thread::Builder::new()
+        .name("journal-keeper".into())
+        .spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let before = sender::now_ms().saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
+                if let Err(err) = view.forget_answered_before(before) {
+                    tracing::warn!(error = %err, "cannot take answered commands out of the journal");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+        .map(|_| ())
+        .map_err(|source| WagonLitsError::Thread { name: "journal-keeper", source })
 }
 
 /// Runs wagon-lits (view, API, breaker probe) until `shutdown` is set.
@@ -256,10 +303,6 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
         Arc::new(mirror_lag::MirrorWatch::new(args.kafka.clone(), standby, topics, &mut registry))
     });
     let mirror_interval = Duration::from_millis(args.mirror_lag_interval_ms.max(1_000));
-    if let Some(watch) = &mirror {
-        mirror_lag::spawn(Arc::clone(watch), mirror_interval, Arc::clone(&shutdown))
-            .map_err(|source| WagonLitsError::Thread { name: "mirror-lag", source })?;
-    }
     let materialiser = Materialiser::new(
         ViewConfig {
             kafka: args.kafka.clone(),
@@ -272,6 +315,8 @@ pub fn serve(args: &WagonLitsArgs, shutdown: Arc<std::sync::atomic::AtomicBool>)
         metrics.view.clone(),
     )?;
     let view = materialiser.view();
+    view.set_journaling(args.replicated);
+    keep_journal(args, mirror.as_ref(), &view, mirror_interval, &shutdown)?;
     let view_thread = {
         let shutdown = Arc::clone(&shutdown);
         std::thread::Builder::new()

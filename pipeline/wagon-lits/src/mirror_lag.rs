@@ -40,6 +40,9 @@ pub struct PartitionLag {
     pub records: u64,
     /// Age of the oldest of them, in seconds (0 when none).
     pub seconds: f64,
+    /// The active cluster's offset below which the copy holds every committed record.
+    #[serde(skip)]
+    pub copied_until: i64,
 }
 
 /// The last look at the copy.
@@ -55,6 +58,12 @@ impl MirrorLag {
     /// Records of `topic` not copied yet, over its partitions.
     pub fn records(&self, topic: &str) -> u64 {
         self.topics.get(topic).map_or(0, |p| p.values().map(|l| l.records).sum())
+    }
+
+    /// Per partition of `topic`, the active cluster's offset below which the copy holds every
+    /// committed record.
+    pub fn copied_until(&self, topic: &str) -> BTreeMap<i32, i64> {
+        self.topics.get(topic).map_or_else(BTreeMap::new, |p| p.iter().map(|(p, l)| (*p, l.copied_until)).collect())
     }
 
     /// The age of the oldest record not copied yet, over every topic.
@@ -102,8 +111,8 @@ impl MirrorWatch {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Measures every `every` until `stop` is set.
-    pub fn run(&self, every: Duration, stop: &AtomicBool) {
+    /// Measures every `every` until `stop` is set, handing each measure to `after`.
+    pub fn run(&self, every: Duration, stop: &AtomicBool, after: &dyn Fn(&MirrorLag)) {
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             let measured = self.measure();
@@ -115,6 +124,7 @@ impl MirrorWatch {
                         self.seconds.get_or_create(&labels).set(l.seconds);
                     }
                 }
+                after(lag);
             } else if let Err(err) = &measured {
                 tracing::warn!(error = %err, "cannot measure MirrorMaker 2's lag");
             }
@@ -145,7 +155,10 @@ impl MirrorWatch {
                 // After the read: a record written while it ran is not in the future.
                 let read_ms = now_ms();
                 let seconds = behind.oldest_ms.map_or(0.0, |ts| read_ms.saturating_sub(ts) as f64 / 1000.0);
-                lags.insert(partition, PartitionLag { records: behind.records, seconds });
+                lags.insert(
+                    partition,
+                    PartitionLag { records: behind.records, seconds, copied_until: behind.copied_until },
+                );
             }
             topics.insert(topic.clone(), lags);
         }
@@ -164,6 +177,8 @@ struct Copied {
 struct Behind {
     records: u64,
     oldest_ms: Option<u64>,
+    /// The offset after the copy's last record (the partition's start when the copy is empty).
+    copied_until: i64,
 }
 
 fn reader(kafka: &KafkaArgs) -> Result<BaseConsumer<ReadToEndContext>, KafkaError> {
@@ -207,11 +222,22 @@ fn read(
             Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
             Some(Err(err)) => return Err(err.to_string()),
             None if last.elapsed() > Duration::from_secs(1) => return Ok(()),
+            // Past `until` already: what is left below it are transaction markers, never handed
+            // out as records.
+            None if position(consumer, topic, partition).is_some_and(|p| p >= until) => return Ok(()),
             None => {}
         }
         if Instant::now() > deadline {
             return Err(format!("no end reached within {CALL:?}"));
         }
+    }
+}
+
+/// The reader's next offset on the partition, if it has one.
+fn position(consumer: &BaseConsumer<ReadToEndContext>, topic: &str, partition: i32) -> Option<i64> {
+    match consumer.position().ok()?.find_partition(topic, partition)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
     }
 }
 
@@ -270,10 +296,11 @@ fn records_after(
         }
     };
     if from >= high {
-        return Ok(Behind { records: 0, oldest_ms: None });
+        // Nothing to read: claims no copied record (the partition is empty when the copy is).
+        return Ok(Behind { records: 0, oldest_ms: None, copied_until: low });
     }
     let mut found = copied.is_none();
-    let mut behind = Behind { records: 0, oldest_ms: None };
+    let mut behind = Behind { records: 0, oldest_ms: None, copied_until: low };
     read(consumer, topic, partition, from, high, |m| {
         if found {
             behind.records += 1;
@@ -284,6 +311,9 @@ fn records_after(
             found = m.key() == copied.key.as_deref()
                 && m.payload() == copied.value.as_deref()
                 && m.timestamp().to_millis() == Some(copied.ts);
+            if found {
+                behind.copied_until = m.offset() + 1;
+            }
         }
     })?;
     if !found {
@@ -296,7 +326,13 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Starts the watch in a thread of its own, measuring every `every` until `stop` is set.
-pub fn spawn(watch: Arc<MirrorWatch>, every: Duration, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("mirror-lag".into()).spawn(move || watch.run(every, &stop)).map(|_| ())
+/// Starts the watch in a thread of its own, measuring every `every` until `stop` is set and
+/// handing each measure to `after`.
+pub fn spawn(
+    watch: Arc<MirrorWatch>,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    after: impl Fn(&MirrorLag) + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("mirror-lag".into()).spawn(move || watch.run(every, &stop, &after)).map(|_| ())
 }

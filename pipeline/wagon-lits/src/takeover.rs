@@ -7,9 +7,10 @@
 //!   never received (their commands are decided again there, maybe differently). The new view
 //!   equals a rebuild from the standby's `order-updates` by construction.
 //! - **The journal** (`--replicated`, [`state::ViewStore::journal`]) of the old view holds every
-//!   command sent that the primary's `order-updates` had not answered, and its pending marks the
-//!   commands decided over HTTP and not published yet. Both are carried into the new view before
-//!   it reads the standby's `order-updates`, which answers some of them; every one left is sent
+//!   command sent whose answer the standby may lack: unanswered by the primary's `order-updates`,
+//!   or answered there and not known to be copied; its pending marks hold the commands decided
+//!   over HTTP and not published yet. Both are carried into the new view, unanswered, before it
+//!   reads the standby's `order-updates`, which answers some of them; every one left is sent
 //!   again to the standby's `orders`, same command id, in the order first sent. dev-materiels
 //!   decides each once (a command its state has seen changes nothing).
 //!
@@ -72,7 +73,9 @@ impl TakeOver<'_> {
             let pending: Vec<JournalEntry> = old
                 .pending_all()
                 .into_iter()
-                .filter_map(|(_, p)| p.command.map(|command| JournalEntry { command, sent_ms: p.since_ms }))
+                .filter_map(|(_, p)| {
+                    p.command.map(|command| JournalEntry { command, sent_ms: p.since_ms, answered: None })
+                })
                 .collect();
             (journal, pending)
         } else {
@@ -100,7 +103,8 @@ impl TakeOver<'_> {
         )?;
         materialiser.catch_up(Duration::from_secs(600))?;
         let view = materialiser.view();
-        let left = view.journal_entries()?;
+        let left: Vec<(u64, JournalEntry)> =
+            view.journal_entries()?.into_iter().filter(|(_, entry)| entry.answered.is_none()).collect();
         let answered = carried.len() - left.len();
         let producer = CommandProducer::new(&args.kafka, &args.topics.orders_topic, Duration::from_secs(30))?
             .with_codec(self.codec.clone());

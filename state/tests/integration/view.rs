@@ -146,7 +146,7 @@ fn an_answer_that_changed_nothing_leaves_nothing_pending() {
 }
 
 #[test]
-fn the_journal_keeps_each_command_sent_until_an_update_of_its_id_is_applied_across_reopens_and_views() {
+fn the_journal_keeps_each_command_sent_until_the_standby_has_its_answer_across_reopens_and_views() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("open");
@@ -155,29 +155,93 @@ fn the_journal_keeps_each_command_sent_until_an_update_of_its_id_is_applied_acro
         view.journal(&command("a", "a-2"), 12).expect("journal a-2");
         view.journal(&command("a", "a-1"), 13).expect("a command journaled again is kept once");
         assert_eq!(view.journal_len(), 3);
-        // An update of a-1 answers it; a timer's update (no command id) and b's answer nothing.
+        // An update of a-1 answers it (at partition 0, offset 4) but keeps it: the standby may
+        // not have the answer. A timer's update (no command id) answers nothing.
         let mut timer = update("b", 1, OrderStatus::Accepted, None);
         timer.command_id = None;
-        view.apply(&[rec(0, 0, update("a", 1, OrderStatus::Accepted, None)), rec(1, 0, timer)]).expect("apply");
-        assert_eq!(view.journal_len(), 2);
+        view.apply(&[rec(0, 4, update("a", 1, OrderStatus::Accepted, None)), rec(1, 0, timer)]).expect("apply");
+        assert_eq!((view.journal_len(), view.journal_answered_len()), (3, 1));
+        // The copy holds partition 0 below offset 4, and partition 1: the answer has not crossed.
+        let copied = |p0: i64| [(0, p0), (1, 100)].into_iter().collect::<std::collections::BTreeMap<i32, i64>>();
+        assert_eq!(view.forget_copied(&copied(4)).expect("forget"), 0);
         view.journal(&command("c", "c-1"), 14).expect("journal c-1");
         view.forget("c-1").expect("c-1 was not sent after all");
     }
     let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("reopen");
     let entries = view.journal_entries().expect("entries");
     let ids: Vec<&str> = entries.iter().map(|(_, e)| e.command.command_id.as_str()).collect();
-    assert_eq!(ids, vec!["b-1", "a-2"], "in the order first sent");
-    assert_eq!(entries[0].1.sent_ms, 11);
+    assert_eq!(ids, vec!["a-1", "b-1", "a-2"], "in the order first sent");
+    assert_eq!(entries[1].1.sent_ms, 11);
+    let answer = entries[0].1.answered.expect("a-1's answer survives a reopen");
+    assert_eq!((answer.partition, answer.offset), (0, 4));
+    assert_eq!(view.journal_answered_len(), 1);
 
-    // Carried into a new view (a rebuild after a failover), in the same order; answered there too.
+    // Carried into a new view (a rebuild after a failover), in the same order and unanswered: the
+    // answer's position was the other cluster's. The new cluster answers a-2 only.
     let other = tempfile::tempdir().expect("tempdir");
     let rebuilt = ViewStore::open(other.path(), &StoreOptions::default()).expect("open");
     rebuilt.carry_journal(&entries).expect("carry");
+    assert_eq!(rebuilt.journal_answered_len(), 0);
     rebuilt.apply(&[rec(0, 0, update("a", 2, OrderStatus::Cancelled, Some(OrderStatus::Accepted)))]).expect("apply");
-    let left: Vec<String> =
-        rebuilt.journal_entries().expect("entries").into_iter().map(|(_, e)| e.command.command_id).collect();
-    assert_eq!(left, vec!["b-1".to_string()]);
+    let unanswered: Vec<String> = rebuilt
+        .journal_entries()
+        .expect("entries")
+        .into_iter()
+        .filter(|(_, e)| e.answered.is_none())
+        .map(|(_, e)| e.command.command_id)
+        .collect();
+    assert_eq!(unanswered, vec!["a-1".to_string(), "b-1".to_string()], "what a take-over sends again");
     rebuilt.journal(&command("d", "d-1"), 20).expect("journal after a carry");
     let sequences: Vec<u64> = rebuilt.journal_entries().expect("entries").into_iter().map(|(s, _)| s).collect();
     assert!(sequences.windows(2).all(|w| w[0] < w[1]), "a new entry goes after the carried ones: {sequences:?}");
+
+    // Once the copy holds offset 4 of partition 0, a-1 leaves the first view's journal.
+    let copied: std::collections::BTreeMap<i32, i64> = [(0, 5)].into_iter().collect();
+    assert_eq!(view.forget_copied(&copied).expect("forget"), 1);
+    assert_eq!((view.journal_len(), view.journal_answered_len()), (2, 0));
+    drop(view);
+    let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("reopen");
+    let ids: Vec<String> =
+        view.journal_entries().expect("entries").into_iter().map(|(_, e)| e.command.command_id).collect();
+    assert_eq!(ids, vec!["b-1".to_string(), "a-2".to_string()]);
+}
+
+#[test]
+fn with_no_watch_of_the_copy_an_answered_command_leaves_the_journal_after_a_while() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("open");
+    view.journal(&command("a", "a-1"), 10).expect("journal a-1");
+    view.journal(&command("b", "b-1"), 11).expect("journal b-1");
+    view.apply(&[rec(0, 0, update("a", 1, OrderStatus::Accepted, None))]).expect("apply");
+    let answered_at = view.journal_entries().expect("entries")[0].1.answered.expect("answered").at_ms;
+    assert_eq!(view.forget_answered_before(answered_at).expect("forget"), 0, "not before it was answered");
+    assert_eq!(view.forget_answered_before(answered_at + 1).expect("forget"), 1);
+    let ids: Vec<String> =
+        view.journal_entries().expect("entries").into_iter().map(|(_, e)| e.command.command_id).collect();
+    assert_eq!(ids, vec!["b-1".to_string()], "an unanswered command stays whatever its age");
+}
+
+#[test]
+fn a_command_decided_over_http_joins_the_journal_answered_when_order_updates_confirms_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("open");
+    let decided = update("a", 1, OrderStatus::Accepted, None);
+    // Not journaling: the confirmation only takes the pending mark away.
+    view.record_direct(&command("a", "a-1"), std::slice::from_ref(&decided), 1_000).expect("record over HTTP");
+    view.apply(&[rec(0, 3, decided.clone())]).expect("apply");
+    assert_eq!((view.pending_count(), view.journal_len()), (0, 0));
+
+    view.set_journaling(true);
+    let next = update("a", 2, OrderStatus::Cancelled, Some(OrderStatus::Accepted));
+    view.record_direct(&command("a", "a-2"), std::slice::from_ref(&next), 2_000).expect("record over HTTP");
+    view.apply(&[rec(0, 7, next)]).expect("apply");
+    assert_eq!((view.pending_count(), view.journal_len(), view.journal_answered_len()), (0, 1, 1));
+    drop(view);
+    let view = ViewStore::open(dir.path(), &StoreOptions::default()).expect("reopen");
+    let entries = view.journal_entries().expect("entries");
+    assert_eq!(entries.len(), 1);
+    let (_, entry) = &entries[0];
+    assert_eq!((entry.command.command_id.as_str(), entry.sent_ms), ("a-2", 2_000));
+    let answer = entry.answered.expect("answered where order-updates confirmed it");
+    assert_eq!((answer.partition, answer.offset), (0, 7));
 }
