@@ -427,7 +427,9 @@ impl ViewStore {
                     if let (true, Some(command), Some((partition, offset))) =
                         (journaling, &mark.command, record.position)
                     {
-                        if !journal.by_command.contains_key(command_id) {
+                        if !journal.by_command.contains_key(command_id)
+                            && !joined.iter().any(|(_, e)| e.command.command_id == *command_id)
+                        {
                             let sequence = journal.next + joined.len() as u64;
                             let answer = Answer { partition, offset, at_ms };
                             joined.push((

@@ -177,7 +177,7 @@ struct Copied {
 struct Behind {
     records: u64,
     oldest_ms: Option<u64>,
-    /// The offset after the copy's last record (the partition's start when the copy is empty).
+    /// The offset after the copy's last record on the active cluster (0 when the copy is empty).
     copied_until: i64,
 }
 
@@ -296,11 +296,12 @@ fn records_after(
         }
     };
     if from >= high {
-        // Nothing to read: claims no copied record (the partition is empty when the copy is).
-        return Ok(Behind { records: 0, oldest_ms: None, copied_until: low });
+        // Nothing to read: claims no copied record.
+        return Ok(Behind { records: 0, oldest_ms: None, copied_until: 0 });
     }
     let mut found = copied.is_none();
-    let mut behind = Behind { records: 0, oldest_ms: None, copied_until: low };
+    // An empty copy holds nothing, not even what the active cluster's retention took: 0.
+    let mut behind = Behind { records: 0, oldest_ms: None, copied_until: 0 };
     read(consumer, topic, partition, from, high, |m| {
         if found {
             behind.records += 1;

@@ -341,8 +341,12 @@ impl CommandSender {
                     .journal(envelope, now_ms())
                     .map_err(|e| SendError::Unavailable(format!("cannot write the journal: {e}")))?;
             }
+            // Whether the record was handed to the producer: then Kafka may have it whatever the
+            // acknowledgement says (a timeout, a lost answer).
+            let mut queued = false;
             let outcome = match self.producer.send_traced(envelope, trace) {
                 Ok(future) => {
+                    queued = true;
                     match tokio::time::timeout(self.delivery_timeout + Duration::from_millis(500), future).await {
                         Ok(Ok(Ok(_))) => Ok(()),
                         Ok(Ok(Err((err, _)))) => Err(err.to_string()),
@@ -360,8 +364,11 @@ impl CommandSender {
                 }
                 Err(reason) => {
                     tracing::warn!(order_id = %envelope.order_id, command_id = %envelope.command_id, trace_id = %trace.trace_id(), %reason, "Kafka did not take the command; falling back to HTTP");
-                    // Not accepted by Kafka: not journaled (the HTTP path keeps its own marks).
-                    if self.journal {
+                    // Never handed to Kafka: out of the journal (the HTTP path keeps its own
+                    // marks). Handed and not acknowledged, it stays: Kafka may have it, and
+                    // dev-materiels, having decided it already, would answer the HTTP call with
+                    // nothing to mark; sent again at a failover, it is decided once.
+                    if self.journal && !queued {
                         if let Err(err) = self.view.forget(&envelope.command_id) {
                             tracing::warn!(command_id = %envelope.command_id, error = %err, "cannot take the command out of the journal; a failover would send it again (decided once)");
                         }

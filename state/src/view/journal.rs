@@ -154,16 +154,16 @@ impl ViewStore {
         Ok(())
     }
 
-    /// Takes a command out of the journal: it was not sent after all.
+    /// Takes a command out of the journal: it was never handed to Kafka. An answered command
+    /// stays (it was sent after all: its answer is the proof).
     pub fn forget(&self, command_id: &str) -> Result<(), StoreError> {
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sequence) = journal.by_command.get(command_id).copied() {
-            let mut batch = WriteBatch::default();
-            batch.delete_cf(self.cf(CF_META)?, journal_key(sequence));
-            batch.delete_cf(self.cf(CF_META)?, answered_key(sequence));
-            self.db.write(batch).map_err(|e| self.err(e))?;
+            if journal.answered.contains_key(&sequence) {
+                return Ok(());
+            }
+            self.db.delete_cf(self.cf(CF_META)?, journal_key(sequence)).map_err(|e| self.err(e))?;
             journal.by_command.remove(command_id);
-            journal.answered.remove(&sequence);
         }
         Ok(())
     }
@@ -204,7 +204,9 @@ impl ViewStore {
         self.db.write(batch).map_err(|e| self.err(e))?;
         for (sequence, command_id) in &gone {
             journal.answered.remove(sequence);
-            journal.by_command.remove(command_id);
+            if journal.by_command.get(command_id) == Some(sequence) {
+                journal.by_command.remove(command_id);
+            }
         }
         Ok(gone.len())
     }

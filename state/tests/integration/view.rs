@@ -161,6 +161,9 @@ fn the_journal_keeps_each_command_sent_until_the_standby_has_its_answer_across_r
         timer.command_id = None;
         view.apply(&[rec(0, 4, update("a", 1, OrderStatus::Accepted, None)), rec(1, 0, timer)]).expect("apply");
         assert_eq!((view.journal_len(), view.journal_answered_len()), (3, 1));
+        // Its acknowledgement lost, it is not forgotten: the answer proves Kafka had it.
+        view.forget("a-1").expect("forget a-1");
+        assert_eq!(view.journal_len(), 3);
         // The copy holds partition 0 below offset 4, and partition 1: the answer has not crossed.
         let copied = |p0: i64| [(0, p0), (1, 100)].into_iter().collect::<std::collections::BTreeMap<i32, i64>>();
         assert_eq!(view.forget_copied(&copied(4)).expect("forget"), 0);
