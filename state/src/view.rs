@@ -505,6 +505,9 @@ impl ViewStore {
             let encoded = serde_json::to_vec(entry)
                 .map_err(|e| StoreError::Encode { what: "a journal entry", reason: e.to_string() })?;
             batch.put_cf(meta, journal_key(*sequence), encoded);
+            if let Some(answer) = entry.answered {
+                batch.put_cf(meta, answered_key(*sequence), answer.encode());
+            }
         }
         for (_, sequence, position) in &answered {
             match position {
@@ -514,11 +517,6 @@ impl ViewStore {
                     Answer { partition: *partition, offset: *offset, at_ms }.encode(),
                 ),
                 None => batch.delete_cf(meta, journal_key(*sequence)),
-            }
-        }
-        for (sequence, entry) in &joined {
-            if let Some(answer) = entry.answered {
-                batch.put_cf(meta, answered_key(*sequence), answer.encode());
             }
         }
         for (status, n) in &new_counts {

@@ -29,7 +29,7 @@ use kafka_harness::mirror::{MirrorConfig, MirrorMaker};
 use serde_json::json;
 use state::{CommandEnvelope, OrderLine, PlaceOrder};
 
-use crate::support::http::{Http, TOKEN};
+use crate::support::http::{Answer, Http, TOKEN};
 use crate::support::{compare_view, converge_report, now_ms, TestEnv};
 
 /// What the placer sent: accepted by the API (202), or not known (an error or no answer).
@@ -60,6 +60,18 @@ fn place(api: &Http, i: usize, placed: &Mutex<Placed>) {
         _ => {
             placed.uncertain.insert(command_id);
         }
+    }
+}
+
+/// Asks `GET /readyz/failover` every 500 ms until `done` holds for the answer or `deadline` has
+/// passed; returns the last answer.
+fn ask_failover(api: &Http, deadline: Instant, done: impl Fn(&Answer) -> bool) -> Answer {
+    loop {
+        let answer = api.get("/readyz/failover");
+        if done(&answer) || Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -236,13 +248,7 @@ fn the_primary_cluster_dies_the_services_fail_over_to_the_standby_and_back_losin
     let placer = Placer::start(primary.api_port, Arc::clone(&next), Arc::clone(&placed));
     // While MirrorMaker 2 copies, wagon-lits shows its lag and what a failover would cost.
     let started = Instant::now();
-    let readiness = loop {
-        let answer = api.get("/readyz/failover");
-        if answer.status == 200 || started.elapsed() > Duration::from_secs(60) {
-            break answer;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let readiness = ask_failover(&api, started + Duration::from_secs(60), |answer| answer.status == 200);
     assert_eq!(readiness.status, 200, "/readyz/failover: {}", readiness.body);
     assert_eq!(readiness.body["lost"], 0, "{}", readiness.body);
     crate::support::http::OpenApi::load().check("get", "/readyz/failover", &readiness);
@@ -262,13 +268,7 @@ fn the_primary_cluster_dies_the_services_fail_over_to_the_standby_and_back_losin
             standby.cluster.pause(node).expect("SIGSTOP a broker of the standby");
         }
         let paused = Instant::now();
-        let unready = loop {
-            let answer = api.get("/readyz/failover");
-            if answer.status == 503 || paused.elapsed() > Duration::from_secs(40) {
-                break answer;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
+        let unready = ask_failover(&api, paused + Duration::from_secs(40), |answer| answer.status == 503);
         assert_eq!(unready.status, 503, "/readyz/failover with the standby frozen: {}", unready.body);
         eprintln!("multi-cluster: /readyz/failover with the standby frozen: {}", unready.body["detail"]);
         std::thread::sleep(Duration::from_secs(8u64.saturating_sub(paused.elapsed().as_secs())));
@@ -276,14 +276,9 @@ fn the_primary_cluster_dies_the_services_fail_over_to_the_standby_and_back_losin
             standby.cluster.resume(node).expect("SIGCONT a broker of the standby");
         }
         let resumed = Instant::now();
-        let caught_up = loop {
-            let answer = api.get("/readyz/failover");
-            let behind = answer.body["lag_seconds"].as_f64().unwrap_or(f64::MAX);
-            if (answer.status == 200 && behind < 10.0) || resumed.elapsed() > Duration::from_secs(90) {
-                break answer;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
+        let caught_up = ask_failover(&api, resumed + Duration::from_secs(90), |answer| {
+            answer.status == 200 && answer.body["lag_seconds"].as_f64().unwrap_or(f64::MAX) < 10.0
+        });
         assert_eq!(caught_up.status, 200, "/readyz/failover after the standby came back: {}", caught_up.body);
         let behind = caught_up.body["lag_seconds"].as_f64().unwrap_or(f64::MAX);
         assert!(
@@ -307,14 +302,9 @@ fn the_primary_cluster_dies_the_services_fail_over_to_the_standby_and_back_losin
     let frozen_ms = now_ms();
     std::thread::sleep(Duration::from_secs(6));
     // A measure begun well into the freeze.
-    let stalled = loop {
-        let answer = api.get("/readyz/failover");
-        let measured = answer.body["measured_ms"].as_u64().unwrap_or(0);
-        if (answer.status == 200 && measured > frozen_ms + 4_000) || frozen.elapsed() > Duration::from_secs(40) {
-            break answer;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let stalled = ask_failover(&api, frozen + Duration::from_secs(40), |answer| {
+        answer.status == 200 && answer.body["measured_ms"].as_u64().unwrap_or(0) > frozen_ms + 4_000
+    });
     assert_eq!(stalled.status, 200, "/readyz/failover with MirrorMaker 2 stalled: {}", stalled.body);
     let kept = stalled.body["answered_not_copied"].as_u64().unwrap_or(0);
     assert!(kept >= 20, "answered commands the copy lacks must stay in the journal: {}", stalled.body);
