@@ -101,10 +101,21 @@ fn has_broker_jar(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// A TCP port that was free a moment ago.
+/// A TCP port that was free a moment ago, and never handed out before by this process: the
+/// kernel may give a port just released to the next `bind(0)`, and two services told the same
+/// port answer each other's requests (the compose test once posted an order to dev-materiels:
+/// "no route for /orders").
 pub fn free_port() -> Result<u16, HarnessError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind a free port"))?;
-    listener.local_addr().map(|a| a.port()).map_err(io("read a bound port"))
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind a free port"))?;
+        let port = listener.local_addr().map(|a| a.port()).map_err(io("read a bound port"))?;
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 /// A SCRAM user created when the cluster's storage is formatted.

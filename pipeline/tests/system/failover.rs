@@ -116,7 +116,13 @@ fn measure(standby: bool, orders: usize) -> Measure {
         if watcher.poll(Duration::from_millis(10)).iter().any(|id| id.starts_with("PROBE-")) {
             break killed.elapsed();
         }
-        assert!(killed.elapsed() < Duration::from_secs(300), "no update from the survivor after 300 s");
+        b.assert_running();
+        assert!(
+            killed.elapsed() < Duration::from_secs(300),
+            "no update from the survivor after 300 s (it owns {:?}); its log ends:\n{}",
+            b.assigned(),
+            b.log_tail(60)
+        );
     };
     for result in futures::executor::block_on(futures::future::join_all(pending)) {
         result.expect("delivery future").expect("Kafka took the probe");

@@ -120,10 +120,19 @@ impl RecordCollector {
     }
 }
 
-/// Whether a send failed because the producer's transaction has failed (librdkafka's
-/// `RD_KAFKA_RESP_ERR__STATE`: it takes no record until the transaction is aborted).
+/// Whether a send failed because the producer's transaction has failed: librdkafka's
+/// `RD_KAFKA_RESP_ERR__STATE` (it takes no record until the transaction is aborted), or
+/// `RD_KAFKA_RESP_ERR__FATAL` (the producer was fenced, or hit another fatal error: it takes no
+/// record again; aborting its transaction fails as fatal too, and the producer is replaced, as
+/// when a commit finds it so).
 pub fn refused_by_failed_transaction(err: &RuntimeError) -> bool {
-    matches!(err, RuntimeError::Kafka { source: KafkaError::MessageProduction(RDKafkaErrorCode::State), .. })
+    matches!(
+        err,
+        RuntimeError::Kafka {
+            source: KafkaError::MessageProduction(RDKafkaErrorCode::State | RDKafkaErrorCode::Fatal),
+            ..
+        }
+    )
 }
 
 #[cfg(test)]
@@ -131,12 +140,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_state_error_means_the_transaction_failed() {
+    fn a_state_or_fatal_error_means_the_transaction_failed() {
         let kafka = |source| RuntimeError::Kafka { context: "producing to order-updates".into(), source };
         assert!(refused_by_failed_transaction(&kafka(KafkaError::MessageProduction(RDKafkaErrorCode::State))));
+        assert!(refused_by_failed_transaction(&kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal))));
         assert!(!refused_by_failed_transaction(&kafka(KafkaError::MessageProduction(
             RDKafkaErrorCode::MessageSizeTooLarge
         ))));
-        assert!(!refused_by_failed_transaction(&kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal))));
     }
 }

@@ -440,9 +440,11 @@ impl Engine {
 
     /// What a record sent into the open transaction came to. A producer whose transaction has
     /// failed (records timed out while a broker was away, say: librdkafka then requires an
-    /// abort) refuses every record after it with a state error: the transaction is aborted, and
-    /// its input read again once it has, as for a commit that fails. Any other error stops the
-    /// thread. (The chaos runner found this: a processor stopped on "Erroneous state".)
+    /// abort) refuses every record after it with a state error, and a fenced one with a fatal
+    /// error: the transaction is aborted (for a fatal producer the abort fails as fatal and the
+    /// producer is replaced), and its input read again once it has, as for a commit that fails.
+    /// Any other error stops the thread. (The chaos runner found both: a processor stopped on
+    /// "Erroneous state", seed 448921, and on "Fatal error" after a fence, seed 133683.)
     fn produced(&mut self, sent: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
         match sent {
             Err(err) if super::collector::refused_by_failed_transaction(&err) => {
