@@ -25,3 +25,9 @@ pub use order::{
 pub use store::{OrderStore, OutboxEntry, StoreBatch, StoreError, StoreOptions, StoreSize};
 pub use timers::TimerQueue;
 pub use view::{Answer, ApplyStats, JournalEntry, Pending, ViewRecord, ViewRow, ViewStore};
+
+/// The hash map of the per-record paths (a task's write-back cache and prefetched states, a view
+/// batch's rows), keyed by order ids: foldhash, seeded per map like std's `RandomState` (so
+/// order ids chosen to collide cannot be chosen once for all processes), without SipHash's cost
+/// on every lookup; std's maps hash each id with SipHash 1-3.
+pub type FastHashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -378,7 +378,8 @@ impl ViewStore {
         let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut new_counts = counts.clone();
         // Rows this batch touches: the status committed before it, and the row as it leaves it.
-        let mut rows: HashMap<&str, (Option<OrderStatus>, Option<OrderUpdate>, bool)> = HashMap::new();
+        let mut rows: crate::FastHashMap<&str, (Option<OrderStatus>, Option<OrderUpdate>, bool)> =
+            crate::FastHashMap::default();
         // The committed rows of the batch, read in one sorted multi-get rather than one by one.
         let mut ids: Vec<&str> =
             records.iter().filter_map(|r| r.update.as_ref()).map(|u| u.order_id.as_str()).collect();

@@ -6,6 +6,7 @@
 //! the state stores record as their changelog position after the commit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -81,30 +82,40 @@ pub trait TransactionalProducer: Send + Sync + 'static {
 pub struct DeliveryTracker {
     changelog: String,
     last_offsets: Mutex<HashMap<i32, i64>>,
-    in_flight: Mutex<usize>,
+    /// Counted without a lock (two atomic operations per record, on the stream thread and the
+    /// polling thread); the lock below is only taken to wait for zero and to say it was reached.
+    in_flight: AtomicUsize,
+    drained_lock: Mutex<()>,
     /// Signalled when `in_flight` reaches zero.
     drained: Condvar,
 }
 
 impl DeliveryTracker {
     fn sent_one(&self) {
-        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
     }
 
     fn acknowledged_one(&self) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        *in_flight = in_flight.saturating_sub(1);
-        if *in_flight == 0 {
+        let before = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)))
+            .unwrap_or_else(|n| n);
+        if before <= 1 {
+            // Taken before notifying: a waiter checks the count and starts waiting under this
+            // lock, so the notification cannot fall between its check and its wait.
+            let _guard = self.drained_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.drained.notify_all();
         }
     }
 
     /// Waits until every record sent is acknowledged; false if `timeout` passed first.
     fn wait_drained(&self, timeout: Duration) -> bool {
-        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let (in_flight, _) =
-            self.drained.wait_timeout_while(in_flight, timeout, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
-        *in_flight == 0
+        let guard = self.drained_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .drained
+            .wait_timeout_while(guard, timeout, |_| self.in_flight.load(Ordering::Acquire) > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        self.in_flight.load(Ordering::Acquire) == 0
     }
 }
 
@@ -143,7 +154,8 @@ impl KafkaProducer {
         let tracker = DeliveryTracker {
             changelog: changelog.to_string(),
             last_offsets: Mutex::default(),
-            in_flight: Mutex::new(0),
+            in_flight: AtomicUsize::new(0),
+            drained_lock: Mutex::new(()),
             drained: Condvar::new(),
         };
         Ok(KafkaProducer { inner: config.create_with_context(tracker)? })
@@ -238,5 +250,48 @@ impl TransactionalProducer for KafkaProducer {
 
     fn poll(&self, timeout: Duration) {
         self.inner.poll(timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> DeliveryTracker {
+        DeliveryTracker {
+            changelog: "changelog".into(),
+            last_offsets: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            drained_lock: Mutex::new(()),
+            drained: Condvar::new(),
+        }
+    }
+
+    #[test]
+    fn a_flush_waits_for_the_last_report_and_no_longer() {
+        let tracker = std::sync::Arc::new(tracker());
+        assert!(tracker.wait_drained(Duration::ZERO), "nothing sent: drained at once");
+        for _ in 0..1_000 {
+            tracker.sent_one();
+        }
+        assert!(!tracker.wait_drained(Duration::from_millis(20)), "1,000 records unacknowledged");
+        // The reports come on another thread, as from the polling thread, the last one later.
+        let reporter = {
+            let tracker = std::sync::Arc::clone(&tracker);
+            std::thread::spawn(move || {
+                for _ in 0..999 {
+                    tracker.acknowledged_one();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                tracker.acknowledged_one();
+            })
+        };
+        let started = std::time::Instant::now();
+        assert!(tracker.wait_drained(Duration::from_secs(10)), "every record acknowledged");
+        assert!(started.elapsed() < Duration::from_secs(5), "woken by the last report, not by the timeout");
+        reporter.join().expect("reporter thread");
+        // A report with nothing in flight (never expected) does not wrap the count around.
+        tracker.acknowledged_one();
+        assert!(tracker.wait_drained(Duration::ZERO));
     }
 }

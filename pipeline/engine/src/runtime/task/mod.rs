@@ -14,8 +14,8 @@ use std::path::Path;
 use bytes::Bytes;
 use state::store::encode_state;
 use state::{
-    decide, decide_in_place, fire_timer_in_place, CommandEnvelope, Decision, OrderState, OrderStore, OrderUpdate,
-    OutboxEntry, Rules, StoreBatch, StoreError, StoreOptions, Timer, TimerQueue,
+    decide, decide_in_place, fire_timer_in_place, CommandEnvelope, Decision, FastHashMap, OrderState, OrderStore,
+    OrderUpdate, OutboxEntry, Rules, StoreBatch, StoreError, StoreOptions, Timer, TimerQueue,
 };
 
 /// What the task decided for one command or timer: the update to emit and the new state to
@@ -36,7 +36,7 @@ struct Pending {
 #[derive(Default)]
 struct Layer {
     /// The orders it changed, in their latest state.
-    pending: HashMap<String, Pending>,
+    pending: FastHashMap<String, Pending>,
     /// Outbox entries it produced, deleted from the store when it commits.
     outbox: Vec<u64>,
     /// Changelog records it produced.
@@ -65,10 +65,10 @@ pub struct Task {
     /// Committed states of the orders of the batch being processed, read at once by
     /// [`Task::prefetch`]; each is taken by the first command of its order, and what is left is
     /// dropped at the end of the batch ([`Task::end_batch`]).
-    prefetched: HashMap<String, Option<OrderState>>,
+    prefetched: FastHashMap<String, Option<OrderState>>,
     /// The map of the last layer written, emptied, for the next transaction to write into: a
     /// new map grew to a transaction's size again each time, on freshly faulted pages.
-    spare: HashMap<String, Pending>,
+    spare: FastHashMap<String, Pending>,
 }
 
 /// Due timers whose states one multi-get reads (a batch of records is at most a poll's worth).
@@ -115,8 +115,8 @@ impl Task {
             timers,
             next_input_offset: None,
             outbox,
-            prefetched: HashMap::new(),
-            spare: HashMap::new(),
+            prefetched: FastHashMap::default(),
+            spare: FastHashMap::default(),
         })
     }
 
