@@ -103,8 +103,8 @@ fn has_broker_jar(dir: &Path) -> bool {
 
 /// A TCP port that was free a moment ago, and never handed out before by this process: the
 /// kernel may give a port just released to the next `bind(0)`, and two services told the same
-/// port answer each other's requests (the compose test once posted an order to dev-materiels:
-/// "no route for /orders").
+/// port answer each other's requests (a compose test run once posted an order to dev-materiels,
+/// "no route for /orders", while another run shared the machine: this rules out one way).
 pub fn free_port() -> Result<u16, HarnessError> {
     static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());

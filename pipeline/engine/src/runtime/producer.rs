@@ -91,6 +91,17 @@ pub struct DeliveryTracker {
 }
 
 impl DeliveryTracker {
+    /// A tracker of the offsets acknowledged on `changelog`, nothing in flight.
+    fn new(changelog: &str) -> DeliveryTracker {
+        DeliveryTracker {
+            changelog: changelog.to_string(),
+            last_offsets: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            drained_lock: Mutex::new(()),
+            drained: Condvar::new(),
+        }
+    }
+
     fn sent_one(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
     }
@@ -151,14 +162,7 @@ impl KafkaProducer {
     /// Wraps a producer created with `transactional.id` (not initialised yet), tracking the
     /// offsets of the records it sends to `changelog`.
     pub fn create(config: &rdkafka::ClientConfig, changelog: &str) -> Result<KafkaProducer, KafkaError> {
-        let tracker = DeliveryTracker {
-            changelog: changelog.to_string(),
-            last_offsets: Mutex::default(),
-            in_flight: AtomicUsize::new(0),
-            drained_lock: Mutex::new(()),
-            drained: Condvar::new(),
-        };
-        Ok(KafkaProducer { inner: config.create_with_context(tracker)? })
+        Ok(KafkaProducer { inner: config.create_with_context(DeliveryTracker::new(changelog))? })
     }
 
     /// Fences any previous incarnation with the same transactional id and aborts what it left
@@ -257,19 +261,9 @@ impl TransactionalProducer for KafkaProducer {
 mod tests {
     use super::*;
 
-    fn tracker() -> DeliveryTracker {
-        DeliveryTracker {
-            changelog: "changelog".into(),
-            last_offsets: Mutex::default(),
-            in_flight: AtomicUsize::new(0),
-            drained_lock: Mutex::new(()),
-            drained: Condvar::new(),
-        }
-    }
-
     #[test]
     fn a_flush_waits_for_the_last_report_and_no_longer() {
-        let tracker = std::sync::Arc::new(tracker());
+        let tracker = std::sync::Arc::new(DeliveryTracker::new("changelog"));
         assert!(tracker.wait_drained(Duration::ZERO), "nothing sent: drained at once");
         for _ in 0..1_000 {
             tracker.sent_one();
