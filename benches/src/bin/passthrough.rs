@@ -47,7 +47,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     engine::logging::init(engine::logging::LogFormat::Plain, "warn");
     let stop = engine::shutdown::on_signal()?;
-    let mut c = args.kafka.base();
+    // The same consumer settings as dev-materiels' (the fetch-queue backoff): the ceiling is not
+    // held back by what the contender is spared.
+    let mut c = args.kafka.consumer_base();
     c.set("group.id", &args.group)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")

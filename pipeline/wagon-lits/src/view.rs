@@ -73,7 +73,7 @@ impl Materialiser {
     /// partition of the updates topic at the offsets the view stored.
     pub fn new(config: ViewConfig, store: &StoreOptions, metrics: ViewMetrics) -> Result<Materialiser, WagonLitsError> {
         let view = Arc::new(ViewStore::open(&config.state_dir.join("view"), store)?);
-        let mut c = config.kafka.base();
+        let mut c = config.kafka.consumer_base();
         c.set("client.id", "wagon-lits-view")
             .set("group.id", "wagon-lits-view")
             .set("enable.auto.commit", "false")

@@ -16,7 +16,7 @@ use crate::kafka::KAFKA_CALL_TIMEOUT;
 /// The consumer of `orders`: a member of the application's group, reading committed records
 /// only, committing nothing itself (offsets go with the transactions).
 pub fn main_consumer<C: ConsumerContext>(config: &StreamConfig, context: C) -> Result<BaseConsumer<C>, RuntimeError> {
-    let mut c = config.kafka.base();
+    let mut c = config.kafka.consumer_base();
     if config.static_membership {
         c.set("group.instance.id", &config.instance_id);
     }
@@ -30,7 +30,8 @@ pub fn main_consumer<C: ConsumerContext>(config: &StreamConfig, context: C) -> R
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "50")
         // librdkafka prefetches up to 64 MiB per consumer by default; 8 MiB still holds several
-        // commit intervals of records (docs/benchmarks.md: the memory is elsewhere).
+        // commit intervals of records (docs/benchmarks.md: the memory is elsewhere). Refilled
+        // within FETCH_QUEUE_BACKOFF_MS of falling under it (`consumer_base`).
         .set("queued.max.messages.kbytes", "8192")
         // For the consumer lag of /metrics.
         .set("statistics.interval.ms", "5000");
@@ -40,7 +41,7 @@ pub fn main_consumer<C: ConsumerContext>(config: &StreamConfig, context: C) -> R
 /// The consumer restores and standby copies read changelog partitions with (no group
 /// membership: it assigns).
 pub fn restore_consumer(config: &StreamConfig, role: &str) -> Result<BaseConsumer<ReadToEndContext>, RuntimeError> {
-    let mut r = config.kafka.base();
+    let mut r = config.kafka.consumer_base();
     r.set("client.id", format!("{}-{role}-consumer", config.transactional_id()))
         .set("group.id", format!("{}-{role}", config.application_id))
         .set("enable.auto.commit", "false")
@@ -66,7 +67,7 @@ pub fn watermarks_client(config: &StreamConfig) -> Result<BaseConsumer<ReadToEnd
 /// The consumer that tails the changelog into the standby copies (no group; never waits for a
 /// partition's end).
 pub fn standby_consumer(config: &StreamConfig) -> Result<BaseConsumer<ReadToEndContext>, RuntimeError> {
-    let mut c = config.kafka.base();
+    let mut c = config.kafka.consumer_base();
     c.set("client.id", format!("{}-standby-consumer", config.transactional_id()))
         .set("group.id", format!("{}-standby", config.application_id))
         .set("enable.auto.commit", "false")

@@ -308,7 +308,7 @@ struct Reader {
 
 impl Reader {
     fn new(config: &GlobalConfig) -> Result<Reader, RuntimeError> {
-        let mut c = config.kafka.base();
+        let mut c = config.kafka.consumer_base();
         c.set("client.id", format!("{}-global-consumer", config.client_id))
             .set("group.id", format!("{}-global", config.client_id))
             .set("enable.auto.commit", "false")
