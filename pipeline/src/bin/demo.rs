@@ -188,7 +188,7 @@ fn run(args: &DemoArgs) -> anyhow::Result<()> {
         create_topics,
         standby: false,
         transaction_call_stuck_after_ms: engine::runtime::STUCK_CALL_AFTER.as_millis() as u64,
-        overlap_commits: false,
+        overlap_commits: true,
         replicated: false,
         stream_threads: dev_materiels::default_stream_threads(),
     };

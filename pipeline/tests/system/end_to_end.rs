@@ -35,9 +35,10 @@ fn ten_thousand_orders_match_the_reference_model_exactly_once() {
 
     let report = converge(&env, &view, &sent);
     dev.assert_running();
-    // Commits one at a time (the default): no record joins a transaction while one commits.
+    // Overlapped commits (the default): with a backlog, records joined the next transaction
+    // while the previous one committed.
     let status = dev.status().expect("dev-materiels' status");
-    assert_eq!(status.records_during_commit, 0, "a record was taken during a commit: {status:?}");
+    assert!(status.records_during_commit > 0, "no record was taken during a commit: {status:?}");
     dev.terminate();
 
     // The replay command rebuilds an equal view from `order-updates` alone.

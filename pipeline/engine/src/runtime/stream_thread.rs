@@ -28,7 +28,7 @@
 //! before, so it never holds state that Kafka might still abort, and a crash costs a replay of
 //! the changelog from the store's position only; and the thread can have two transactional
 //! producers that take turns, so that it keeps working while a commit is under way (overlapped commits,
-//! [`super::transaction`], `--overlap-commits true`; by default the thread keeps one).
+//! [`super::transaction`], `--overlap-commits`, on by default; with `false` the thread keeps one).
 //!
 //! The parts: [`super::task_manager`] (each partition's task and its state),
 //! [`super::commit`] (the commit interval, settling, writing the caches after the commit),
