@@ -223,7 +223,7 @@ pub const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// milliseconds. Its default, 1,000, left the stream thread without records for up to a second
 /// at a time: once its bounded 8 MiB queue filled, no fetch went out until the second was over,
 /// though the thread drains the queue in well under that (librdkafka's documentation says to
-/// lower it in that case). 10 ms: +50% commands/s in the end-to-end bench (docs/benchmarks.md,
+/// lower it in that case). 10 ms: +30-40% commands/s in the end-to-end A/B (docs/benchmarks.md,
 /// 2026-12-08).
 pub const FETCH_QUEUE_BACKOFF_MS: u32 = 10;
 

@@ -30,8 +30,8 @@ pub fn main_consumer<C: ConsumerContext>(config: &StreamConfig, context: C) -> R
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "50")
         // librdkafka prefetches up to 64 MiB per consumer by default; 8 MiB still holds several
-        // commit intervals of records (docs/benchmarks.md: the memory is elsewhere). Refilled
-        // within FETCH_QUEUE_BACKOFF_MS of falling under it (`consumer_base`).
+        // commit intervals of records (docs/benchmarks.md: the memory is elsewhere). Once over it,
+        // fetching resumes after FETCH_QUEUE_BACKOFF_MS, not librdkafka's 1 s (`consumer_base`).
         .set("queued.max.messages.kbytes", "8192")
         // For the consumer lag of /metrics.
         .set("statistics.interval.ms", "5000");
