@@ -35,10 +35,6 @@ fn ten_thousand_orders_match_the_reference_model_exactly_once() {
 
     let report = converge(&env, &view, &sent);
     dev.assert_running();
-    // Overlapped commits (the default): with a backlog, records joined the next transaction
-    // while the previous one committed.
-    let status = dev.status().expect("dev-materiels' status");
-    assert!(status.records_during_commit > 0, "no record was taken during a commit: {status:?}");
     dev.terminate();
 
     // The replay command rebuilds an equal view from `order-updates` alone.
