@@ -12,7 +12,9 @@ fn ten_thousand_orders_match_the_reference_model_exactly_once() {
     const ORDERS: usize = 10_000;
     let env = TestEnv::start("e2e", 4);
     let view = env.start_view("main");
-    let mut dev = env.spawn_dev_materiels(0);
+    // One commit at a time (`--overlap-commits false`; every other system test runs the default,
+    // overlapped): checked below, no record joins a transaction while one commits.
+    let mut dev = env.spawn_dev_materiels_with(0, &[("OVERLAP_COMMITS", "false")]);
     let producer = env.producer();
 
     let mut workload = Workload::new(11, "E2E", now_ms());
@@ -35,6 +37,8 @@ fn ten_thousand_orders_match_the_reference_model_exactly_once() {
 
     let report = converge(&env, &view, &sent);
     dev.assert_running();
+    let status = dev.status().expect("dev-materiels' status");
+    assert_eq!(status.records_during_commit, 0, "a record was taken during a commit: {status:?}");
     dev.terminate();
 
     // The replay command rebuilds an equal view from `order-updates` alone.
